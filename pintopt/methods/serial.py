@@ -1,0 +1,147 @@
+"""Baselines: serial-in-time training and data-parallel SGD.
+
+- ``serial``: Algorithm 3 of Parpas & Muir (2019): forward solve (Algorithm 1), backward co-state
+  solve (Algorithm 2), update ``U <- A(U, X, P)`` (eq. (5)); A is SGD (Lemma 2.2), SGD with
+  momentum or Adam (``train.optimizer``), or, with ``serial.line_search = true``, gradient descent
+  with Armijo backtracking on the batch loss (full batch with ``train.batch_size = 0``).
+  Launched on several ranks, every rank runs the same computation (results are rank-count
+  independent); it is the reference the parallel methods are compared with.
+- ``dataparallel``: the same algorithm with each global mini-batch split over the ranks and the
+  gradients summed with Allreduce, so it produces the serial iterates up to round-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pintopt.comm import partition
+from pintopt.config import opt
+from pintopt.methods.base import Problem, Trainer
+from pintopt.model import Params
+from pintopt.optim import Optimizer
+
+
+@dataclass
+class SerialOptions:
+    line_search: bool = opt(False, "gradient descent with Armijo backtracking instead of "
+                                   "train.optimizer (the step starts from train.lr each iteration)")
+    armijo_c: float = opt(1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0,
+                          low_open=True)
+    armijo_shrink: float = opt(0.5, "step shrink factor per backtrack", low=0.0, high=1.0,
+                               low_open=True)
+    max_backtracks: int = opt(30, "backtracks before accepting the smallest step", low=0)
+
+
+@dataclass
+class DataParallelOptions:
+    pass
+
+
+def make_optimizer(cfg: Any) -> Optimizer:
+    """The update mapping A configured by ``[train]`` (shared by every gradient method)."""
+    tr = cfg.train
+    return Optimizer(tr.optimizer, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
+                     schedule=tr.schedule, decay=tr.decay, step_size=tr.step_size, gamma=tr.gamma)
+
+
+class SerialTrainer(Trainer):
+    """Serial-in-time training (Algorithm 3); with ``data_parallel`` the batch is split over ranks."""
+
+    name = "serial"
+    data_parallel = False
+
+    def __init__(self, problem: Problem, cfg: Any, comm: Any) -> None:
+        super().__init__(problem, cfg, comm)
+        self.params = self.model.init_params(cfg.train.seed)
+        self.grads = self.params.zeros_like()
+        self.opt = make_optimizer(cfg)
+        self.options = cfg.method if isinstance(cfg.method, SerialOptions) else SerialOptions()
+
+    def optimizers(self) -> list[Optimizer]:
+        return [self.opt]
+
+    def _local_batch(self, idx: np.ndarray) -> tuple[np.ndarray, float]:
+        """This rank's share of the global batch and its weight in the global mean."""
+        if not self.data_parallel or self.comm.size == 1:
+            return idx, 1.0
+        lo, hi = partition(idx.size, self.comm.size, self.comm.rank)
+        return idx[lo:hi], (hi - lo) / idx.size
+
+    def loss_and_grad(self, params: Params, idx: np.ndarray, grads: Params | None) -> float:
+        """Mean loss over the global batch ``idx`` and, with ``grads``, its gradient."""
+        local, weight = self._local_batch(idx)
+        x, y = self.data.x_train[local], self.data.y_train[local]
+        if local.size == 0:  # more ranks than samples: contribute nothing, still join the reduce
+            loss = 0.0
+            if grads is not None:
+                for g in grads.arrays():
+                    g.fill(0.0)
+        elif grads is None:
+            loss, _ = self.model.evaluate(params, x, y)
+        else:
+            loss, _ = self.model.loss_and_grad(params, x, y, grads)
+        if self.data_parallel and self.comm.size > 1:
+            loss = self.comm.allreduce(loss * weight)
+            if grads is not None:
+                arrays = grads.arrays()
+                for g in arrays:
+                    g *= weight
+                self.comm.allreduce_(arrays)
+        return float(loss)
+
+    def step(self) -> float:
+        idx = self.sampler.next()
+        loss = self.loss_and_grad(self.params, idx, self.grads)
+        if self.options.line_search:
+            self._armijo(idx, loss)
+        else:
+            self.opt.step(self.params.arrays(), self.grads.arrays())
+        self.iteration += 1
+        return loss
+
+    def _armijo(self, idx: np.ndarray, loss: float) -> None:
+        """Gradient descent with Armijo backtracking: shrink t until
+        ``f(U - t g) <= f(U) - c t ||g||^2`` (Nocedal & Wright, Algorithm 3.1)."""
+        o = self.options
+        g2 = sum(float(np.vdot(g, g)) for g in self.grads.arrays())
+        t = self.opt.current_lr()
+        trial = self.params.copy()
+        for _ in range(o.max_backtracks + 1):
+            for p, p0, g in zip(trial.arrays(), self.params.arrays(), self.grads.arrays()):
+                np.subtract(p0, t * g, out=p)
+            if self.loss_and_grad(trial, idx, None) <= loss - o.armijo_c * t * g2:
+                break
+            t *= o.armijo_shrink
+        self.params = trial
+        self.opt.k += 1
+
+    def global_params(self) -> Params:
+        return self.params
+
+    def state(self) -> dict[str, Any]:
+        arrays = {f"params/{k}": v.copy() for k, v in self.params.as_dict().items()}
+        opt_state = self.opt.state_dict()
+        arrays.update({f"opt/{i}": s for i, s in enumerate(opt_state["slots"])})
+        meta = {"iteration": self.iteration, "sampler": self.sampler.get_state(),
+                "opt_k": opt_state["k"], "lr": self.opt.lr, "n_slots": len(opt_state["slots"])}
+        return {"arrays": arrays, "meta": meta}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        arrays, meta = state["arrays"], state["meta"]
+        self.params = Params.from_dict({k.split("/", 1)[1]: v for k, v in arrays.items()
+                                        if k.startswith("params/")})
+        self.opt.load_state_dict({"k": meta["opt_k"],
+                                  "slots": [arrays[f"opt/{i}"] for i in range(meta["n_slots"])]})
+        self.opt.lr = float(meta["lr"])
+        self.sampler.set_state(meta["sampler"])
+        self.iteration = int(meta["iteration"])
+
+
+class DataParallelTrainer(SerialTrainer):
+    """Data-parallel SGD: Allreduce of gradients over ranks (the standard baseline)."""
+
+    name = "dataparallel"
+    data_parallel = True

@@ -1,0 +1,250 @@
+"""The network: a ResNet read as a discretised ODE (Parpas & Muir 2019, eq. (1) and (4)).
+
+Layers are time steps of size ``h = T / depth``. The forward solve (Algorithm 1) and the backward
+co-state solve (Algorithm 2) of any contiguous block of layers ``[lo, hi)`` are exposed separately,
+so the serial method runs one block ``[0, depth)`` and the parallel-in-time method runs one block per
+rank. The arithmetic is in :mod:`pintopt.kernels.residual`; this module owns shapes and buffers.
+
+Network: ``X_0 = x W_in + b_in`` (a linear opening layer lifting the features to the width), then
+``depth`` residual steps (``euler`` or ``verlet``), then a linear classifier
+``logits = X_T W_out + b_out`` with softmax cross-entropy (``Phi_i`` of eq. (1)).
+
+Co-states follow the backpropagation sign convention: ``P_j`` is the gradient of the mean batch
+loss with respect to the state ``X_j`` (the paper's ``P`` up to its sign).
+
+State layout: Euler, one array ``(m, width)``; Verlet, one array ``(2, m, width)`` holding
+``[Y, Z]`` (Haber & Ruthotto's two variables; the classifier reads ``Y``; ``Z_0 = 0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from pintopt.kernels import activations, losses, residual
+
+SCHEMES = ("euler", "verlet")
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """Shape of a ResNet-as-ODE: the things a checkpoint must match to be resumed."""
+
+    n_features: int
+    n_classes: int
+    width: int = 8
+    depth: int = 16
+    final_time: float = 4.0
+    scheme: str = "verlet"
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "n_classes", "width", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {self.n_classes}")
+        if not self.final_time > 0:
+            raise ValueError(f"final_time must be positive, got {self.final_time!r}")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        activations.code(self.activation)  # raises naming the valid choices
+
+    @property
+    def h(self) -> float:
+        """Step size delta = T / T_delta (Section 2.1)."""
+        return self.final_time / self.depth
+
+    def coarsened(self, factor: int) -> ResNetSpec:
+        """The coarse model of the global prediction phase: depth/factor steps over the same T."""
+        if factor < 1 or self.depth % factor:
+            raise ValueError(f"coarsening factor {factor} must divide depth {self.depth}")
+        return ResNetSpec(self.n_features, self.n_classes, self.width, self.depth // factor,
+                          self.final_time, self.scheme, self.activation)
+
+
+@dataclass
+class Params:
+    """Parameters of a :class:`ResNet`, plain NumPy arrays (the controls U are ``K``, ``b``)."""
+
+    W_in: np.ndarray   # (n_features, width)
+    b_in: np.ndarray   # (width,)
+    K: np.ndarray      # (depth, width, width)
+    b: np.ndarray      # (depth, width)
+    W_out: np.ndarray  # (width, n_classes)
+    b_out: np.ndarray  # (n_classes,)
+    names: tuple[str, ...] = field(default=("W_in", "b_in", "K", "b", "W_out", "b_out"), repr=False)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The arrays in a fixed order (optimisers, Allreduce and checkpoints iterate over this)."""
+        return [getattr(self, n) for n in self.names]
+
+    def copy(self) -> Params:
+        return Params(*[a.copy() for a in self.arrays()])
+
+    def zeros_like(self) -> Params:
+        return Params(*[np.zeros_like(a) for a in self.arrays()])
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {n: getattr(self, n) for n in self.names}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, np.ndarray]) -> Params:
+        return cls(*[np.array(d[f.name], dtype=np.float64, order="C")
+                     for f in fields(cls) if f.name != "names"])
+
+
+class _Trajectory:
+    """Everything the backward solve of one block needs, kept between forward and backward."""
+
+    __slots__ = ("lo", "hi", "Xs", "D", "Zs", "DY")
+
+    def __init__(self, lo: int, hi: int, m: int, width: int, verlet: bool) -> None:
+        L = hi - lo
+        self.lo, self.hi = lo, hi
+        self.Xs = np.empty((L + 1, m, width))
+        self.D = np.empty((L, m, width))
+        self.Zs = np.empty((L + 1, m, width)) if verlet else None
+        self.DY = np.empty((L, m, width)) if verlet else None
+
+    def state(self, j: int) -> np.ndarray:
+        """State after local step j (0 = block input), in the model's state layout."""
+        if self.Zs is None:
+            return self.Xs[j]
+        return np.stack([self.Xs[j], self.Zs[j]])
+
+
+class ResNet:
+    """Forward and backward solves of a ResNet-as-ODE, blockwise over layers.
+
+    Buffers for a block are reused between calls with the same block and batch size, so a training
+    loop allocates once.
+    """
+
+    def __init__(self, spec: ResNetSpec) -> None:
+        self.spec = spec
+        self.act = activations.code(spec.activation)
+        self.verlet = spec.scheme == "verlet"
+        self._cache: dict[tuple[int, int, int], _Trajectory] = {}
+
+    # parameters -------------------------------------------------------------------------------
+    def init_params(self, seed: int) -> Params:
+        """Deterministic initialisation from ``seed`` (Gaussian weights scaled by fan-in)."""
+        s = self.spec
+        rng = np.random.default_rng(seed)
+        return Params(
+            W_in=rng.standard_normal((s.n_features, s.width)) / np.sqrt(s.n_features),
+            b_in=np.zeros(s.width),
+            K=rng.standard_normal((s.depth, s.width, s.width)) / np.sqrt(s.width),
+            b=np.zeros((s.depth, s.width)),
+            W_out=rng.standard_normal((s.width, s.n_classes)) / np.sqrt(s.width),
+            b_out=np.zeros(s.n_classes),
+        )
+
+    def state_shape(self, m: int) -> tuple[int, ...]:
+        return (2, m, self.spec.width) if self.verlet else (m, self.spec.width)
+
+    # opening layer ----------------------------------------------------------------------------
+    def open(self, params: Params, x: np.ndarray) -> np.ndarray:
+        """Initial state X_0 from a batch of features."""
+        X0 = x @ params.W_in + params.b_in
+        if self.verlet:
+            return np.stack([X0, np.zeros_like(X0)])
+        return X0
+
+    def open_backward(self, params: Params, x: np.ndarray, P0: np.ndarray, grads: Params) -> None:
+        """Gradient of the opening layer's parameters from the co-state at t = 0."""
+        PX = P0[0] if self.verlet else P0
+        np.dot(x.T, PX, out=grads.W_in)
+        grads.b_in[:] = PX.sum(axis=0)
+
+    # residual blocks (Algorithms 1 and 2) -----------------------------------------------------
+    def forward(self, params: Params, state: np.ndarray, lo: int, hi: int,
+                reuse: bool = True) -> _Trajectory:
+        """Forward solve of layers ``[lo, hi)`` from ``state``; returns the stored trajectory.
+
+        With ``reuse`` the trajectory buffers are kept for the next call with the same block and
+        batch size (training); evaluation passes ``reuse=False`` so they are freed.
+        """
+        m = state.shape[-2]
+        key = (lo, hi, m)
+        traj = self._cache.get(key) if reuse else None
+        if traj is None:
+            traj = _Trajectory(lo, hi, m, self.spec.width, self.verlet)
+            if reuse:
+                self._cache[key] = traj
+        K, b, h = params.K[lo:hi], params.b[lo:hi], self.spec.h
+        if self.verlet:
+            residual.verlet_forward(np.ascontiguousarray(state[0]), np.ascontiguousarray(state[1]),
+                                    K, b, h, self.act, traj.Xs, traj.Zs, traj.D, traj.DY)
+        else:
+            residual.euler_forward(np.ascontiguousarray(state), K, b, h, self.act, traj.Xs, traj.D)
+        return traj
+
+    def backward(self, params: Params, traj: _Trajectory, P_end: np.ndarray,
+                 grads: Params) -> np.ndarray:
+        """Backward co-state solve of the block from ``P_end``; fills ``grads.K/b[lo:hi]``.
+
+        Returns the co-state at the block's first layer (the gradient w.r.t. its input state).
+        """
+        lo, hi, h = traj.lo, traj.hi, self.spec.h
+        K, dK, db = params.K[lo:hi], grads.K[lo:hi], grads.b[lo:hi]
+        m = P_end.shape[-2]
+        if self.verlet:
+            P0 = np.empty((2, m, self.spec.width))
+            residual.verlet_backward(traj.Xs, traj.Zs, traj.D, traj.DY, K, h,
+                                     np.ascontiguousarray(P_end[0]), np.ascontiguousarray(P_end[1]),
+                                     P0[0], P0[1], dK, db)
+        else:
+            P0 = np.empty((m, self.spec.width))
+            residual.euler_backward(traj.Xs, traj.D, K, h, np.ascontiguousarray(P_end), P0, dK, db)
+        return P0
+
+    # classifier (the terminal cost Phi) --------------------------------------------------------
+    def logits(self, params: Params, state: np.ndarray) -> np.ndarray:
+        Y = state[0] if self.verlet else state
+        return Y @ params.W_out + params.b_out
+
+    def head(self, params: Params, state: np.ndarray, y: np.ndarray,
+             grads: Params | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Mean cross-entropy of the final state; with ``grads``, also the terminal co-state.
+
+        Returns ``(loss, logits, P_T)``; ``P_T`` is None when ``grads`` is None.
+        """
+        Y = state[0] if self.verlet else state
+        logits = Y @ params.W_out + params.b_out
+        G = np.empty_like(logits)
+        loss = losses.softmax_xent(logits, y, G)
+        if grads is None:
+            return loss, logits, None
+        np.dot(Y.T, G, out=grads.W_out)
+        grads.b_out[:] = G.sum(axis=0)
+        PY = G @ params.W_out.T
+        P_T = np.stack([PY, np.zeros_like(PY)]) if self.verlet else PY
+        return loss, logits, P_T
+
+    # whole network ---------------------------------------------------------------------------
+    def loss_and_grad(self, params: Params, x: np.ndarray, y: np.ndarray,
+                      grads: Params) -> tuple[float, np.ndarray]:
+        """Serial-in-time gradient (Algorithm 3 without the update): returns (loss, logits)."""
+        traj = self.forward(params, self.open(params, x), 0, self.spec.depth)
+        loss, logits, P_T = self.head(params, traj.state(traj.hi - traj.lo), y, grads)
+        P0 = self.backward(params, traj, P_T, grads)
+        self.open_backward(params, x, P0, grads)
+        return loss, logits
+
+    def predict(self, params: Params, x: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """Logits for ``x``, in chunks so evaluation memory stays bounded."""
+        out = np.empty((x.shape[0], self.spec.n_classes))
+        for s in range(0, x.shape[0], chunk):
+            xs = x[s:s + chunk]
+            traj = self.forward(params, self.open(params, xs), 0, self.spec.depth, reuse=False)
+            out[s:s + chunk] = self.logits(params, traj.state(traj.hi - traj.lo))
+        return out
+
+    def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) on a dataset."""
+        logits = self.predict(params, x)
+        G = np.empty_like(logits)
+        return losses.softmax_xent(logits, y, G), losses.accuracy(logits, y)

@@ -1,0 +1,89 @@
+"""Update mappings A of Algorithm 3 (Parpas & Muir 2019, eq. (5)) on lists of NumPy arrays.
+
+An optimiser updates a list of arrays in place from a list of gradients of the same shapes, so the
+same code serves the whole network (serial), one rank's slice of layers (parallel-in-time) or a
+local model (local SGD). Plain SGD is the mapping of Lemma 2.2; momentum and Adam are the general
+mappings the paper allows. Learning-rate schedules: ``constant``; ``invtime``
+``lr / (1 + decay * k)`` which satisfies Theorem 4.2's conditions (sum eta = inf, sum eta^2 < inf);
+``step`` (multiply by ``gamma`` every ``step_size`` iterations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "invtime", "step")
+
+
+def learning_rate(lr: float, k: int, schedule: str = "constant", decay: float = 0.0,
+                  step_size: int = 1000, gamma: float = 0.5) -> float:
+    """Learning rate at iteration ``k`` (0-based) under ``schedule``."""
+    if schedule == "constant":
+        return lr
+    if schedule == "invtime":
+        return lr / (1.0 + decay * k)
+    if schedule == "step":
+        return lr * gamma ** (k // step_size)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+class Optimizer:
+    """``step(params, grads)`` updates ``params`` in place; state is a list of arrays + a counter."""
+
+    def __init__(self, kind: str = "adam", lr: float = 0.01, momentum: float = 0.9,
+                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0, schedule: str = "constant", decay: float = 0.0,
+                 step_size: int = 1000, gamma: float = 0.5) -> None:
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr!r}")
+        learning_rate(lr, 0, schedule)  # validates the schedule name
+        self.kind, self.lr, self.momentum = kind, lr, momentum
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.schedule, self.decay, self.step_size, self.gamma = schedule, decay, step_size, gamma
+        self.k = 0
+        self.slots: list[np.ndarray] = []
+
+    def current_lr(self) -> float:
+        return learning_rate(self.lr, self.k, self.schedule, self.decay, self.step_size, self.gamma)
+
+    def _init_slots(self, params: Sequence[np.ndarray]) -> None:
+        per = {"sgd": 0, "momentum": 1, "adam": 2}[self.kind]
+        self.slots = [np.zeros_like(p) for p in params for _ in range(per)]
+
+    def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        """One update U <- A(U, grad) of every array in ``params``."""
+        if not self.slots and self.kind != "sgd":
+            self._init_slots(params)
+        lr = self.current_lr()
+        self.k += 1
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if self.weight_decay:
+                g = g + self.weight_decay * p  # R(U) = wd/2 ||U||^2 of eq. (1)
+            if self.kind == "sgd":
+                p -= lr * g
+            elif self.kind == "momentum":
+                v = self.slots[i]
+                v *= self.momentum
+                v += g
+                p -= lr * v
+            else:
+                m, v = self.slots[2 * i], self.slots[2 * i + 1]
+                m *= self.beta1
+                m += (1 - self.beta1) * g
+                v *= self.beta2
+                v += (1 - self.beta2) * g * g
+                c1 = 1 - self.beta1 ** self.k
+                c2 = 1 - self.beta2 ** self.k
+                p -= (lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "slots": [s.copy() for s in self.slots]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.k = int(state["k"])
+        self.slots = [np.array(s, dtype=np.float64) for s in state["slots"]]
