@@ -1,0 +1,288 @@
+"""ResNet-as-ODE propagators: forward solves and adjoint (co-state) solves over a block of layers.
+
+Implements the discrete optimal-control model (4) of Parpas & Muir (2019) with its forward solve
+(Algorithm 1) and backward/co-state solve (Algorithm 2) for two discretisations of the dynamics
+``dX/dt = sigma(X K(t) + b(t))``:
+
+* explicit Euler (the standard ResNet), ``X_{j+1} = X_j + h sigma(X_j K_j + b_j)``;
+* the Verlet / leapfrog scheme of the Hamiltonian network of Haber & Ruthotto (2018).
+
+Conventions: a state is a row-major batch ``X`` of shape (m, n) (m samples, n width); K has shape
+(L, n, n), b shape (L, n); ``act`` is an activation code from :mod:`pintopt.kernels.activations`.
+All arrays are float64 and C-contiguous. The ``*_forward``/``*_backward`` kernels write into
+caller-provided outputs; the ``*_block``/``*_block_adjoint`` wrappers allocate them.
+
+The forward kernels also store the activation derivative sigma' at every layer (D, DZ, DY), so the
+adjoint needs no transcendental function and no second activation pass.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .activations import fused
+
+# ----------------------------------------------------------------------------------------------
+# elementwise helpers (fused passes over an (m, n) layer)
+
+
+@numba.njit(cache=True)
+def _euler_update(X, A, b, h, act, Xn, D):
+    """Given A = X K (in Xn's memory or elsewhere): Xn = X + h sigma(A + b), D = sigma'(A + b).
+
+    ``A`` may alias ``Xn``.
+    """
+    m, n = X.shape
+    for i in range(m):
+        for k in range(n):
+            s, d = fused(A[i, k] + b[k], act)
+            Xn[i, k] = X[i, k] + h * s
+            D[i, k] = d
+
+
+@numba.njit(cache=True)
+def _scaled_product(h, D, P, G):
+    """G = h * D * P elementwise."""
+    m, n = D.shape
+    for i in range(m):
+        for k in range(n):
+            G[i, k] = h * D[i, k] * P[i, k]
+
+
+@numba.njit(cache=True)
+def _colsum(G, out):
+    """out[k] = sum_i G[i, k]."""
+    m, n = G.shape
+    for k in range(n):
+        out[k] = 0.0
+    for i in range(m):
+        for k in range(n):
+            out[k] += G[i, k]
+
+
+@numba.njit(cache=True)
+def _add_into(A, B):
+    """A += B."""
+    m, n = A.shape
+    for i in range(m):
+        for k in range(n):
+            A[i, k] += B[i, k]
+
+
+# ----------------------------------------------------------------------------------------------
+# explicit Euler (ResNet)
+
+
+@numba.njit(cache=True)
+def euler_forward(X0, K, b, h, act, Xs, D):
+    """Forward solve (Parpas & Muir 2019, Algorithm 1) of the explicit-Euler ResNet, eq. (4).
+
+    ``Xs[0] = X0`` and ``Xs[j+1] = Xs[j] + h * sigma(Xs[j] @ K[j] + b[j])`` for j < L;
+    ``D[j] = sigma'(Xs[j] @ K[j] + b[j])`` is stored for :func:`euler_backward`.
+
+    Shapes: X0 (m, n), K (L, n, n), b (L, n), Xs (L+1, m, n) output, D (L, m, n) output.
+    """
+    L = K.shape[0]
+    Xs[0, :, :] = X0
+    for j in range(L):
+        Xn = Xs[j + 1]
+        # The product goes straight into the next state's memory; the fused pass reads it there.
+        np.dot(Xs[j], K[j], Xn)
+        _euler_update(Xs[j], Xn, b[j], h, act, Xn, D[j])
+
+
+@numba.njit(cache=True)
+def euler_backward(Xs, D, K, h, PL, P0, dK, db):
+    """Backward (co-state) solve (Parpas & Muir 2019, Algorithm 2) of the explicit-Euler ResNet.
+
+    With ``G_j = h * D[j] * P_{j+1}`` (elementwise), runs
+    ``P_j = P_{j+1} + G_j @ K[j].T`` from ``P_L = PL`` down to P_0, written into ``P0``, and
+    overwrites the weight gradients ``dK[j] = Xs[j].T @ G_j``, ``db[j] = sum_rows(G_j)``.
+    If PL = dJ/dXs[L], then P0 = dJ/dX0, dK = dJ/dK and db = dJ/db.
+
+    Shapes: Xs (L+1, m, n), D (L, m, n), K (L, n, n), PL (m, n) (not modified), P0 (m, n) output
+    (must not alias any input), dK (L, n, n), db (L, n) outputs.
+    """
+    L = K.shape[0]
+    m, n = PL.shape
+    G = np.empty((m, n))
+    other = np.empty((m, n))
+    # Ping-pong between P0 and a scratch buffer, starting so that P_0 lands in P0.
+    if L % 2 == 0:
+        cur, nxt = P0, other
+    else:
+        cur, nxt = other, P0
+    cur[:, :] = PL
+    for j in range(L - 1, -1, -1):
+        _scaled_product(h, D[j], cur, G)
+        np.dot(Xs[j].T, G, dK[j])
+        _colsum(G, db[j])
+        np.dot(G, K[j].T, nxt)
+        _add_into(nxt, cur)
+        cur, nxt = nxt, cur
+
+
+# ----------------------------------------------------------------------------------------------
+# Verlet / Hamiltonian network (Haber & Ruthotto 2018)
+
+
+@numba.njit(cache=True)
+def _verlet_z_update(Z, A, b, h, act, Zn, DZ):
+    """Zn = Z - h sigma(A + b), DZ = sigma'(A + b); ``A`` may alias ``Zn``."""
+    m, n = Z.shape
+    for i in range(m):
+        for k in range(n):
+            s, d = fused(A[i, k] + b[k], act)
+            Zn[i, k] = Z[i, k] - h * s
+            DZ[i, k] = d
+
+
+@numba.njit(cache=True)
+def verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
+    """Forward solve of the Verlet (leapfrog) Hamiltonian network of Haber & Ruthotto (2018).
+
+    Meganet's ``integrators/HamiltonianNN.m`` writes, for column-vector states,
+    ``Z <- Z - h sigma(K_j^T Y + b_j)``, then ``Y <- Y + h sigma(K_j Z + b_j)``.
+    Our states are row-major batches (one sample per ROW), so every product is transposed:
+    ``K_j^T y`` becomes ``Y @ K[j]`` and ``K_j z`` becomes ``Z @ K[j].T``. Per layer j:
+
+        Zs[j+1] = Zs[j] - h * sigma(Ys[j] @ K[j] + b[j])
+        Ys[j+1] = Ys[j] + h * sigma(Zs[j+1] @ K[j].T + b[j])
+
+    with ``DZ[j] = sigma'(Ys[j] @ K[j] + b[j])`` and ``DY[j] = sigma'(Zs[j+1] @ K[j].T + b[j])``
+    stored for :func:`verlet_backward`.
+
+    Shapes: Y0, Z0 (m, n); K (L, n, n); b (L, n); Ys, Zs (L+1, m, n), DZ, DY (L, m, n) outputs.
+    """
+    L = K.shape[0]
+    Ys[0, :, :] = Y0
+    Zs[0, :, :] = Z0
+    for j in range(L):
+        Zn = Zs[j + 1]
+        np.dot(Ys[j], K[j], Zn)
+        _verlet_z_update(Zs[j], Zn, b[j], h, act, Zn, DZ[j])
+        Yn = Ys[j + 1]
+        np.dot(Zn, K[j].T, Yn)
+        _euler_update(Ys[j], Yn, b[j], h, act, Yn, DY[j])
+
+
+@numba.njit(cache=True)
+def verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
+    """Adjoint (co-state) solve of :func:`verlet_forward`, exact gradient of the discrete map.
+
+    Given ``PYL = dJ/dYs[L]`` and ``PZL = dJ/dZs[L]``, per layer j = L-1, ..., 0 (row-major form):
+
+        GB   = h * DY[j] * PY_{j+1}                 (dJ/d of the Y-update pre-activation)
+        QZ   = PZ_{j+1} + GB @ K[j]                 (= PZ_j, total dJ/dZs[j+1])
+        GA   = -h * DZ[j] * QZ                      (dJ/d of the Z-update pre-activation)
+        PY_j = PY_{j+1} + GA @ K[j].T
+        dK[j] = Ys[j].T @ GA + GB.T @ Zs[j+1],   db[j] = sum_rows(GA) + sum_rows(GB)
+
+    (both uses of K[j] and b[j] in the layer contribute). Writes PY0 = dJ/dYs[0], PZ0 = dJ/dZs[0];
+    overwrites dK (L, n, n) and db (L, n). PYL, PZL are not modified; PY0, PZ0 must not alias
+    inputs or each other.
+    """
+    L = K.shape[0]
+    m, n = PYL.shape
+    GA = np.empty((m, n))
+    GB = np.empty((m, n))
+    tmp = np.empty((n, n))
+    bufY = np.empty((m, n))
+    bufZ = np.empty((m, n))
+    if L % 2 == 0:
+        cy, ny, cz, nz = PY0, bufY, PZ0, bufZ
+    else:
+        cy, ny, cz, nz = bufY, PY0, bufZ, PZ0
+    cy[:, :] = PYL
+    cz[:, :] = PZL
+    for j in range(L - 1, -1, -1):
+        _scaled_product(h, DY[j], cy, GB)
+        # QZ = PZ_{j+1} + GB @ K[j] -> nz
+        np.dot(GB, K[j], nz)
+        _add_into(nz, cz)
+        _scaled_product(-h, DZ[j], nz, GA)
+        np.dot(GA, K[j].T, ny)
+        _add_into(ny, cy)
+        np.dot(Ys[j].T, GA, dK[j])
+        np.dot(GB.T, Zs[j + 1], tmp)
+        _add_into(dK[j], tmp)
+        _colsum(GA, db[j])
+        for k in range(n):
+            s = 0.0
+            for i in range(m):
+                s += GB[i, k]
+            db[j, k] += s
+        cy, ny = ny, cy
+        cz, nz = nz, cz
+
+
+# ----------------------------------------------------------------------------------------------
+# allocating convenience wrappers (plain Python)
+
+
+def _as_f64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def euler_block(
+    X0: np.ndarray, K: np.ndarray, b: np.ndarray, h: float, act: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Allocate and run :func:`euler_forward`; returns (Xs (L+1, m, n), D (L, m, n))."""
+    X0, K, b = _as_f64(X0), _as_f64(K), _as_f64(b)
+    L = K.shape[0]
+    m, n = X0.shape
+    Xs = np.empty((L + 1, m, n))
+    D = np.empty((L, m, n))
+    euler_forward(X0, K, b, float(h), int(act), Xs, D)
+    return Xs, D
+
+
+def euler_block_adjoint(
+    Xs: np.ndarray, D: np.ndarray, K: np.ndarray, h: float, PL: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Allocate and run :func:`euler_backward`; returns (P0 (m, n), dK (L, n, n), db (L, n))."""
+    Xs, D, K, PL = _as_f64(Xs), _as_f64(D), _as_f64(K), _as_f64(PL)
+    L, n = K.shape[0], K.shape[1]
+    P0 = np.empty_like(PL)
+    dK = np.empty((L, n, n))
+    db = np.empty((L, n))
+    euler_backward(Xs, D, K, float(h), PL, P0, dK, db)
+    return P0, dK, db
+
+
+def verlet_block(
+    Y0: np.ndarray, Z0: np.ndarray, K: np.ndarray, b: np.ndarray, h: float, act: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Allocate and run :func:`verlet_forward`; returns (Ys, Zs, DZ, DY)."""
+    Y0, Z0, K, b = _as_f64(Y0), _as_f64(Z0), _as_f64(K), _as_f64(b)
+    L = K.shape[0]
+    m, n = Y0.shape
+    Ys = np.empty((L + 1, m, n))
+    Zs = np.empty((L + 1, m, n))
+    DZ = np.empty((L, m, n))
+    DY = np.empty((L, m, n))
+    verlet_forward(Y0, Z0, K, b, float(h), int(act), Ys, Zs, DZ, DY)
+    return Ys, Zs, DZ, DY
+
+
+def verlet_block_adjoint(
+    Ys: np.ndarray,
+    Zs: np.ndarray,
+    DZ: np.ndarray,
+    DY: np.ndarray,
+    K: np.ndarray,
+    h: float,
+    PYL: np.ndarray,
+    PZL: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Allocate and run :func:`verlet_backward`; returns (PY0, PZ0, dK, db)."""
+    Ys, Zs, DZ, DY = _as_f64(Ys), _as_f64(Zs), _as_f64(DZ), _as_f64(DY)
+    K, PYL, PZL = _as_f64(K), _as_f64(PYL), _as_f64(PZL)
+    L, n = K.shape[0], K.shape[1]
+    PY0 = np.empty_like(PYL)
+    PZ0 = np.empty_like(PZL)
+    dK = np.empty((L, n, n))
+    db = np.empty((L, n))
+    verlet_backward(Ys, Zs, DZ, DY, K, float(h), PYL, PZL, PY0, PZ0, dK, db)
+    return PY0, PZ0, dK, db
