@@ -33,8 +33,10 @@ def partition(n_items: int, size: int, rank: int) -> tuple[int, int]:
     :func:`require_items_per_rank` first.
     """
     if n_items < 0 or size < 1 or not 0 <= rank < size:
-        raise ValueError(f"partition: need n_items >= 0, size >= 1, 0 <= rank < size; "
-                         f"got n_items={n_items}, size={size}, rank={rank}")
+        raise ValueError(
+            f"partition: need n_items >= 0, size >= 1, 0 <= rank < size; "
+            f"got n_items={n_items}, size={size}, rank={rank}"
+        )
     base, extra = divmod(n_items, size)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
@@ -43,8 +45,10 @@ def partition(n_items: int, size: int, rank: int) -> tuple[int, int]:
 def require_items_per_rank(n_items: int, size: int, what: str = "layers", minimum: int = 1) -> None:
     """Raise ValueError when ``size`` ranks cannot each own ``minimum`` of the ``n_items``."""
     if n_items < minimum * size:
-        raise ValueError(f"{n_items} {what} cannot be split over {size} ranks with at least "
-                         f"{minimum} each: use at most {max(n_items // minimum, 1)} ranks or more {what}")
+        raise ValueError(
+            f"{n_items} {what} cannot be split over {size} ranks with at least "
+            f"{minimum} each: use at most {max(n_items // minimum, 1)} ranks or more {what}"
+        )
 
 
 class SerialComm:
@@ -89,7 +93,9 @@ class SerialComm:
     def send(self, array: np.ndarray, dest: int, tag: int = 0) -> None:
         raise CommError("SerialComm has no other rank to send to")
 
-    def recv_(self, buffer: np.ndarray, source: int, tag: int = 0, timeout: float | None = None) -> None:
+    def recv_(
+        self, buffer: np.ndarray, source: int, tag: int = 0, timeout: float | None = None
+    ) -> None:
         raise CommError("SerialComm has no other rank to receive from")
 
     def isend(self, array: np.ndarray, dest: int, tag: int = 0):
@@ -183,7 +189,9 @@ class Comm(SerialComm):
         self.comm.Send(np.ascontiguousarray(array), dest=dest, tag=tag)
         self.bytes_sent += array.nbytes
 
-    def recv_(self, buffer: np.ndarray, source: int, tag: int = 0, timeout: float | None = None) -> None:
+    def recv_(
+        self, buffer: np.ndarray, source: int, tag: int = 0, timeout: float | None = None
+    ) -> None:
         """Receive into ``buffer``; with ``timeout`` raise CommError if nothing arrives in time."""
         if timeout is None:
             self.comm.Recv(buffer, source=source, tag=tag)
@@ -207,8 +215,10 @@ class Comm(SerialComm):
         delay = 1e-5
         while not self._MPI.Request.Testall(pending):
             if time.monotonic() > deadline:
-                raise CommError(f"rank {self.rank}: no message from a neighbour within {timeout:g} s "
-                                "(another rank has probably failed)")
+                raise CommError(
+                    f"rank {self.rank}: no message from a neighbour within {timeout:g} s "
+                    "(another rank has probably failed)"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 1e-2)
 
@@ -246,7 +256,9 @@ def abort_on_exception(comm: SerialComm) -> None:
 
     def hook(kind, value, tb):
         sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
-        sys.stderr.write(f"pintopt: rank {comm.rank} of {comm.size} failed: {kind.__name__}: {value}\n")
+        sys.stderr.write(
+            f"pintopt: rank {comm.rank} of {comm.size} failed: {kind.__name__}: {value}\n"
+        )
         sys.stderr.flush()
         try:
             comm.abort(1)

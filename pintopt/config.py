@@ -1,6 +1,7 @@
-"""Run configuration: TOML file sections overridden by command-line flags, validated into dataclasses.
+"""Run configuration: TOML sections overridden by command-line flags, validated into dataclasses.
 
-Sections ``[data]``, ``[model]``, ``[train]``, ``[checkpoint]`` hold the options every method shares;
+Sections ``[data]``, ``[model]``, ``[train]``, ``[checkpoint]`` hold the options every method
+shares;
 each method may add its own section named after it (``[pint]``, ...), declared as an ``Options``
 dataclass in its module and registered in :mod:`pintopt.methods`. Every field carries its help
 text, so the CLI flags and ``docs/options.md`` are generated from this one place.
@@ -27,27 +28,49 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, low: float | None = None,
-        high: float | None = None, low_open: bool = False) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> Any:
     """A dataclass field with its help text and admissible values (``low``/``high`` inclusive
     unless ``low_open``)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "low": low,
-                                            "high": high, "low_open": low_open})
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open},
+    )
 
 
 @dataclass
 class DataOptions:
-    dataset: str = opt("swissroll", "dataset to train on",
-                       choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam"))
+    dataset: str = opt(
+        "swissroll",
+        "dataset to train on",
+        choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam"),
+    )
     data_dir: str | None = opt(None, "directory holding the dataset files (mnist: the IDX files)")
     path: str | None = opt(None, "file to read (libsvm, npz, hdf5)")
-    n: int | None = opt(None, "dataset size (synthetic: points per class/arm; files: at most n "
-                              "samples); default: the dataset's own", low=1)
+    n: int | None = opt(
+        None,
+        "dataset size (synthetic: points per class/arm; files: at most n "
+        "samples); default: the dataset's own",
+        low=1,
+    )
     noise: float = opt(0.0, "standard deviation of Gaussian noise added to synthetic data", low=0.0)
-    val_fraction: float | None = opt(None, "fraction held out for validation (where the dataset "
-                                          "has no fixed split)", low=0.0, high=0.9)
-    n_train: int | None = opt(None, "mnist: number of leading images used for training (rest "
-                                    "validate); default 8000", low=1)
+    val_fraction: float | None = opt(
+        None,
+        "fraction held out for validation (where the dataset has no fixed split)",
+        low=0.0,
+        high=0.9,
+    )
+    n_train: int | None = opt(
+        None,
+        "mnist: number of leading images used for training (rest validate); default 8000",
+        low=1,
+    )
     standardize: bool = opt(True, "standardize features with training-set mean and std")
 
 
@@ -55,11 +78,13 @@ class DataOptions:
 class ModelOptions:
     width: int = opt(8, "number of channels of the residual layers", low=1)
     depth: int = opt(16, "number of residual layers (time steps)", low=1)
-    final_time: float = opt(4.0, "final time T of the ODE; step size h = final_time / depth",
-                            low=0.0, low_open=True)
+    final_time: float = opt(
+        4.0, "final time T of the ODE; step size h = final_time / depth", low=0.0, low_open=True
+    )
     scheme: str = opt("verlet", "time discretisation", choices=("euler", "verlet"))
-    activation: str = opt("tanh", "activation function",
-                          choices=("tanh", "relu", "leaky_relu", "sigmoid", "softplus"))
+    activation: str = opt(
+        "tanh", "activation function", choices=("tanh", "relu", "leaky_relu", "sigmoid", "softplus")
+    )
 
 
 @dataclass
@@ -69,33 +94,49 @@ class TrainOptions:
     lr: float = opt(0.01, "learning rate", low=0.0, low_open=True)
     momentum: float = opt(0.9, "momentum coefficient (optimizer = momentum)", low=0.0, high=1.0)
     weight_decay: float = opt(0.0, "L2 regularisation R(U) = weight_decay/2 ||U||^2", low=0.0)
-    schedule: str = opt("constant", "learning-rate schedule",
-                        choices=("constant", "invtime", "step"))
+    schedule: str = opt(
+        "constant", "learning-rate schedule", choices=("constant", "invtime", "step")
+    )
     decay: float = opt(0.0, "invtime schedule: lr / (1 + decay * k)", low=0.0)
     step_size: int = opt(1000, "step schedule: iterations between decays", low=1)
     gamma: float = opt(0.5, "step schedule: decay factor", low=0.0, high=1.0, low_open=True)
     batch_size: int = opt(16, "global mini-batch size (all ranks together); 0 = full batch", low=0)
     epochs: float = opt(60.0, "training length in passes over the training set", low=0.0)
     iterations: int = opt(0, "training length in iterations (overrides epochs when > 0)", low=0)
-    target_accuracy: float = opt(0.0, "stop as soon as validation accuracy reaches this "
-                                      "(0 = never)", low=0.0, high=1.0)
+    target_accuracy: float = opt(
+        0.0, "stop as soon as validation accuracy reaches this (0 = never)", low=0.0, high=1.0
+    )
     eval_every: int = opt(0, "evaluate every this many iterations (0 = once per epoch)", low=0)
     seed: int = opt(0, "seed of initialisation and mini-batch order", low=0)
-    on_divergence: str = opt("stop", "when the loss or parameters become NaN/Inf: stop, or roll "
-                                     "back to the last good state and halve the step size",
-                             choices=("stop", "rollback"))
+    on_divergence: str = opt(
+        "stop",
+        "when the loss or parameters become NaN/Inf: stop, or roll "
+        "back to the last good state and halve the step size",
+        choices=("stop", "rollback"),
+    )
     max_rollbacks: int = opt(3, "rollback: give up after this many halvings", low=0)
-    memory_limit_gb: float = opt(0.0, "refuse to start when the estimated memory per rank "
-                                      "exceeds this (0 = 80% of the machine's memory)", low=0.0)
+    memory_limit_gb: float = opt(
+        0.0,
+        "refuse to start when the estimated memory per rank "
+        "exceeds this (0 = 80% of the machine's memory)",
+        low=0.0,
+    )
 
 
 @dataclass
 class CheckpointOptions:
     checkpoint: str | None = opt(None, "HDF5 checkpoint file (written by rank 0 only, atomically)")
-    checkpoint_every: int = opt(0, "write a checkpoint every this many iterations (0 = only at "
-                                   "the end when a checkpoint file is given)", low=0)
-    checkpoint_seconds: float = opt(0.0, "also write a checkpoint when this many seconds passed "
-                                         "since the last one (0 = off)", low=0.0)
+    checkpoint_every: int = opt(
+        0,
+        "write a checkpoint every this many iterations (0 = only at "
+        "the end when a checkpoint file is given)",
+        low=0,
+    )
+    checkpoint_seconds: float = opt(
+        0.0,
+        "also write a checkpoint when this many seconds passed since the last one (0 = off)",
+        low=0.0,
+    )
     keep_last: int = opt(1, "keep this many previous checkpoints as FILE.1, FILE.2, ...", low=1)
 
 
@@ -180,7 +221,9 @@ def _check(section: str, obj: Any) -> None:
         if value is None:
             continue
         if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}; got {value!r}")
+            raise ConfigError(
+                f"{where}: expected one of {', '.join(meta['choices'])}; got {value!r}"
+            )
         low, high = meta.get("low"), meta.get("high")
         if low is not None and (value < low or (meta.get("low_open") and value == low)):
             rel = ">" if meta.get("low_open") else ">="
@@ -197,7 +240,9 @@ def build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown option {section}.{unknown[0]} (valid: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"unknown option {section}.{unknown[0]} (valid: {', '.join(sorted(known))})"
+        )
     kwargs = {k: _coerce(v, hints[k], f"option {section}.{k}") for k, v in values.items()}
     obj = cls(**kwargs)
     _check(section, obj)
@@ -226,13 +271,15 @@ def make_config(raw: dict[str, Any]) -> Config:
     if unknown:
         valid = ", ".join(list(CORE_SECTIONS) + sorted(methods))
         raise ConfigError(f"unknown config section [{unknown[0]}] (valid: {valid})")
-    sections = {name: build_section(name, cls, raw.get(name, {}))
-                for name, cls in CORE_SECTIONS.items()}
+    sections = {
+        name: build_section(name, cls, raw.get(name, {})) for name, cls in CORE_SECTIONS.items()
+    }
     cfg = Config(**sections)
     name = cfg.train.method
     if name not in methods:
-        raise ConfigError(f"option train.method: expected one of {', '.join(sorted(methods))}; "
-                          f"got {name!r}")
+        raise ConfigError(
+            f"option train.method: expected one of {', '.join(sorted(methods))}; got {name!r}"
+        )
     for other in set(raw) & set(methods) - {name}:
         build_section(other, methods[other], raw[other])  # still validated: a typo is an error
     cfg.method = build_section(name, methods[name], raw.get(name, {}))
@@ -251,17 +298,23 @@ def flag_name(section: str, key: str) -> str:
 
 def options_markdown() -> str:
     """The reference table of every option (docs/options.md is generated from this)."""
-    lines = ["# Options", "",
-             "Every option can be set in a TOML file (`--config run.toml`, section and key as "
-             "below) and overridden by its flag. Generated from `pintopt/config.py` by "
-             "`python -m pintopt options`; a test keeps this page in sync.", ""]
+    lines = [
+        "# Options",
+        "",
+        "Every option can be set in a TOML file (`--config run.toml`, section and key as "
+        "below) and overridden by its flag. Generated from `pintopt/config.py` by "
+        "`python -m pintopt options`; a test keeps this page in sync.",
+        "",
+    ]
     for section, cls in all_sections().items():
         lines += [f"## [{section}]", "", "| key | flag | default | meaning |", "|---|---|---|---|"]
         for f in fields(cls):
             meta = f.metadata
             extra = f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else ""
             default = f.default if f.default is not MISSING else "(required)"
-            lines.append(f"| `{f.name}` | `{flag_name(section, f.name)}` | `{default!r}` | "
-                         f"{meta.get('help', '')}.{extra} |")
+            lines.append(
+                f"| `{f.name}` | `{flag_name(section, f.name)}` | `{default!r}` | "
+                f"{meta.get('help', '')}.{extra} |"
+            )
         lines.append("")
     return "\n".join(lines)

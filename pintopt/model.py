@@ -2,7 +2,8 @@
 
 Layers are time steps of size ``h = T / depth``. The forward solve (Algorithm 1) and the backward
 co-state solve (Algorithm 2) of any contiguous block of layers ``[lo, hi)`` are exposed separately,
-so the serial method runs one block ``[0, depth)`` and the parallel-in-time method runs one block per
+so the serial method runs one block ``[0, depth)`` and the parallel-in-time method runs one block
+per
 rank. The arithmetic is in :mod:`pintopt.kernels.residual`; this module owns shapes and buffers.
 
 Network: ``X_0 = x W_in + b_in`` (a linear opening layer lifting the features to the width), then
@@ -60,18 +61,25 @@ class ResNetSpec:
         """The coarse model of the global prediction phase: depth/factor steps over the same T."""
         if factor < 1 or self.depth % factor:
             raise ValueError(f"coarsening factor {factor} must divide depth {self.depth}")
-        return ResNetSpec(self.n_features, self.n_classes, self.width, self.depth // factor,
-                          self.final_time, self.scheme, self.activation)
+        return ResNetSpec(
+            self.n_features,
+            self.n_classes,
+            self.width,
+            self.depth // factor,
+            self.final_time,
+            self.scheme,
+            self.activation,
+        )
 
 
 @dataclass
 class Params:
     """Parameters of a :class:`ResNet`, plain NumPy arrays (the controls U are ``K``, ``b``)."""
 
-    W_in: np.ndarray   # (n_features, width)
-    b_in: np.ndarray   # (width,)
-    K: np.ndarray      # (depth, width, width)
-    b: np.ndarray      # (depth, width)
+    W_in: np.ndarray  # (n_features, width)
+    b_in: np.ndarray  # (width,)
+    K: np.ndarray  # (depth, width, width)
+    b: np.ndarray  # (depth, width)
     W_out: np.ndarray  # (width, n_classes)
     b_out: np.ndarray  # (n_classes,)
     names: tuple[str, ...] = field(default=("W_in", "b_in", "K", "b", "W_out", "b_out"), repr=False)
@@ -91,8 +99,13 @@ class Params:
 
     @classmethod
     def from_dict(cls, d: dict[str, np.ndarray]) -> Params:
-        return cls(*[np.array(d[f.name], dtype=np.float64, order="C")
-                     for f in fields(cls) if f.name != "names"])
+        return cls(
+            *[
+                np.array(d[f.name], dtype=np.float64, order="C")
+                for f in fields(cls)
+                if f.name != "names"
+            ]
+        )
 
 
 class _Trajectory:
@@ -160,8 +173,9 @@ class ResNet:
         grads.b_in[:] = PX.sum(axis=0)
 
     # residual blocks (Algorithms 1 and 2) -----------------------------------------------------
-    def forward(self, params: Params, state: np.ndarray, lo: int, hi: int,
-                reuse: bool = True) -> _Trajectory:
+    def forward(
+        self, params: Params, state: np.ndarray, lo: int, hi: int, reuse: bool = True
+    ) -> _Trajectory:
         """Forward solve of layers ``[lo, hi)`` from ``state``; returns the stored trajectory.
 
         With ``reuse`` the trajectory buffers are kept for the next call with the same block and
@@ -176,14 +190,25 @@ class ResNet:
                 self._cache[key] = traj
         K, b, h = params.K[lo:hi], params.b[lo:hi], self.spec.h
         if self.verlet:
-            residual.verlet_forward(np.ascontiguousarray(state[0]), np.ascontiguousarray(state[1]),
-                                    K, b, h, self.act, traj.Xs, traj.Zs, traj.D, traj.DY)
+            residual.verlet_forward(
+                np.ascontiguousarray(state[0]),
+                np.ascontiguousarray(state[1]),
+                K,
+                b,
+                h,
+                self.act,
+                traj.Xs,
+                traj.Zs,
+                traj.D,
+                traj.DY,
+            )
         else:
             residual.euler_forward(np.ascontiguousarray(state), K, b, h, self.act, traj.Xs, traj.D)
         return traj
 
-    def backward(self, params: Params, traj: _Trajectory, P_end: np.ndarray,
-                 grads: Params) -> np.ndarray:
+    def backward(
+        self, params: Params, traj: _Trajectory, P_end: np.ndarray, grads: Params
+    ) -> np.ndarray:
         """Backward co-state solve of the block from ``P_end``; fills ``grads.K/b[lo:hi]``.
 
         Returns the co-state at the block's first layer (the gradient w.r.t. its input state).
@@ -193,9 +218,20 @@ class ResNet:
         m = P_end.shape[-2]
         if self.verlet:
             P0 = np.empty((2, m, self.spec.width))
-            residual.verlet_backward(traj.Xs, traj.Zs, traj.D, traj.DY, K, h,
-                                     np.ascontiguousarray(P_end[0]), np.ascontiguousarray(P_end[1]),
-                                     P0[0], P0[1], dK, db)
+            residual.verlet_backward(
+                traj.Xs,
+                traj.Zs,
+                traj.D,
+                traj.DY,
+                K,
+                h,
+                np.ascontiguousarray(P_end[0]),
+                np.ascontiguousarray(P_end[1]),
+                P0[0],
+                P0[1],
+                dK,
+                db,
+            )
         else:
             P0 = np.empty((m, self.spec.width))
             residual.euler_backward(traj.Xs, traj.D, K, h, np.ascontiguousarray(P_end), P0, dK, db)
@@ -206,8 +242,9 @@ class ResNet:
         Y = state[0] if self.verlet else state
         return Y @ params.W_out + params.b_out
 
-    def head(self, params: Params, state: np.ndarray, y: np.ndarray,
-             grads: Params | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
+    def head(
+        self, params: Params, state: np.ndarray, y: np.ndarray, grads: Params | None = None
+    ) -> tuple[float, np.ndarray, np.ndarray | None]:
         """Mean cross-entropy of the final state; with ``grads``, also the terminal co-state.
 
         Returns ``(loss, logits, P_T)``; ``P_T`` is None when ``grads`` is None.
@@ -225,8 +262,9 @@ class ResNet:
         return loss, logits, P_T
 
     # whole network ---------------------------------------------------------------------------
-    def loss_and_grad(self, params: Params, x: np.ndarray, y: np.ndarray,
-                      grads: Params) -> tuple[float, np.ndarray]:
+    def loss_and_grad(
+        self, params: Params, x: np.ndarray, y: np.ndarray, grads: Params
+    ) -> tuple[float, np.ndarray]:
         """Serial-in-time gradient (Algorithm 3 without the update): returns (loss, logits)."""
         traj = self.forward(params, self.open(params, x), 0, self.spec.depth)
         loss, logits, P_T = self.head(params, traj.state(traj.hi - traj.lo), y, grads)
@@ -238,9 +276,9 @@ class ResNet:
         """Logits for ``x``, in chunks so evaluation memory stays bounded."""
         out = np.empty((x.shape[0], self.spec.n_classes))
         for s in range(0, x.shape[0], chunk):
-            xs = x[s:s + chunk]
+            xs = x[s : s + chunk]
             traj = self.forward(params, self.open(params, xs), 0, self.spec.depth, reuse=False)
-            out[s:s + chunk] = self.logits(params, traj.state(traj.hi - traj.lo))
+            out[s : s + chunk] = self.logits(params, traj.state(traj.hi - traj.lo))
         return out
 
     def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

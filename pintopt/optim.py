@@ -18,8 +18,14 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "invtime", "step")
 
 
-def learning_rate(lr: float, k: int, schedule: str = "constant", decay: float = 0.0,
-                  step_size: int = 1000, gamma: float = 0.5) -> float:
+def learning_rate(
+    lr: float,
+    k: int,
+    schedule: str = "constant",
+    decay: float = 0.0,
+    step_size: int = 1000,
+    gamma: float = 0.5,
+) -> float:
     """Learning rate at iteration ``k`` (0-based) under ``schedule``."""
     if schedule == "constant":
         return lr
@@ -31,12 +37,22 @@ def learning_rate(lr: float, k: int, schedule: str = "constant", decay: float = 
 
 
 class Optimizer:
-    """``step(params, grads)`` updates ``params`` in place; state is a list of arrays + a counter."""
+    """``step(params, grads)`` updates ``params`` in place; state: a list of arrays + a counter."""
 
-    def __init__(self, kind: str = "adam", lr: float = 0.01, momentum: float = 0.9,
-                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.0, schedule: str = "constant", decay: float = 0.0,
-                 step_size: int = 1000, gamma: float = 0.5) -> None:
+    def __init__(
+        self,
+        kind: str = "adam",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        schedule: str = "constant",
+        decay: float = 0.0,
+        step_size: int = 1000,
+        gamma: float = 0.5,
+    ) -> None:
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
         if not lr > 0:
@@ -77,8 +93,8 @@ class Optimizer:
                 m += (1 - self.beta1) * g
                 v *= self.beta2
                 v += (1 - self.beta2) * g * g
-                c1 = 1 - self.beta1 ** self.k
-                c2 = 1 - self.beta2 ** self.k
+                c1 = 1 - self.beta1**self.k
+                c2 = 1 - self.beta2**self.k
                 p -= (lr / c1) * m / (np.sqrt(v / c2) + self.eps)
 
     def state_dict(self) -> dict:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pintopt.methods.serial import (DataParallelOptions, DataParallelTrainer, SerialOptions,
-                                    SerialTrainer)
+from pintopt.methods.serial import (
+    DataParallelOptions,
+    DataParallelTrainer,
+    SerialOptions,
+    SerialTrainer,
+)
 
 
 @dataclass(frozen=True)
@@ -20,8 +24,14 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {
-    "serial": MethodEntry(SerialOptions, SerialTrainer,
-                          "serial-in-time SGD/momentum/Adam or Armijo GD (PinT Algorithm 3)"),
-    "dataparallel": MethodEntry(DataParallelOptions, DataParallelTrainer,
-                                "data-parallel SGD: gradients summed with Allreduce"),
+    "serial": MethodEntry(
+        SerialOptions,
+        SerialTrainer,
+        "serial-in-time SGD/momentum/Adam or Armijo GD (PinT Algorithm 3)",
+    ),
+    "dataparallel": MethodEntry(
+        DataParallelOptions,
+        DataParallelTrainer,
+        "data-parallel SGD: gradients summed with Allreduce",
+    ),
 }

@@ -2,7 +2,8 @@
 
 A method is a :class:`Trainer` subclass: ``step()`` performs one iteration of its algorithm on all
 ranks (a collective call) and returns the batch loss, identical on every rank; ``global_params()``
-and ``state()`` gather what evaluation and checkpoints need. :func:`train` runs the loop every method
+and ``state()`` gather what evaluation and checkpoints need. :func:`train` runs the loop every
+method
 shares: iteration budget, evaluation, early stop at a target accuracy, divergence detection with
 optional rollback, and a per-iteration callback through which the CLI writes checkpoints and prints
 progress (methods themselves do no I/O).
@@ -74,8 +75,10 @@ class Trainer:
         m = self.data.x_train.shape[0]
         self.batch_size = m if tr.batch_size == 0 else tr.batch_size
         if self.batch_size > m:
-            raise ValueError(f"option train.batch_size: {self.batch_size} is larger than the "
-                             f"training set ({m} samples)")
+            raise ValueError(
+                f"option train.batch_size: {self.batch_size} is larger than the "
+                f"training set ({m} samples)"
+            )
         self.sampler = BatchSampler(m, self.batch_size, seed=tr.seed)
         self.iteration = 0
         self.extra_history: dict[str, list] = {}
@@ -119,12 +122,18 @@ Callback = Callable[[Trainer, dict[str, list], bool], None]
 
 
 def empty_history() -> dict[str, list]:
-    return {k: [] for k in ("iteration", "epoch", "loss", "train_acc", "val_loss", "val_acc",
-                            "wall", "bytes")}
+    return {
+        k: []
+        for k in ("iteration", "epoch", "loss", "train_acc", "val_loss", "val_acc", "wall", "bytes")
+    }
 
 
-def train(trainer: Trainer, callback: Callback | None = None,
-          history: dict[str, list] | None = None, wall_offset: float = 0.0) -> Result:
+def train(
+    trainer: Trainer,
+    callback: Callback | None = None,
+    history: dict[str, list] | None = None,
+    wall_offset: float = 0.0,
+) -> Result:
     """Run ``trainer`` to its iteration budget (or target accuracy); collective on all ranks.
 
     ``callback(trainer, history, evaluated)`` is called after every iteration on every rank (the
@@ -158,17 +167,28 @@ def train(trainer: Trainer, callback: Callback | None = None,
                     trainer.scale_lr(0.5)
                     losses.clear()
                     continue
-                raise Divergence(f"loss or parameters became NaN/Inf at iteration "
-                                 f"{trainer.iteration} (loss {loss}); the last checkpoint is kept"
-                                 + (f"; {rollbacks} rollback(s) with halved step size did not help"
-                                    if rollbacks else ""))
+                raise Divergence(
+                    f"loss or parameters became NaN/Inf at iteration "
+                    f"{trainer.iteration} (loss {loss}); the last checkpoint is kept"
+                    + (
+                        f"; {rollbacks} rollback(s) with halved step size did not help"
+                        if rollbacks
+                        else ""
+                    )
+                )
             val_loss, val_acc = model.evaluate(params, data.x_val, data.y_val)
             _, train_acc = model.evaluate(params, data.x_train, data.y_train)
-            row = {"iteration": trainer.iteration,
-                   "epoch": trainer.iteration / trainer.steps_per_epoch,
-                   "loss": float(np.mean(losses)), "train_acc": train_acc, "val_loss": val_loss,
-                   "val_acc": val_acc, "wall": wall, "bytes": comm.allreduce(comm.bytes_sent),
-                   **trainer.history_columns()}
+            row = {
+                "iteration": trainer.iteration,
+                "epoch": trainer.iteration / trainer.steps_per_epoch,
+                "loss": float(np.mean(losses)),
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "wall": wall,
+                "bytes": comm.allreduce(comm.bytes_sent),
+                **trainer.history_columns(),
+            }
             for k, v in row.items():
                 history.setdefault(k, []).append(v)
             losses.clear()
@@ -181,5 +201,6 @@ def train(trainer: Trainer, callback: Callback | None = None,
             callback(trainer, history, evaluated)
         if stopped == "target":
             break
-    return Result(trainer.global_params(), history, trainer.iteration, wall, stopped,
-                  {"rollbacks": rollbacks})
+    return Result(
+        trainer.global_params(), history, trainer.iteration, wall, stopped, {"rollbacks": rollbacks}
+    )

@@ -26,12 +26,17 @@ from pintopt.optim import Optimizer
 
 @dataclass
 class SerialOptions:
-    line_search: bool = opt(False, "gradient descent with Armijo backtracking instead of "
-                                   "train.optimizer (the step starts from train.lr each iteration)")
-    armijo_c: float = opt(1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0,
-                          low_open=True)
-    armijo_shrink: float = opt(0.5, "step shrink factor per backtrack", low=0.0, high=1.0,
-                               low_open=True)
+    line_search: bool = opt(
+        False,
+        "gradient descent with Armijo backtracking instead of "
+        "train.optimizer (the step starts from train.lr each iteration)",
+    )
+    armijo_c: float = opt(
+        1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0, low_open=True
+    )
+    armijo_shrink: float = opt(
+        0.5, "step shrink factor per backtrack", low=0.0, high=1.0, low_open=True
+    )
     max_backtracks: int = opt(30, "backtracks before accepting the smallest step", low=0)
 
 
@@ -43,12 +48,20 @@ class DataParallelOptions:
 def make_optimizer(cfg: Any) -> Optimizer:
     """The update mapping A configured by ``[train]`` (shared by every gradient method)."""
     tr = cfg.train
-    return Optimizer(tr.optimizer, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
-                     schedule=tr.schedule, decay=tr.decay, step_size=tr.step_size, gamma=tr.gamma)
+    return Optimizer(
+        tr.optimizer,
+        lr=tr.lr,
+        momentum=tr.momentum,
+        weight_decay=tr.weight_decay,
+        schedule=tr.schedule,
+        decay=tr.decay,
+        step_size=tr.step_size,
+        gamma=tr.gamma,
+    )
 
 
 class SerialTrainer(Trainer):
-    """Serial-in-time training (Algorithm 3); with ``data_parallel`` the batch is split over ranks."""
+    """Serial-in-time training (Algorithm 3); ``data_parallel`` splits the batch over ranks."""
 
     name = "serial"
     data_parallel = False
@@ -125,16 +138,23 @@ class SerialTrainer(Trainer):
         arrays = {f"params/{k}": v.copy() for k, v in self.params.as_dict().items()}
         opt_state = self.opt.state_dict()
         arrays.update({f"opt/{i}": s for i, s in enumerate(opt_state["slots"])})
-        meta = {"iteration": self.iteration, "sampler": self.sampler.get_state(),
-                "opt_k": opt_state["k"], "lr": self.opt.lr, "n_slots": len(opt_state["slots"])}
+        meta = {
+            "iteration": self.iteration,
+            "sampler": self.sampler.get_state(),
+            "opt_k": opt_state["k"],
+            "lr": self.opt.lr,
+            "n_slots": len(opt_state["slots"]),
+        }
         return {"arrays": arrays, "meta": meta}
 
     def load_state(self, state: dict[str, Any]) -> None:
         arrays, meta = state["arrays"], state["meta"]
-        self.params = Params.from_dict({k.split("/", 1)[1]: v for k, v in arrays.items()
-                                        if k.startswith("params/")})
-        self.opt.load_state_dict({"k": meta["opt_k"],
-                                  "slots": [arrays[f"opt/{i}"] for i in range(meta["n_slots"])]})
+        self.params = Params.from_dict(
+            {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("params/")}
+        )
+        self.opt.load_state_dict(
+            {"k": meta["opt_k"], "slots": [arrays[f"opt/{i}"] for i in range(meta["n_slots"])]}
+        )
         self.opt.lr = float(meta["lr"])
         self.sampler.set_state(meta["sampler"])
         self.iteration = int(meta["iteration"])
