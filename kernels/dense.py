@@ -1,0 +1,159 @@
+"""Dense (fully connected) layer ``A = Z @ W + b``, ``out = sigma(A)``: forward pass,
+vector-Jacobian product (backpropagation), Jacobian-vector product, and the second-order
+(R-operator) products needed for exact Hessian-vector products.
+
+Used by the MLP chains of Surrogate Minimization (Asad et al. 2023: per-layer Hessian blocks
+``H_thth``, ``H_zth`` and the power iteration for ``L_z`` are built from Hessian-vector products,
+Appendix A/B), pdADMM (Wang et al. 2020) and the baselines. Hessian-vector products follow
+Pearlmutter's R-operator (as in Martens 2010, ref. [21] of the SM paper): a forward sweep of
+tangents (:func:`dense_jvp` / :func:`dense_jvp_d`) followed by a backward sweep of the tangents of
+the gradients (:func:`dense_hvp_backward`), which needs sigma'' (``D2`` from
+:func:`dense_forward_d2`).
+
+Shapes: Z (m, p) inputs (one sample per row), W (p, q), b (q,), out/D/D2/G (m, q).
+All arrays float64, C-contiguous; outputs are caller-provided.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .activations import d2sigma, fused
+
+
+@numba.njit(cache=True)
+def _bias_act(A, b, act, out, D):
+    """out = sigma(A + b), D = sigma'(A + b); A may alias out."""
+    m, q = A.shape
+    for i in range(m):
+        for k in range(q):
+            s, d = fused(A[i, k] + b[k], act)
+            out[i, k] = s
+            D[i, k] = d
+
+
+@numba.njit(cache=True)
+def dense_forward(Z, W, b, act, out, D):
+    """Forward pass: ``out = sigma(Z @ W + b)`` and ``D = sigma'(Z @ W + b)`` (kept for the VJP).
+
+    ``out`` and ``D`` must not alias Z or W.
+    """
+    np.dot(Z, W, out)
+    _bias_act(out, b, act, out, D)
+
+
+@numba.njit(cache=True)
+def dense_forward_d2(Z, W, b, act, out, D, D2):
+    """:func:`dense_forward` that also stores ``D2 = sigma''(Z @ W + b)`` for Hessian products."""
+    np.dot(Z, W, out)
+    m, q = out.shape
+    for i in range(m):
+        for k in range(q):
+            a = out[i, k] + b[k]
+            s, d = fused(a, act)
+            out[i, k] = s
+            D[i, k] = d
+            D2[i, k] = d2sigma(a, act)
+
+
+@numba.njit(cache=True)
+def _colsum(G, out):
+    m, q = G.shape
+    for k in range(q):
+        out[k] = 0.0
+    for i in range(m):
+        for k in range(q):
+            out[k] += G[i, k]
+
+
+@numba.njit(cache=True)
+def dense_vjp(Z, W, D, G, dZ, dW, db):
+    """Vector-Jacobian product (backpropagation through the layer).
+
+    Given ``G = dJ/d out`` (m, q) writes, with ``GA = G * D`` (= dJ/dA):
+    ``dZ = GA @ W.T`` (m, p), ``dW = Z.T @ GA`` (p, q), ``db = sum_rows(GA)`` (q,).
+    """
+    m, q = G.shape
+    GA = np.empty((m, q))
+    for i in range(m):
+        for k in range(q):
+            GA[i, k] = G[i, k] * D[i, k]
+    np.dot(GA, W.T, dZ)
+    np.dot(Z.T, GA, dW)
+    _colsum(GA, db)
+
+
+@numba.njit(cache=True)
+def dense_jvp_d(Z, W, D, dZ, dW, dbias, out):
+    """Jacobian-vector product from a stored ``D = sigma'(A)`` (no activation re-evaluation):
+    ``out = D * (dZ @ W + Z @ dW + dbias)``, the directional derivative of sigma(Z W + b) along
+    (dZ, dW, dbias). ``out`` must not alias the inputs."""
+    m, q = out.shape
+    tmp = np.empty((m, q))
+    np.dot(dZ, W, out)
+    np.dot(Z, dW, tmp)
+    for i in range(m):
+        for k in range(q):
+            out[i, k] = D[i, k] * (out[i, k] + tmp[i, k] + dbias[k])
+
+
+@numba.njit(cache=True)
+def dense_jvp(Z, W, b, act, dZ, dW, dbias, out):
+    """Jacobian-vector product: the directional derivative of ``sigma(Z @ W + b)`` along
+    (dZ, dW, dbias), i.e. ``out = sigma'(Z W + b) * (dZ W + Z dW + dbias)``. Recomputes the
+    pre-activation; use :func:`dense_jvp_d` when D from the forward pass is at hand."""
+    m, q = out.shape
+    A = np.empty((m, q))
+    np.dot(Z, W, A)
+    D = np.empty((m, q))
+    for i in range(m):
+        for k in range(q):
+            _, d = fused(A[i, k] + b[k], act)
+            D[i, k] = d
+    dense_jvp_d(Z, W, D, dZ, dW, dbias, out)
+
+
+@numba.njit(cache=True)
+def dense_hvp_backward(Z, W, D, D2, G, dZ, dW, dbias, dG, RdZ, RdW, Rdb):
+    """Second-order backward sweep (R-operator of :func:`dense_vjp`) for Hessian-vector products.
+
+    Inputs: the primal state (Z, W, D = sigma'(A), D2 = sigma''(A)), the incoming gradient
+    ``G = dJ/d out``, a tangent direction (dZ, dW, dbias) of the layer's inputs and parameters,
+    and ``dG``, the directional derivative of G along that direction (for the last layer the loss
+    Hessian times the output tangent, e.g. ``softmax_xent_hvp``; otherwise the ``RdZ`` of the next
+    layer). With ``dA = dZ @ W + Z @ dW + dbias``, ``GA = G * D`` and
+    ``RGA = dG * D + G * D2 * dA`` it writes the directional derivatives of the VJP outputs:
+
+        RdZ = RGA @ W.T + GA @ dW.T          (m, p)
+        RdW = dZ.T @ GA + Z.T @ RGA          (p, q)
+        Rdb = sum_rows(RGA)                  (q,)
+
+    Chained from the loss back to the first layer this gives exact Hessian-vector products
+    ``H v`` of the loss w.r.t. all (W, b) and the input (Pearlmutter 1994; Martens 2010).
+    Outputs must not alias inputs.
+    """
+    m, q = G.shape
+    dA = np.empty((m, q))
+    GA = np.empty((m, q))
+    np.dot(dZ, W, dA)
+    np.dot(Z, dW, GA)
+    for i in range(m):
+        for k in range(q):
+            da = dA[i, k] + GA[i, k] + dbias[k]
+            ga = G[i, k] * D[i, k]
+            GA[i, k] = ga
+            dA[i, k] = dG[i, k] * D[i, k] + G[i, k] * D2[i, k] * da  # now holds RGA
+    np.dot(dA, W.T, RdZ)
+    tmp = np.empty(RdZ.shape)
+    np.dot(GA, dW.T, tmp)
+    for i in range(RdZ.shape[0]):
+        for k in range(RdZ.shape[1]):
+            RdZ[i, k] += tmp[i, k]
+    np.dot(Z.T, dA, RdW)
+    tmpw = np.empty(RdW.shape)
+    np.dot(dZ.T, GA, tmpw)
+    for i in range(RdW.shape[0]):
+        for k in range(RdW.shape[1]):
+            RdW[i, k] += tmpw[i, k]
+    _colsum(dA, Rdb)
