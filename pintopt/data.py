@@ -133,7 +133,8 @@ def _as_features(x: Any, what: str, where: str) -> np.ndarray:
     return x
 
 
-def _as_labels(y: Any, n_classes: int, what: str, where: str) -> np.ndarray:
+def _as_labels(y: Any, n_classes: int | None, what: str, where: str) -> np.ndarray:
+    """int64 labels; integer-valued, >= 0 and (if n_classes is given) < n_classes."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: {what} must be a 1-D array of class labels, got shape {y.shape}")
@@ -143,15 +144,16 @@ def _as_labels(y: Any, n_classes: int, what: str, where: str) -> np.ndarray:
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"{where}: {what} must be integer class labels; entry {i} is {y[i]!r}")
-    if y.size:
-        lo, hi = y.min(), y.max()
-        if lo < 0 or hi >= n_classes:
-            i = int(np.argmax((y < 0) | (y >= n_classes)))
             raise DataError(
-                f"{where}: {what} must lie in 0..{n_classes - 1} (n_classes={n_classes}); "
-                f"entry {i} is {y[i]!r}"
+                f"{where}: {what} must be integer class labels; {what}[{i}] = {y[i].item()!r}"
             )
+    bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        want = ">= 0" if n_classes is None else f"in 0..{n_classes - 1} (n_classes={n_classes})"
+        raise DataError(
+            f"{where}: {what} must be class labels {want}; {what}[{i}] = {y[i].item()!r}"
+        )
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
@@ -745,24 +747,31 @@ def _load_arrays(
         raise DataError(
             f"{where}: y must be class labels (m,) or regression targets (m, k), got {y.shape}"
         )
+    # Validate in file order, before any shuffling, so reported row numbers are the file's.
+    regression = y.ndim == 2
+    x = _as_features(x, "x", where)
+    y = _as_targets(y, "y", where) if regression else _as_labels(y, nc_given, "y", where)
     if "x_val" in arrays:
         xv, yv = _flatten_x(arrays["x_val"], "x_val", where), np.asarray(arrays["y_val"])
         if yv.ndim != y.ndim:
             raise DataError(f"{where}: y has shape {y.shape} but y_val has shape {yv.shape}")
+        xv = _as_features(xv, "x_val", where)
+        yv = (
+            _as_targets(yv, "y_val", where)
+            if regression
+            else _as_labels(yv, nc_given, "y_val", where)
+        )
         xt, yt, split = x, y, "fixed: x_val/y_val from the file"
     else:
         tr, va = _random_split(
             x.shape[0], val_fraction, n_train, np.random.default_rng(seed), where
         )
         xt, yt, xv, yv, split = x[tr], y[tr], x[va], y[va], "random (seeded)"
-    if y.ndim == 2:
+    if regression:
         n_classes = 0
     elif nc_given is not None:
         n_classes = nc_given
     else:
-        # Check integrality before inferring the class count so the message says what is wrong.
-        _as_labels(yt, np.iinfo(np.int64).max, "y", where)
-        _as_labels(yv, np.iinfo(np.int64).max, "y_val", where)
         n_classes = int(max(yt.max(), yv.max() if yv.size else 0)) + 1
     return Dataset(kind, xt, yt, xv, yv, n_classes, info={"source": str(p), "split": split})
 
@@ -883,7 +892,7 @@ class BatchSampler:
 
     @property
     def epoch(self) -> int:
-        """0-based index of the permutation the last (or, at the start, the next) batch came from."""
+        """0-based index of the permutation the last batch (at the start: the next) came from."""
         return self._epoch
 
     @property
