@@ -71,7 +71,11 @@ class DataOptions:
         "mnist: number of leading images used for training (rest validate); default 8000",
         low=1,
     )
-    standardize: bool = opt(True, "standardize features with training-set mean and std")
+    standardize: bool | None = opt(
+        None,
+        "standardize features with training-set mean and std (default: per dataset, on for "
+        "swissroll/ellipses/libsvm/npz/hdf5, off for mnist pixels and overparam)",
+    )
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""Shared test helpers: where the shared data lives, the mpiexec beside this Python."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+#: The project reads real data from ../shared/data beside the checkout (CI has it there too).
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def mpiexec_path() -> str | None:
+    """The mpiexec of this environment (the `mpich` wheel puts it next to python), else PATH."""
+    here = Path(sys.executable).with_name("mpiexec")
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    d = SHARED_DATA / "mnist"
+    if not (d / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST test set not found in {d}")
+    return d
+
+
+@pytest.fixture
+def mpiexec() -> str:
+    exe = mpiexec_path()
+    if exe is None:
+        pytest.skip("no mpiexec available")
+    return exe
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env

@@ -1,0 +1,99 @@
+"""HDF5 checkpoints: round trip, atomic writes, exact resume."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from pintopt import checkpoint
+from pintopt.checkpoint import CheckpointError
+from pintopt.cli import main
+
+
+def _state(value: float, iteration: int = 3):
+    return {"arrays": {"params/K": np.full((2, 3, 3), value), "opt/0": np.arange(4.0)},
+            "meta": {"iteration": iteration, "sampler": {"epoch": 1}}}
+
+
+def _save(path, value, **kw):
+    checkpoint.save(path, state=_state(value), config={"train": {"seed": 1}}, method="serial",
+                    model={"depth": 2}, history={"val_acc": [0.5]}, wall_time=1.5, ranks=2, **kw)
+
+
+def test_roundtrip(tmp_path):
+    p = tmp_path / "run.h5"
+    _save(p, 2.0)
+    ck = checkpoint.load(p, method="serial", model={"depth": 2})
+    np.testing.assert_array_equal(ck["state"]["arrays"]["params/K"], 2.0)
+    np.testing.assert_array_equal(ck["state"]["arrays"]["opt/0"], np.arange(4.0))
+    assert ck["state"]["meta"] == {"iteration": 3, "sampler": {"epoch": 1}}
+    assert ck["iteration"] == 3 and ck["ranks"] == 2 and ck["wall_time"] == 1.5
+    assert ck["history"] == {"val_acc": [0.5]}
+
+
+def test_interrupted_write_keeps_previous_checkpoint(tmp_path):
+    """Issue 2: an exception in the middle of a write leaves the last checkpoint readable."""
+    p = tmp_path / "run.h5"
+    _save(p, 1.0)
+    with pytest.raises(RuntimeError, match="injected"):
+        _save(p, 9.0, _fail_after_arrays=True)
+    np.testing.assert_array_equal(checkpoint.load(p)["state"]["arrays"]["params/K"], 1.0)
+    assert [q.name for q in tmp_path.iterdir()] == ["run.h5"]  # no temporary left behind
+
+
+def test_keep_last_rotates(tmp_path):
+    p = tmp_path / "run.h5"
+    for v in range(4):
+        _save(p, float(v), keep_last=3)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["run.h5", "run.h5.1", "run.h5.2"]
+    values = [checkpoint.load(tmp_path / n)["state"]["arrays"]["params/K"][0, 0, 0]
+              for n in ("run.h5", "run.h5.1", "run.h5.2")]
+    assert values == [3.0, 2.0, 1.0]
+
+
+def test_refuses_foreign_truncated_and_mismatched_files(tmp_path):
+    p = tmp_path / "run.h5"
+    _save(p, 1.0)
+    with pytest.raises(CheckpointError, match="method 'serial', not 'pint'"):
+        checkpoint.load(p, method="pint")
+    with pytest.raises(CheckpointError, match="depth"):
+        checkpoint.load(p, model={"depth": 3})
+    truncated = tmp_path / "cut.h5"
+    truncated.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        checkpoint.load(truncated)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(CheckpointError, match="not a pintopt checkpoint"):
+        checkpoint.load(other)
+    with pytest.raises(CheckpointError, match="no such file"):
+        checkpoint.load(tmp_path / "missing.h5")
+
+
+ARGS = ["train", "--quiet", "--depth", "4", "--batch-size", "8", "--eval-every", "5"]
+
+
+def _final_params(path):
+    arrays = checkpoint.load(path)["state"]["arrays"]
+    return {k: v for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("method,optimizer", [("serial", "adam"), ("serial", "momentum")])
+def test_resume_is_bitwise_identical(tmp_path, method, optimizer):
+    """Issue 2: stop at iteration 20, resume to 40, get exactly the uninterrupted run's state."""
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    common = ARGS + ["--method", method, "--optimizer", optimizer]
+    assert main(common + ["--iterations", "40", "--checkpoint", str(full)]) == 0
+    assert main(common + ["--iterations", "20", "--checkpoint", str(part)]) == 0
+    assert checkpoint.load(part)["iteration"] == 20
+    assert main(["resume", str(part), "--quiet", "--iterations", "40"]) == 0
+    a, b = _final_params(full), _final_params(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    hist_full = checkpoint.load(full)["history"]
+    hist_part = checkpoint.load(part)["history"]
+    assert hist_full["iteration"] == hist_part["iteration"]
+    assert hist_full["val_acc"] == hist_part["val_acc"]
