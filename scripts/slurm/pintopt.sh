@@ -1,0 +1,20 @@
+#!/bin/bash
+# Example Slurm batch script for pintopt. Submit with: sbatch scripts/slurm/pintopt.sh run.toml
+# The job resumes from its checkpoint when it is requeued or resubmitted after a time-out.
+#SBATCH --job-name=pintopt
+#SBATCH --ntasks=4
+#SBATCH --cpus-per-task=1
+#SBATCH --time=02:00:00
+#SBATCH --requeue
+#SBATCH --output=pintopt-%j.out
+set -euo pipefail
+config=${1:-run.toml}
+ckpt=${CHECKPOINT:-pintopt-run.h5}
+export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+# A checkpoint every 100 iterations and every 10 minutes; keep the previous two as well.
+if [[ -f $ckpt ]]; then
+  srun python -m pintopt resume "$ckpt"
+else
+  srun python -m pintopt train --config "$config" --checkpoint "$ckpt" \
+    --checkpoint-every 100 --checkpoint-seconds 600 --keep-last 3
+fi
