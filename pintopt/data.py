@@ -61,6 +61,22 @@ DEFAULT_VAL_FRACTION = 0.2
 _NO_STANDARDIZE_BY_DEFAULT = frozenset({"mnist", "overparam"})
 
 
+# Stream tags: the data draws and the mini-batch order get their own PCG64 streams, independent of
+# each other and of a plain ``default_rng(seed)`` that other code (e.g. weight initialisation)
+# derives from the same user seed -- one shared stream would correlate batch order with weights.
+DATA_STREAM = 0x64617461  # "data"
+SAMPLER_STREAM = 0x62617463  # "batc"
+
+
+def data_rng(seed: int) -> np.random.Generator:
+    """Generator of the synthetic draws and random splits: PCG64 seeded with
+    ``SeedSequence([DATA_STREAM, seed])``."""
+    seed = operator.index(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return np.random.default_rng([DATA_STREAM, seed])
+
+
 class DataError(ValueError):
     """Bad data: the message names the file (or dataset) and what was expected."""
 
@@ -297,7 +313,7 @@ def make_swissroll(n: int = 256, noise: float = 0.0, seed: int = 0) -> Dataset:
     x = np.vstack(arms)
     y = np.repeat(np.arange(2, dtype=np.int64), k)
     if noise > 0:
-        x = x + noise * np.random.default_rng(seed).standard_normal(x.shape)
+        x = x + noise * data_rng(seed).standard_normal(x.shape)
     return Dataset(
         "swissroll",
         x[0::2],
@@ -320,7 +336,7 @@ def make_ellipses(
 
     Label 1 (the .m file's ``C = 1``): ``r ~ U(0, 1)``; label 0: ``r = 1 + U(0, 1)``; for both
     ``t ~ U(0, 2*pi)`` and the point is ``(r cos t, 0.4 r sin t)``. Draw order from
-    ``numpy.random.default_rng(seed)``: r and t of label 1, r and t of label 0, then the optional
+    :func:`data_rng` ``(seed)``: r and t of label 1, r and t of label 0, then the optional
     N(0, noise^2) coordinate noise, then the split permutation. The split is random with
     ``val_fraction`` (default 0.2, the 80/20 split of ``EClass_Ellipses.m``) or ``n_train``.
     """
@@ -330,7 +346,7 @@ def make_ellipses(
     if noise < 0:
         raise ValueError(f"ellipses: noise must be >= 0, got {noise}")
     _check_split_args(val_fraction, n_train)
-    rng = np.random.default_rng(seed)
+    rng = data_rng(seed)
     parts = []
     for offset in (0.0, 1.0):
         r = offset + rng.random(n)
@@ -369,7 +385,7 @@ def make_overparam(
     entries, ``w* ~ N(0, I/d)`` (so y is O(1)), noise N(0, noise^2). ``n`` is the total number of
     samples (default 80: 64 train / 16 validation, divisible by 2 and 4 ranks); the real
     colon-cancer file can be loaded with the ``libsvm`` source. ``info["w_star"]`` holds w*.
-    Draw order from ``default_rng(seed)``: x, w*, noise, split permutation.
+    Draw order from :func:`data_rng` ``(seed)``: x, w*, noise, split permutation.
     """
     n = operator.index(n)
     d = operator.index(n_features)
@@ -384,7 +400,7 @@ def make_overparam(
             f"overparam: n_features={d} must exceed the number of training samples {mt} "
             "(over-parameterised: d > m)"
         )
-    rng = np.random.default_rng(seed)
+    rng = data_rng(seed)
     x = rng.standard_normal((n, d))
     w = rng.standard_normal((d, 1)) / math.sqrt(d)
     y = x @ w
@@ -654,7 +670,7 @@ def _load_libsvm(
         )
     values, y = np.unique(raw, return_inverse=True)
     where = f"libsvm ({p})"
-    tr, va = _random_split(x.shape[0], val_fraction, n_train, np.random.default_rng(seed), where)
+    tr, va = _random_split(x.shape[0], val_fraction, n_train, data_rng(seed), where)
     label_values = [int(v) for v in values]
     return Dataset(
         "libsvm",
@@ -763,9 +779,7 @@ def _load_arrays(
         )
         xt, yt, split = x, y, "fixed: x_val/y_val from the file"
     else:
-        tr, va = _random_split(
-            x.shape[0], val_fraction, n_train, np.random.default_rng(seed), where
-        )
+        tr, va = _random_split(x.shape[0], val_fraction, n_train, data_rng(seed), where)
         xt, yt, xv, yv, split = x[tr], y[tr], x[va], y[va], "random (seeded)"
     if regression:
         n_classes = 0
@@ -813,6 +827,7 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    data_rng(seed)  # validates seed up front, whatever the source
     if n is not None and operator.index(n) < 1:
         raise ValueError(f"{name}: n must be >= 1, got {n!r}")
     _check_split_args(val_fraction, n_train)
@@ -857,10 +872,11 @@ class BatchSampler:
     the order is irrelevant to a full gradient, and sorted indices keep it bit-reproducible
     across seeds and cheap to gather.
 
-    ``get_state()`` / ``set_state()`` save and restore the exact position (a JSON-serialisable
-    dict: epoch, position, and the bit-generator state at the start of the epoch, from which the
-    epoch's permutation is redrawn), so a resumed run -- on any number of ranks -- continues
-    with the same sequence.
+    The generator is ``PCG64(SeedSequence([SAMPLER_STREAM, seed]))``, a stream of its own (see
+    ``SAMPLER_STREAM``). ``get_state()`` / ``set_state()`` save and restore the exact position
+    (a JSON-serialisable dict: epoch, position, and the bit-generator state at the start of the
+    epoch, from which the epoch's permutation is redrawn), so a resumed run -- on any number of
+    ranks -- continues with the same sequence.
     """
 
     def __init__(self, m: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
@@ -880,7 +896,9 @@ class BatchSampler:
         self.m = m
         self.batch_size = batch_size
         self.drop_last = bool(drop_last)
-        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._rng = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence([SAMPLER_STREAM, seed]))
+        )
         self._epoch = 0
         self._start_epoch()
 

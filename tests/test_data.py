@@ -106,8 +106,9 @@ def test_swissroll_noise_seeded_and_ignores_split_args():
 
 
 def ellipses_reference(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Transcription of NumDL-MATLAB data/setupEllipses.m with numpy's default_rng as rand."""
-    rng = np.random.default_rng(seed)
+    """Transcription of NumDL-MATLAB data/setupEllipses.m; MATLAB's rand is the documented data
+    stream PCG64(SeedSequence([0x64617461, seed]))."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([0x64617461, seed])))
     rb = rng.random(n)
     thetab = rng.random(n) * 2 * np.pi
     xb1, xb2 = rb * np.cos(thetab), 0.4 * rb * np.sin(thetab)
@@ -539,8 +540,8 @@ def test_sampler_covers_each_index_once_per_epoch():
 
 
 def test_sampler_matches_numpy_reference():
-    # independent reference: PCG64(seed).permutation per epoch, sliced
-    rng = np.random.Generator(np.random.PCG64(11))
+    # independent reference: the documented PCG64 stream, one permutation per epoch, sliced
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([0x62617463, 11])))
     expected = []
     for _ in range(3):
         perm = rng.permutation(10)
@@ -548,6 +549,17 @@ def test_sampler_matches_numpy_reference():
     s = BatchSampler(10, 4, seed=11)
     for e in expected:
         np.testing.assert_array_equal(s.next(), e)
+
+
+def test_streams_independent_of_plain_default_rng():
+    # weight initialisation elsewhere uses default_rng(seed); batches and data must not share it
+    plain = np.random.default_rng(3).permutation(40)
+    s = BatchSampler(40, 40 - 1, seed=3)
+    assert not np.array_equal(s.next(), plain[:39])
+    x = load_dataset("overparam", n=5, n_features=10, val_fraction=0.0, seed=3).x_train
+    assert not np.allclose(
+        np.sort(x.ravel()), np.sort(np.random.default_rng(3).standard_normal(50))
+    )
 
 
 def test_sampler_determinism_and_seed():
