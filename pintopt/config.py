@@ -55,8 +55,8 @@ class DataOptions:
     path: str | None = opt(None, "file to read (libsvm, npz, hdf5)")
     n: int | None = opt(
         None,
-        "dataset size (synthetic: points per class/arm; files: at most n "
-        "samples); default: the dataset's own",
+        "dataset size: swissroll points per arm parameter (2n+1 points per arm), ellipses points "
+        "per class, overparam total samples, files at most n samples; default: the dataset's own",
         low=1,
     )
     noise: float = opt(0.0, "standard deviation of Gaussian noise added to synthetic data", low=0.0)
@@ -68,8 +68,12 @@ class DataOptions:
     )
     n_train: int | None = opt(
         None,
-        "mnist: number of leading images used for training (rest validate); default 8000",
+        "number of leading samples used for training where the dataset is split here (rest "
+        "validate); default: 1 - val_fraction of the data (mnist test set: 8000)",
         low=1,
+    )
+    n_features: int | None = opt(
+        None, "overparam: number of features d (default 2000, must exceed the training set)", low=1
     )
     standardize: bool | None = opt(
         None,
