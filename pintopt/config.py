@@ -84,6 +84,12 @@ class DataOptions:
 
 @dataclass
 class ModelOptions:
+    architecture: str = opt(
+        "resnet",
+        "network: resnet (ResNet-as-ODE, layers are time steps) or mlp (a fully connected chain "
+        "of depth hidden layers of width units, for the layer-parallel methods)",
+        choices=("resnet", "mlp"),
+    )
     width: int = opt(8, "number of channels of the residual layers", low=1)
     depth: int = opt(16, "number of residual layers (time steps)", low=1)
     final_time: float = opt(

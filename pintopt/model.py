@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from pintopt.kernels import activations, losses, residual
+from pintopt.kernels import activations, dense, losses, residual
 
 SCHEMES = ("euler", "verlet")
 
@@ -286,3 +286,173 @@ class ResNet:
         logits = self.predict(params, x)
         G = np.empty_like(logits)
         return losses.softmax_xent(logits, y, G), losses.accuracy(logits, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# MLP chain: the layer-wise model of Surrogate Minimization (Asad et al. 2023) and pdADMM (Wang et
+# al. 2020), where ranks own layers instead of time steps.
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """A fully connected chain: ``depth`` hidden layers of ``width`` units, then a linear layer to
+    the class logits (softmax cross-entropy)."""
+
+    n_features: int
+    n_classes: int
+    width: int = 64
+    depth: int = 2
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "n_classes", "width", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        activations.code(self.activation)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Layer widths from input to output: [n_features, width, ..., width, n_classes]."""
+        return [self.n_features] + [self.width] * self.depth + [self.n_classes]
+
+    @property
+    def n_layers(self) -> int:
+        return self.depth + 1
+
+
+class ParamSet:
+    """Named arrays in a fixed order, with the interface of :class:`Params` (``arrays``, ``copy``,
+    ``zeros_like``, ``as_dict``, ``from_dict``) so optimisers, Allreduce and checkpoints treat
+    every model alike. Arrays are reachable as attributes (``p.W0``)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.__dict__["_arrays"] = dict(arrays)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["_arrays"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: np.ndarray) -> None:
+        self._arrays[name] = value
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._arrays)
+
+    def arrays(self) -> list[np.ndarray]:
+        return list(self._arrays.values())
+
+    def copy(self) -> ParamSet:
+        return type(self)({k: v.copy() for k, v in self._arrays.items()})
+
+    def zeros_like(self) -> ParamSet:
+        return type(self)({k: np.zeros_like(v) for k, v in self._arrays.items()})
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return dict(self._arrays)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, np.ndarray]) -> ParamSet:
+        order = sorted(d, key=lambda k: (int(k[1:]), k[0]))  # W0, b0, W1, b1, ...
+        return cls({k: np.array(d[k], dtype=np.float64, order="C") for k in order})
+
+
+class MLP:
+    """Forward and backward passes of an :class:`MLPSpec` chain, layer by layer.
+
+    Layer ``l`` maps ``z_l`` to ``z_{l+1} = sigma(z_l W_l + b_l)`` (identity on the last layer);
+    the arithmetic is :func:`pintopt.kernels.dense.dense_forward` / ``dense_vjp``.
+    """
+
+    def __init__(self, spec: MLPSpec) -> None:
+        self.spec = spec
+        self.act = activations.code(spec.activation)
+
+    def layer_act(self, layer: int) -> int:
+        return activations.IDENTITY if layer == self.spec.n_layers - 1 else self.act
+
+    def init_params(self, seed: int) -> ParamSet:
+        """He/Glorot-style Gaussian initialisation scaled by fan-in, deterministic from ``seed``."""
+        rng = np.random.default_rng(seed)
+        sizes, arrays = self.spec.sizes, {}
+        gain = 2.0 if self.spec.activation in ("relu", "leaky_relu") else 1.0
+        for i, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
+            arrays[f"W{i}"] = rng.standard_normal((p, q)) * np.sqrt(gain / p)
+            arrays[f"b{i}"] = np.zeros(q)
+        return ParamSet(arrays)
+
+    def forward(
+        self, params: ParamSet, z: np.ndarray, lo: int = 0, hi: int | None = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Layers ``[lo, hi)`` from input ``z``: returns (inputs of each layer + final output,
+        activation derivatives of each layer)."""
+        hi = self.spec.n_layers if hi is None else hi
+        zs, ds = [np.ascontiguousarray(z)], []
+        for layer in range(lo, hi):
+            W, b = getattr(params, f"W{layer}"), getattr(params, f"b{layer}")
+            out = np.empty((z.shape[0], W.shape[1]))
+            D = np.empty_like(out)
+            dense.dense_forward(zs[-1], W, b, self.layer_act(layer), out, D)
+            zs.append(out)
+            ds.append(D)
+        return zs, ds
+
+    def backward(
+        self,
+        params: ParamSet,
+        zs: list[np.ndarray],
+        ds: list[np.ndarray],
+        G: np.ndarray,
+        grads: ParamSet,
+        lo: int = 0,
+    ) -> np.ndarray:
+        """Backpropagate ``G`` (gradient w.r.t. the block output) through the block starting at
+        layer ``lo``; fills its weight gradients and returns the gradient w.r.t. its input."""
+        for k in range(len(ds) - 1, -1, -1):
+            layer = lo + k
+            W = getattr(params, f"W{layer}")
+            dZ = np.empty_like(zs[k])
+            dense.dense_vjp(
+                zs[k],
+                W,
+                ds[k],
+                np.ascontiguousarray(G),
+                dZ,
+                getattr(grads, f"W{layer}"),
+                getattr(grads, f"b{layer}"),
+            )
+            G = dZ
+        return G
+
+    def loss_and_grad(
+        self, params: ParamSet, x: np.ndarray, y: np.ndarray, grads: ParamSet
+    ) -> tuple[float, np.ndarray]:
+        zs, ds = self.forward(params, x)
+        logits = zs[-1]
+        G = np.empty_like(logits)
+        loss = losses.softmax_xent(logits, y, G)
+        self.backward(params, zs, ds, G, grads)
+        return loss, logits
+
+    def predict(self, params: ParamSet, x: np.ndarray) -> np.ndarray:
+        return self.forward(params, x)[0][-1]
+
+    def evaluate(self, params: ParamSet, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        logits = self.predict(params, x)
+        G = np.empty_like(logits)
+        return losses.softmax_xent(logits, y, G), losses.accuracy(logits, y)
+
+
+ARCHITECTURES = ("resnet", "mlp")
+
+
+def build_model(options: object, n_features: int, n_classes: int) -> ResNet | MLP:
+    """The model described by a ``[model]`` config section for a dataset's shape."""
+    o = options
+    if getattr(o, "architecture", "resnet") == "mlp":
+        return MLP(MLPSpec(n_features, n_classes, o.width, o.depth, o.activation))
+    return ResNet(
+        ResNetSpec(n_features, n_classes, o.width, o.depth, o.final_time, o.scheme, o.activation)
+    )

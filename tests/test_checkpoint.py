@@ -97,3 +97,15 @@ def test_resume_is_bitwise_identical(tmp_path, method, optimizer):
     hist_part = checkpoint.load(part)["history"]
     assert hist_full["iteration"] == hist_part["iteration"]
     assert hist_full["val_acc"] == hist_part["val_acc"]
+
+
+def test_resume_mlp_is_bitwise_identical(tmp_path):
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    common = ARGS + ["--architecture", "mlp", "--width", "6", "--activation", "relu"]
+    assert main(common + ["--iterations", "30", "--checkpoint", str(full)]) == 0
+    assert main(common + ["--iterations", "15", "--checkpoint", str(part)]) == 0
+    assert main(["resume", str(part), "--quiet", "--iterations", "30"]) == 0
+    a, b = _final_params(full), _final_params(part)
+    assert a.keys() == b.keys() and "params/W2" in a
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

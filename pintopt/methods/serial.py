@@ -149,7 +149,7 @@ class SerialTrainer(Trainer):
 
     def load_state(self, state: dict[str, Any]) -> None:
         arrays, meta = state["arrays"], state["meta"]
-        self.params = Params.from_dict(
+        self.params = type(self.params).from_dict(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("params/")}
         )
         self.opt.load_state_dict(
