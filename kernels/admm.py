@@ -1,0 +1,349 @@
+"""pdADMM subproblem updates (Wang, Chai, Cheng & Zhao 2020, ``papers/pdadmm-wang-2020.md``).
+
+pdADMM solves Problem 2 of the paper,
+
+    min R(z_L; y) + nu/2 (sum_l ||z_l - W_l p_l - b_l||^2 + sum_{l<L} ||q_l - f_l(z_l)||^2)
+    s.t. p_{l+1} = q_l,
+
+with the augmented Lagrangian ``L_rho = F + sum_l (u_l^T (p_{l+1} - q_l) + rho/2 ||p_{l+1} -
+q_l||^2)`` (Section III-A), whose per-layer part is
+
+    phi(p_l, W_l, b_l, z_l, q_{l-1}, u_{l-1}) = nu/2 ||z_l - W_l p_l - b_l||^2
+                          + u_{l-1}^T (p_l - q_{l-1}) + rho/2 ||p_l - q_{l-1}||^2
+
+(the first layer has only the first term, ``p_1 = x`` is data). Algorithm 1 updates, in parallel
+over layers, p (Eq. 1), W (Eq. 2), b (Eq. 3), z (Eqs. 4-5; z_L is in :mod:`.fista`), q (Eq. 6)
+and the dual u (Eq. 7), then forms the residuals ``r_l = p_{l+1} - q_l``.
+
+Layout: rows are samples, as in the other kernels (:mod:`.dense`): ``z_l = p_l @ W_l + b_l`` with
+``p_l`` (m, n_{l-1}), ``W_l`` (n_{l-1}, n_l), ``b_l`` (n_l,), and ``z_l, q_l, u_l`` (m, n_l).
+The paper's column form ``W_l p_l`` is the transpose of this; every formula is the same.
+All arrays float64 and C-contiguous; outputs are caller-provided; no allocation.
+
+Compared with the authors' code (``xianggebenben/pdADMM``: ``serial_pdADMM/pdADMM/common.py`` and
+``parallel_pdADMM/code/common.py``, TensorFlow, functions ``update_p``, ``update_W``,
+``update_b``, ``update_z``, ``update_q``; the dual update is inline in
+``serial_pdADMM/ADMM_5_layer.py``). That code uses one parameter for both ``nu`` and ``rho``
+(``rho = 1e-4`` for both); the differences that matter when ``nu != rho`` or in edge cases are
+noted at each function.
+"""
+
+import numba
+import numpy as np
+
+from .activations import sigma
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+@numba.njit(cache=True)
+def linear_residual(p, W, b, z, res):
+    """``res = p @ W + b - z`` (the residual of the linear constraint ``z_l = W_l p_l + b_l``).
+
+    Returns ``||res||^2``. ``res`` must not alias ``p``, ``W`` or ``z``.
+    """
+    np.dot(p, W, res)
+    m, n = z.shape
+    s = 0.0
+    for i in range(m):
+        for j in range(n):
+            r = res[i, j] + b[j] - z[i, j]
+            res[i, j] = r
+            s += r * r
+    return s
+
+
+@numba.njit(cache=True)
+def affine(p, W, b, out):
+    """``out = p @ W + b``: the ``a = W_l p_l + b_l`` that the z updates need (row layout)."""
+    np.dot(p, W, out)
+    m, n = out.shape
+    for i in range(m):
+        for j in range(n):
+            out[i, j] += b[j]
+
+
+@numba.njit(cache=True)
+def phi(p, W, b, z, q_prev, u_prev, nu, rho, res):
+    """Value of the paper's ``phi(p_l, W_l, b_l, z_l, q_{l-1}, u_{l-1})`` (Section III-A), l >= 2.
+
+    ``res`` is an (m, n_l) scratch array (receives ``p @ W + b - z``).
+    """
+    val = 0.5 * nu * linear_residual(p, W, b, z, res)
+    m, n = p.shape
+    s = 0.0
+    t = 0.0
+    for i in range(m):
+        for j in range(n):
+            d = p[i, j] - q_prev[i, j]
+            s += u_prev[i, j] * d
+            t += d * d
+    return val + s + 0.5 * rho * t
+
+
+@numba.njit(cache=True, inline="always")
+def _smallest_power_above(t0, eta, kappa):
+    # smallest t0 * eta^j (j >= 0) with t >= kappa: the value the paper's doubling loop stops at
+    t = t0
+    while t < kappa:
+        t *= eta
+    return t
+
+
+# ----------------------------------------------------------------------------------------------
+# Equation (1): p update
+
+
+@numba.njit(cache=True)
+def p_update(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad):
+    """pdADMM p update, Equation (1) (Wang et al. 2020, Section III-B.1), layers 2 <= l <= L.
+
+    ``p_l`` is coupled with ``W_l`` in ``phi``, so the exact minimiser needs a linear solve with
+    ``nu W W^T + rho I``; the paper instead minimises the quadratic majoriser
+    ``U_l(p; tau) = phi(p^k) + <grad phi(p^k), p - p^k> + tau/2 ||p - p^k||^2``, i.e.
+    ``p^{k+1} = p^k - grad phi(p^k) / tau`` with ``tau`` large enough that
+    ``phi(p^{k+1}) <= U_l(p^{k+1}; tau)``. Here
+
+        grad_p phi = nu (p W + b - z) W^T + u_{l-1} + rho (p - q_{l-1}).
+
+    ``tau`` is found like the authors' ``update_p`` (start at ``tau0``, multiply by ``eta`` until
+    the condition holds; their values are ``tau0 = 10``, ``eta = 2``). Because ``phi`` is quadratic
+    in p the condition is exactly ``tau >= kappa = g^T H g / ||g||^2`` with ``g`` the gradient and
+    ``g^T H g = nu ||g W||^2 + rho ||g||^2``, so it is evaluated in that closed form: the same
+    ``tau`` as the function-value loop in exact arithmetic, without the cancellation that makes such
+    a loop run away near a stationary point.
+
+    Parameters: ``p`` (m, n_{l-1}) current ``p_l^k``; ``W, b, z`` layer l's ``W_l^k, b_l^k,
+    z_l^k``; ``q_prev, u_prev`` (m, n_{l-1}) the previous layer's ``q_{l-1}^k, u_{l-1}^k``;
+    ``out`` (m, n_{l-1}) receives ``p_l^{k+1}`` (may not alias p); ``res`` (m, n_l) and ``grad``
+    (m, n_{l-1}) are scratch (``grad`` returns the gradient). Returns ``tau``.
+    A zero gradient returns ``tau0`` and ``out = p``.
+    """
+    linear_residual(p, W, b, z, res)
+    np.dot(res, W.T, grad)
+    m, n = p.shape
+    gg = 0.0
+    for i in range(m):
+        for j in range(n):
+            g = nu * grad[i, j] + u_prev[i, j] + rho * (p[i, j] - q_prev[i, j])
+            grad[i, j] = g
+            gg += g * g
+    if gg == 0.0:
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = p[i, j]
+        return tau0
+    # ||g W||^2 into res (free now)
+    np.dot(grad, W, res)
+    gwgw = 0.0
+    for i in range(res.shape[0]):
+        for j in range(res.shape[1]):
+            gwgw += res[i, j] * res[i, j]
+    tau = _smallest_power_above(tau0, eta, (nu * gwgw + rho * gg) / gg)
+    inv = 1.0 / tau
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = p[i, j] - grad[i, j] * inv
+    return tau
+
+
+# ----------------------------------------------------------------------------------------------
+# Equation (2): W update
+
+
+@numba.njit(cache=True)
+def W_update(p, W, b, z, nu, theta0, eta, out, res, grad):
+    """pdADMM W update, Equation (2) (Section III-B.2), any layer 1 <= l <= L.
+
+    Linearised step ``W^{k+1} = W^k - grad_W phi / theta`` on ``phi``'s only W-dependent term
+    ``nu/2 ||p W + b - z||^2`` (row layout: ``grad_W phi = nu p^T (p W + b - z)``), with ``theta``
+    chosen like the authors' ``update_W`` (start ``theta0``, their 10, times ``eta``, their 2, until
+    ``phi(W^{k+1}) <= V_l(W^{k+1}; theta)``), evaluated in closed form as for :func:`p_update`:
+    ``theta >= nu ||p G||^2 / ||G||^2``.
+
+    ``p`` is ``p_l^{k+1}`` (the data x for l = 1), ``out`` (n_{l-1}, n_l) receives ``W_l^{k+1}``
+    (may not alias W); ``res`` (m, n_l) and ``grad`` (n_{l-1}, n_l) are scratch (``grad`` returns
+    the gradient). Returns ``theta``; a zero gradient returns ``theta0`` and ``out = W``.
+    """
+    linear_residual(p, W, b, z, res)
+    np.dot(p.T, res, grad)
+    r, c = W.shape
+    gg = 0.0
+    for i in range(r):
+        for j in range(c):
+            g = nu * grad[i, j]
+            grad[i, j] = g
+            gg += g * g
+    if gg == 0.0:
+        for i in range(r):
+            for j in range(c):
+                out[i, j] = W[i, j]
+        return theta0
+    np.dot(p, grad, res)
+    pgpg = 0.0
+    for i in range(res.shape[0]):
+        for j in range(res.shape[1]):
+            pgpg += res[i, j] * res[i, j]
+    theta = _smallest_power_above(theta0, eta, nu * pgpg / gg)
+    inv = 1.0 / theta
+    for i in range(r):
+        for j in range(c):
+            out[i, j] = W[i, j] - grad[i, j] * inv
+    return theta
+
+
+# ----------------------------------------------------------------------------------------------
+# Equation (3): b update
+
+
+@numba.njit(cache=True)
+def b_update(p, W, z, out, res):
+    """pdADMM b update, Equation (3) (Section III-B.3): ``b^{k+1} = mean_i (z_i - p_i W)``.
+
+    This is the exact minimiser of ``phi`` over ``b``. The paper writes the linearised step
+    ``b^{k+1} = b^k - grad_b phi / nu``; with ``phi`` summed over the m samples, ``grad_b phi =
+    nu sum_i (p_i W + b^k - z_i)`` and that step would overshoot by a factor m (the curvature in b
+    is ``nu m``). The authors' ``update_b`` takes the gradient as a *mean* over samples
+    (``reduce_mean``), which makes the step exactly this minimiser; we follow the code.
+
+    ``out`` (n_l,) receives ``b_l^{k+1}``; ``res`` (m, n_l) is scratch.
+    """
+    np.dot(p, W, res)
+    m, n = res.shape
+    for j in range(n):
+        out[j] = 0.0
+    for i in range(m):
+        for j in range(n):
+            out[j] += z[i, j] - res[i, j]
+    inv = 1.0 / m
+    for j in range(n):
+        out[j] *= inv
+
+
+# ----------------------------------------------------------------------------------------------
+# Equation (4): z update for l < L with ReLU
+
+
+@numba.njit(cache=True, inline="always")
+def _relu_z_objective(z, a, q, zk):
+    # 2/nu times the per-entry objective of Eq. (4) with f = ReLU
+    r = z if z > 0.0 else 0.0
+    return (z - a) * (z - a) + (q - r) * (q - r) + (z - zk) * (z - zk)
+
+
+@numba.njit(cache=True)
+def z_update_relu(a, q, zk, out):
+    """pdADMM z update for ReLU layers l < L, Equation (4) (Section III-B.4), in closed form.
+
+    Derivation (Equation (4) is missing from our copy of the paper). ``z_l`` enters ``L_rho``
+    through ``phi`` and the ``q`` coupling; with the proximal term that the paper says is added,
+
+        z_l^{k+1} = argmin_z  nu/2 ||z - a||^2 + nu/2 ||q_l^k - f_l(z)||^2 + nu/2 ||z - z_l^k||^2,
+        a = W_l^{k+1} p_l^{k+1} + b_l^{k+1},
+
+    which separates over entries. For ``f = ReLU`` and one entry,
+    ``h(z) = (z - a)^2 + (q - max(z, 0))^2 + (z - z^k)^2`` is a convex quadratic on each half-line:
+
+    - on ``z <= 0``: ``(z - a)^2 + q^2 + (z - z^k)^2``, minimised at ``z_- = min((a + z^k)/2, 0)``;
+    - on ``z >= 0``: ``(z - a)^2 + (q - z)^2 + (z - z^k)^2``, minimised at
+      ``z_+ = max((a + q + z^k)/3, 0)``;
+
+    and ``z^{k+1}`` is whichever of ``z_-, z_+`` has the smaller ``h`` (ties go to ``z_-``). This
+    is the paper's printed solution ``min((W p + b + z^k)/2, 0)`` / ``max((W p + b + q + z^k)/3,
+    0)``. Difference from the authors' ``update_z``: their ``z_obj`` that picks between the two
+    candidates omits the proximal term ``(z - z^k)^2``, so it can pick the candidate that is not the
+    minimiser of Eq. (4) (e.g. ``a = 1, q = 0, z^k = -3``: ``z_- = -1`` has ``h = 8``, ``z_+ = 0``
+    has ``h = 10``, but their criterion prefers ``z_+``). We compare the full objective.
+
+    Arrays of one shape (any), C-contiguous; ``a`` is :func:`affine` ``(p, W, b)``. ``out`` may
+    alias any input.
+    """
+    n = a.size
+    af = a.reshape(n)
+    qf = q.reshape(n)
+    zf = zk.reshape(n)
+    of = out.reshape(n)
+    for i in range(n):
+        ai = af[i]
+        qi = qf[i]
+        zi = zf[i]
+        zm = min(0.5 * (ai + zi), 0.0)
+        zp = max((ai + qi + zi) / 3.0, 0.0)
+        if _relu_z_objective(zp, ai, qi, zi) < _relu_z_objective(zm, ai, qi, zi):
+            of[i] = zp
+        else:
+            of[i] = zm
+
+
+# ----------------------------------------------------------------------------------------------
+# Equation (6): q update, Equation (7): dual update, residuals
+
+
+@numba.njit(cache=True)
+def q_update(p_next, u, z, act, nu, rho, out):
+    """pdADMM q update, Equation (6) (Section III-B.5), in closed form.
+
+    ``q_l`` appears in ``nu/2 ||q_l - f_l(z_l)||^2 - u_l^T q_l + rho/2 ||p_{l+1} - q_l||^2``;
+    setting the gradient ``nu (q - f(z)) - u - rho (p_{l+1} - q)`` to zero gives
+
+        q_l^{k+1} = (nu f_l(z_l^{k+1}) + u_l^k + rho p_{l+1}^{k+1}) / (nu + rho).
+
+    The paper prints ``(p_{l+1} + u_l/rho + f_l(z_l))/2``, which is this formula for ``nu = rho``
+    only, the setting of the authors' code (one ``rho`` for both; their ``update_q`` is
+    ``(p + u/rho + relu(z))/2``). The general form is the minimiser for any ``nu, rho > 0``.
+
+    ``p_next`` = ``p_{l+1}^{k+1}``, ``u`` = ``u_l^k``, ``z`` = ``z_l^{k+1}`` (m, n_l); ``act`` the
+    activation code of :mod:`.activations` (``RELU = 1``); ``out`` (m, n_l) may alias ``p_next``
+    or ``u``.
+    """
+    n = z.size
+    pf = p_next.reshape(n)
+    uf = u.reshape(n)
+    zf = z.reshape(n)
+    of = out.reshape(n)
+    inv = 1.0 / (nu + rho)
+    for i in range(n):
+        of[i] = (nu * sigma(zf[i], act) + uf[i] + rho * pf[i]) * inv
+
+
+@numba.njit(cache=True)
+def u_update(u, p_next, q, rho):
+    """pdADMM dual update, Equation (7): ``u_l^{k+1} = u_l^k + rho (p_{l+1}^{k+1} - q_l^{k+1})``.
+
+    In place on ``u``. Returns the primal residual norm ``||r_l|| = ||p_{l+1}^{k+1} -
+    q_l^{k+1}||`` of Algorithm 1 (computed in the same pass).
+    """
+    n = u.size
+    uf = u.reshape(n)
+    pf = p_next.reshape(n)
+    qf = q.reshape(n)
+    s = 0.0
+    for i in range(n):
+        r = pf[i] - qf[i]
+        uf[i] += rho * r
+        s += r * r
+    return np.sqrt(s)
+
+
+@numba.njit(cache=True)
+def residuals(p_next, q, q_old, rho):
+    """Primal and dual residual norms of the coupling ``p_{l+1} = q_l`` (Boyd et al. 2011, 3.3).
+
+    ``primal = ||p_{l+1}^{k+1} - q_l^{k+1}||`` (Algorithm 1's ``r_l``) and ``dual = rho ||q_l^{k+1}
+    - q_l^k||``: in Boyd's form ``A x + B z = c`` with ``x = p_{l+1}`` (A = I) updated before
+    ``z = q_l`` (B = -I), the dual residual is ``rho A^T B (z^{k+1} - z^k)``.
+    Returns ``(primal, dual)``.
+    """
+    n = q.size
+    pf = p_next.reshape(n)
+    qf = q.reshape(n)
+    of = q_old.reshape(n)
+    sp = 0.0
+    sd = 0.0
+    for i in range(n):
+        r = pf[i] - qf[i]
+        d = qf[i] - of[i]
+        sp += r * r
+        sd += d * d
+    return np.sqrt(sp), rho * np.sqrt(sd)
