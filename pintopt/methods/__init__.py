@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pintopt.methods.pint import PintOptions, PintTrainer
 from pintopt.methods.serial import (
     DataParallelOptions,
     DataParallelTrainer,
@@ -33,5 +34,11 @@ METHODS: dict[str, MethodEntry] = {
         DataParallelOptions,
         DataParallelTrainer,
         "data-parallel SGD: gradients summed with Allreduce",
+    ),
+    "pint": MethodEntry(
+        PintOptions,
+        PintTrainer,
+        "parallel-in-time: coarse global prediction, local correction with co-state regression "
+        "on S = ranks slices (Parpas & Muir 2019, Algorithm 4)",
     ),
 }

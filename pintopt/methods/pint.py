@@ -1,0 +1,562 @@
+"""Parallel-in-time training: predict globally, correct locally (Parpas & Muir 2019).
+
+Implements Algorithm 4 with Remarks 1 and 2 (S sub-systems = S ranks, mini-batches), the global
+prediction phase of Section 3.1 and the co-state regression (6) of Section 3.2.
+
+**Global prediction** (``pint.levels >= 2``). ``coarse_iterations`` iterations of serial
+Algorithm 3 (the :class:`~pintopt.methods.serial.SerialTrainer`) on the coarse model with
+``depth / coarsen`` steps over the same final time; with ``levels > 2`` a hierarchy of coarse
+models, coarsest first, each started from the prolongation of the one below. The controls are then
+prolongated to the fine grid (piecewise constant or linear in time, :func:`prolong_params`), and
+the coarse trajectories give the first co-state observations ``(X(s), P(s))`` at every slice
+boundary ``s`` (interpolated linearly in time where ``s`` falls between coarse steps). Every rank
+runs the same coarse computation (it is serial by nature and cheap), so no message is needed.
+With ``levels = 1`` (single level) the fine model starts from its random initialisation and the
+regressions from zero observations (``P_hat = 0`` until the first observation arrives).
+
+**Local correction** on S ranks, rank r owning layers ``[lo_r, hi_r)`` (contiguous slices,
+:func:`~pintopt.comm.partition`); rank 0 also owns the opening layer, the last rank the
+classifier. Every rank draws the same mini-batch sequence (Remark 2). Rank r's iteration k is
+
+1. co-state at its right boundary: the last rank evaluates the loss of batch k and its true
+   terminal co-state ``P_T``; every other rank predicts ``P_hat(s) = A phi(X(s), y) + B`` from
+   its own boundary state of batch k (eq. (6));
+2. backward solve (Algorithm 2) of its stored trajectory of batch k; send the co-state at its left
+   boundary to rank r-1 (an observation for r-1's regression);
+3. update its controls ``U <- A(U, X, P)`` (eq. (5): SGD = Lemma 2.2, momentum or Adam);
+4. forward solve (Algorithm 1) of batch k+1 with the updated controls from the left-boundary state
+   received from rank r-1 (rank 0: the opening layer), sending the right-boundary state to r+1;
+5. receive the left-boundary co-state of batch k from rank r+1 and refit the regression.
+
+Message lags. The state message of batch k+1 is sent and received in iteration k, after the
+sender's update, so every forward trajectory is exactly the serial forward solve with the current
+controls (no stale states); the only approximation is ``P_hat``. The co-state observation of batch
+k is sent in step 2 and received in step 5 of the same iteration k, so the regression used in
+iteration k+1 has seen batches up to k (lag one). Both dependencies point from a neighbour's
+*earlier* phase, so the ranks run as a pipeline: rank r trails rank r-1 by one slice's forward
+solve and, in steady state, nobody idles; there is no collective inside an iteration. After every
+iteration no message is in flight, which makes evaluations, checkpoints and rollbacks clean. With
+``pint.oracle = true`` each rank instead waits, before its backward solve, for the true co-state of
+batch k from rank r+1: the iterates are then exactly those of serial Algorithm 3 (and the method is
+serial in time) -- the test of the plumbing.
+
+The loss that :meth:`PintTrainer.step` returns must be identical on every rank without a
+collective; it travels with the co-state messages (one hop per iteration), so on S >= 3 ranks
+iteration k reports the loss of batch ``k - (S - 2)`` (S <= 2 or oracle: batch k). The first
+forward sweep of a run (and of a resumed run) is a serial fill followed by one broadcast of the
+first batch's loss, which is also reported until the pipeline delivers.
+
+Results are deterministic for a fixed seed and rank count. They depend on the rank count (the
+slices and hence the boundaries change), except with S = 1 or in oracle mode, where they equal the
+serial method's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pintopt.comm import SerialComm, partition, require_items_per_rank
+from pintopt.config import opt
+from pintopt.methods.base import Problem, Trainer
+from pintopt.methods.pint_regression import FEATURES, BoundaryRegression
+from pintopt.methods.serial import SerialOptions, SerialTrainer, make_optimizer
+from pintopt.model import Params, ResNet
+from pintopt.optim import Optimizer
+
+TAG_STATE = 41  # right-boundary state of the next batch, rank r -> r+1
+TAG_COSTATE = 42  # left-boundary co-state (+ loss bookkeeping), rank r -> r-1
+
+
+@dataclass
+class PintOptions:
+    levels: int = opt(
+        2,
+        "discretisation levels: 1 = single-level (no global prediction), 2 = multilevel with one "
+        "coarse model (the paper), L > 2 = nested coarse models, coarsest first",
+        low=1,
+    )
+    coarsen: int = opt(2, "coarsening factor between levels (must divide the depth)", low=2)
+    coarse_iterations: int = opt(
+        200, "iterations of serial Algorithm 3 on each coarse level (global prediction)", low=0
+    )
+    coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
+    prolong: str = opt(
+        "linear", "prolongation of the controls to the finer grid (in time)",
+        choices=("constant", "linear"),
+    )
+    features: str = opt(
+        "class",
+        "co-state regression features: state (A X + B), label (A X + B_y), class (A_y X + B_y)",
+        choices=FEATURES,
+    )
+    window: int = opt(
+        20, "observation window of each boundary regression, in batches (0 = keep all)", low=0
+    )
+    ridge: float = opt(1e-3, "relative ridge term of the regression (times trace(G)/p)", low=0.0)
+    oracle: bool = opt(
+        False,
+        "exact co-states: wait for the true co-state of the right neighbour (serial in time; "
+        "reproduces serial SGD; for testing)",
+    )
+    timeout: float = opt(
+        300.0, "seconds to wait for a neighbour's message before failing", low=0.0, low_open=True
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# prolongation (global prediction -> fine model)
+
+
+def prolong_controls(A: np.ndarray, factor: int, kind: str = "linear") -> np.ndarray:
+    """Controls of ``Dc`` coarse steps (axis 0) on the ``Dc * factor`` fine steps of the same
+    interval [0, T].
+
+    ``constant``: fine step j takes coarse step ``j // factor``. ``linear``: the control is
+    interpolated linearly in time between the coarse controls at ``t = i H`` (fine step j sits at
+    ``t = j H / factor``), held constant on the last coarse interval.
+    """
+    Dc = A.shape[0]
+    if kind == "constant":
+        return np.ascontiguousarray(np.repeat(A, factor, axis=0))
+    if kind != "linear":
+        raise ValueError(f"prolongation must be constant or linear, got {kind!r}")
+    j = np.arange(Dc * factor)
+    i0 = j // factor
+    i1 = np.minimum(i0 + 1, Dc - 1)
+    theta = ((j % factor) / factor).reshape((-1,) + (1,) * (A.ndim - 1))
+    return np.ascontiguousarray((1.0 - theta) * A[i0] + theta * A[i1])
+
+
+def prolong_params(params: Params, factor: int, kind: str = "linear") -> Params:
+    """A coarse model's parameters on the ``factor`` times finer grid (opening layer and classifier
+    are copied: they do not live on the time grid)."""
+    return Params(
+        params.W_in.copy(),
+        params.b_in.copy(),
+        prolong_controls(params.K, factor, kind),
+        prolong_controls(params.b, factor, kind),
+        params.W_out.copy(),
+        params.b_out.copy(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# state layout helpers
+
+
+def to_rows(state: np.ndarray) -> np.ndarray:
+    """A state or co-state in model layout -> one row per sample (m, dim)."""
+    if state.ndim == 3:  # Verlet [Y, Z]
+        return np.concatenate([state[0], state[1]], axis=1)
+    return np.array(state, copy=True)
+
+
+def from_rows(rows: np.ndarray, verlet: bool) -> np.ndarray:
+    """Inverse of :func:`to_rows`."""
+    if verlet:
+        w = rows.shape[1] // 2
+        return np.ascontiguousarray(np.stack([rows[:, :w], rows[:, w:]]))
+    return np.ascontiguousarray(rows)
+
+
+class _RecordingResNet(ResNet):
+    """A coarse model whose gradient also records ``(X(t), y, P(t))`` at one time ``t``.
+
+    ``at`` is the time in units of this model's steps (fractional where the fine boundary falls
+    between coarse steps: states and co-states are interpolated linearly in time). The blockwise
+    solve runs the same kernels layer by layer as the whole-network solve, so the gradient is the
+    one of Algorithm 3.
+    """
+
+    def __init__(self, spec: Any, at: float | None, keep: int | None) -> None:
+        super().__init__(spec)
+        self.at = at
+        self.records: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=keep)
+
+    def loss_and_grad(self, params, x, y, grads):
+        if self.at is None:
+            return super().loss_and_grad(params, x, y, grads)
+        D = self.spec.depth
+        c0, c1 = math.floor(self.at), math.ceil(self.at)
+        theta = self.at - c0
+        cuts = sorted({0, c0, c1, D})
+        states: dict[int, np.ndarray] = {}
+        trajs = []
+        state = self.open(params, x)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if a in (c0, c1):
+                states[a] = np.array(state, copy=True)
+            traj = self.forward(params, state, a, b)
+            trajs.append(traj)
+            state = traj.state(b - a)
+        if D in (c0, c1):
+            states[D] = np.array(state, copy=True)
+        loss, logits, P = self.head(params, state, y, grads)
+        costates = {D: P}
+        for traj in reversed(trajs):
+            P = self.backward(params, traj, P, grads)
+            costates[traj.lo] = P
+        self.open_backward(params, x, P, grads)
+        X_s = (1.0 - theta) * states[c0] + theta * states[c1]
+        P_s = (1.0 - theta) * costates[c0] + theta * costates[c1]
+        self.records.append((to_rows(X_s), np.array(y, copy=True), to_rows(P_s)))
+        return loss, logits
+
+
+# ----------------------------------------------------------------------------------------------
+# the method
+
+
+class PintTrainer(Trainer):
+    """Parallel-in-time training on ``comm.size`` ranks (Algorithm 4 generalised, see the module
+    docstring for the schedule and message lags)."""
+
+    name = "pint"
+
+    def __init__(self, problem: Problem, cfg: Any, comm: Any) -> None:
+        super().__init__(problem, cfg, comm)
+        self.options = o = cfg.method if isinstance(cfg.method, PintOptions) else PintOptions()
+        spec = self.model.spec
+        S, r = comm.size, comm.rank
+        require_items_per_rank(spec.depth, S)
+        if o.levels > 1 and o.coarse_iterations and spec.depth % (o.coarsen ** (o.levels - 1)):
+            raise ValueError(
+                f"option pint.levels: depth {spec.depth} is not divisible by "
+                f"pint.coarsen^(levels-1) = {o.coarsen ** (o.levels - 1)}"
+            )
+        self.S, self.rank = S, r
+        self.first, self.last = r == 0, r == S - 1
+        self.counts = [hi - lo for lo, hi in (partition(spec.depth, S, q) for q in range(S))]
+        self.lo, self.hi = partition(spec.depth, S, r)
+        self.boundary = None if self.last else self.hi
+        self.verlet = self.model.verlet
+        self.dim = spec.width * (2 if self.verlet else 1)
+        self.params = self.model.init_params(cfg.train.seed)
+        self.grads = self.params.zeros_like()
+        self.opt = make_optimizer(cfg)
+        self.regression = (
+            None
+            if self.last or o.oracle
+            else BoundaryRegression(spec.n_classes, self.dim, o.features, o.window, o.ridge)
+        )
+        # the global prediction runs inside the first step so its time counts as training time
+        self.predicted = o.levels == 1 or o.coarse_iterations == 0
+        self.coarse_time = 0.0
+        self.coarse_loss = float("nan")
+        # pipeline: trajectory of the current batch, its indices, pending sends, known losses
+        self.traj: Any = None
+        self.cur_idx: np.ndarray | None = None
+        self._send_x: Any = None  # pending nonblocking sends, one per buffer
+        self._send_p: Any = None
+        self.known: dict[int, float] = {}
+        self.first_known = 0
+        self.lag = 0 if (S <= 2 or o.oracle) else S - 2
+        shape = self.model.state_shape(self.batch_size)
+        self._xbuf_out = np.empty(shape)
+        self._xbuf_in = np.empty(shape)
+        n = int(np.prod(shape))
+        self._pbuf_out = np.empty(n + 2)
+        self._pbuf_in = np.empty(n + 2)
+        self._P_hat: np.ndarray | None = None
+        #: per-iteration regression error at this rank's right boundary: (iteration, MSE, relative)
+        self.mse_trace: list[tuple[int, float, float]] = []
+        self._mse_since_eval: list[tuple[float, float]] = []
+        #: seconds spent waiting for neighbours (receives), for the benchmark
+        self.wait_time = 0.0
+
+    # ownership ----------------------------------------------------------------------------------
+    def _owned_names(self) -> list[str]:
+        names = ["K", "b"]
+        if self.first:
+            names += ["W_in", "b_in"]
+        if self.last:
+            names += ["W_out", "b_out"]
+        return names
+
+    def _owned(self, p: Params) -> list[np.ndarray]:
+        lo, hi = self.lo, self.hi
+        return [p.K[lo:hi] if n == "K" else p.b[lo:hi] if n == "b" else getattr(p, n)
+                for n in self._owned_names()]
+
+    def optimizers(self) -> list[Optimizer]:
+        return [self.opt]
+
+    # communication helpers -----------------------------------------------------------------------
+    def _wait_sends(self, x: bool = True, p: bool = True) -> None:
+        """Complete the pending send of the state (``x``) and/or co-state (``p``) buffer."""
+        reqs = []
+        if x and self._send_x is not None:
+            reqs.append(self._send_x)
+            self._send_x = None
+        if p and self._send_p is not None:
+            reqs.append(self._send_p)
+            self._send_p = None
+        if reqs:
+            self.comm.waitall(reqs, timeout=self.options.timeout)
+
+    def _recv(self, buf: np.ndarray, source: int, tag: int) -> None:
+        t0 = time.perf_counter()
+        self.comm.recv_(buf, source, tag, timeout=self.options.timeout)
+        self.wait_time += time.perf_counter() - t0
+
+    def _send_state(self, state: np.ndarray) -> None:
+        self._wait_sends(p=False)
+        self._xbuf_out[...] = state
+        self._send_x = self.comm.isend(self._xbuf_out, self.rank + 1, TAG_STATE)
+
+    def _send_costate(self, P: np.ndarray) -> None:
+        self._wait_sends(x=False)
+        n = P.size
+        self._pbuf_out[:n] = P.ravel()
+        k = max(self.known)  # the newest loss this rank knows travels one hop towards rank 0
+        self._pbuf_out[n], self._pbuf_out[n + 1] = k, self.known[k]
+        self._send_p = self.comm.isend(self._pbuf_out, self.rank - 1, TAG_COSTATE)
+
+    def _recv_costate(self) -> np.ndarray:
+        self._recv(self._pbuf_in, self.rank + 1, TAG_COSTATE)
+        n = self._pbuf_in.size - 2
+        self.known[int(self._pbuf_in[n])] = float(self._pbuf_in[n + 1])
+        return self._pbuf_in[:n].reshape(self._xbuf_in.shape).copy()
+
+    # global prediction ---------------------------------------------------------------------------
+    def _global_prediction(self) -> None:
+        """Section 3.1: serial Algorithm 3 on the coarse model(s), then prolongation of controls
+        and of co-state observations at this rank's right boundary."""
+        o, tr, spec = self.options, self.cfg.train, self.model.spec
+        t0 = time.perf_counter()
+        params: Params | None = None
+        keep = o.window if o.window > 0 else None
+        records: list = []
+        for level in range(o.levels - 1, 0, -1):
+            factor = o.coarsen**level
+            at = None if self.boundary is None or o.oracle else self.boundary / factor
+            model = _RecordingResNet(spec.coarsened(factor), at, keep)
+            ccfg = dataclasses.replace(
+                self.cfg,
+                train=dataclasses.replace(
+                    tr, lr=o.coarse_lr or tr.lr, seed=tr.seed + 1000 * level, iterations=0
+                ),
+                method=SerialOptions(),
+            )
+            coarse = SerialTrainer(Problem(model, self.data), ccfg, SerialComm())
+            if params is not None:
+                coarse.params = prolong_params(params, o.coarsen, o.prolong)
+            losses = [coarse.step() for _ in range(o.coarse_iterations)]
+            params = coarse.params
+            records.extend(model.records)
+            self.coarse_loss = float(np.mean(losses[-10:])) if losses else float("nan")
+        assert params is not None
+        self.params = prolong_params(params, o.coarsen, o.prolong)
+        self.grads = self.params.zeros_like()
+        if self.regression is not None:
+            for X, y, P in records:
+                self.regression.add(X, y, P)
+            self.regression.fit()
+        self.predicted = True
+        self.coarse_time = time.perf_counter() - t0
+
+    # the pipeline --------------------------------------------------------------------------------
+    def _fill(self) -> None:
+        """Serial forward sweep of the current batch (start of a run or after a restore), then one
+        broadcast of its loss so every rank can report a loss from the first iteration on."""
+        self._wait_sends()
+        if self.cur_idx is None:
+            self.cur_idx = self.sampler.next()
+        idx = self.cur_idx
+        if self.first:
+            state = self.model.open(self.params, self.data.x_train[idx])
+        else:
+            self._recv(self._xbuf_in, self.rank - 1, TAG_STATE)
+            state = self._xbuf_in
+        self.traj = self.model.forward(self.params, state, self.lo, self.hi)
+        end = self.traj.state(self.hi - self.lo)
+        loss = 0.0
+        if self.last:
+            loss = self.model.head(self.params, end, self.data.y_train[idx])[0]
+        else:
+            self._send_state(end)
+        loss = float(self.comm.bcast(loss, root=self.S - 1))
+        self.known.setdefault(self.iteration, loss)
+        self.first_known = min(self.known)
+
+    def step(self) -> float:
+        """One iteration of the local correction phase (Algorithm 4) on this rank's slice."""
+        if not self.predicted:
+            self._global_prediction()
+        if self.traj is None:
+            self._fill()
+        o, model, p, g = self.options, self.model, self.params, self.grads
+        k, idx, L = self.iteration, self.cur_idx, self.hi - self.lo
+        y = self.data.y_train[idx]
+        end = self.traj.state(L)
+        # 1. co-state at the right boundary
+        if self.last:
+            loss, _, P_end = model.head(p, end, y, g)
+            self.known[k] = float(loss)
+        elif o.oracle:
+            P_end = self._recv_costate()
+        else:
+            X_right = to_rows(end)
+            P_end = from_rows(self.regression.predict(X_right, y), self.verlet)
+            self._P_hat = P_end
+        # 2. backward solve, co-state observation to the left neighbour
+        P_lo = model.backward(p, self.traj, P_end, g)
+        if self.first:
+            model.open_backward(p, self.data.x_train[idx], P_lo, g)
+        else:
+            self._send_costate(P_lo)
+        # 3. update of the owned controls
+        self.opt.step(self._owned(p), self._owned(g))
+        # 4. forward solve of the next batch with the updated controls
+        self.iteration += 1
+        nxt = self.sampler.next()
+        if self.first:
+            state = model.open(p, self.data.x_train[nxt])
+        else:
+            self._recv(self._xbuf_in, self.rank - 1, TAG_STATE)
+            state = self._xbuf_in
+        self.traj = model.forward(p, state, self.lo, self.hi)
+        self.cur_idx = nxt
+        if not self.last:
+            self._send_state(self.traj.state(L))
+        # 5. the observation of batch k from the right neighbour; refit
+        if self.regression is not None:
+            P_true = self._recv_costate()
+            err = float(np.sum((self._P_hat - P_true) ** 2))
+            ref = float(np.sum(P_true**2))
+            mse, rel = err / P_true.size, err / max(ref, 1e-300)
+            self.mse_trace.append((k, mse, rel))
+            self._mse_since_eval.append((mse, rel))
+            self.regression.add(X_right, y, to_rows(P_true))
+            self.regression.fit()
+        return self._reported_loss(k)
+
+    def _reported_loss(self, k: int) -> float:
+        j = max(k - self.lag, self.first_known)
+        loss = self.known[j]
+        for old in [i for i in self.known if i < j]:
+            del self.known[old]
+        return loss
+
+    # evaluation and checkpoints ------------------------------------------------------------------
+    def _gather(self, name: str, local: Params) -> np.ndarray:
+        """Global array ``name`` from the owners' copies in ``local`` (collective)."""
+        a = getattr(local, name)
+        if self.S == 1:
+            return a.copy()
+        if name in ("K", "b"):
+            return self.comm.allgather_rows(a[self.lo : self.hi], self.counts)
+        out = np.ascontiguousarray(a).copy()
+        self.comm.bcast_array_(out, root=0 if name in ("W_in", "b_in") else self.S - 1)
+        return out
+
+    def global_params(self) -> Params:
+        return Params(*[self._gather(n, self.params) for n in self.params.names])
+
+    def _slot_params(self) -> list[Params]:
+        """The optimiser's slots (momentum / Adam moments) as full-size Params, owned parts
+        filled."""
+        per = len(self.opt.slots) // len(self._owned_names()) if self.opt.slots else 0
+        out = []
+        for j in range(per):
+            full = self.params.zeros_like()
+            for i, n in enumerate(self._owned_names()):
+                s = self.opt.slots[per * i + j]
+                if n in ("K", "b"):
+                    getattr(full, n)[self.lo : self.hi] = s
+                else:
+                    getattr(full, n)[...] = s
+            out.append(full)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """Global state (collective): parameters, optimiser moments, the batch in flight, the
+        regression windows by boundary layer, the losses still to be reported."""
+        arrays: dict[str, np.ndarray] = {
+            f"params/{n}": self._gather(n, self.params) for n in self.params.names
+        }
+        slots = self._slot_params()
+        n_slots = self.comm.allreduce(len(slots), op="max")
+        if len(slots) != n_slots:  # pragma: no cover - every rank steps together
+            raise RuntimeError("optimiser state differs between ranks")
+        for j, sp in enumerate(slots):
+            for n in sp.names:
+                arrays[f"opt/{j}/{n}"] = self._gather(n, sp)
+        if self.cur_idx is not None:
+            arrays["pipeline/next_idx"] = np.asarray(self.cur_idx, dtype=np.int64)
+        local = {}
+        if self.regression is not None:
+            local = {f"obs/{self.boundary}/{k}": v for k, v in self.regression.arrays().items()}
+        for part in self.comm.allgather(local):
+            arrays.update(part)
+        known: dict[int, float] = {}
+        for part in self.comm.allgather(self.known):
+            known.update(part)
+        keep = sorted(i for i in known if i >= self.iteration - self.lag)
+        meta = {
+            "iteration": self.iteration,
+            "sampler": self.sampler.get_state(),
+            "opt_k": self.opt.k,
+            "lr": self.opt.lr,
+            "n_slots": n_slots,
+            "predicted": bool(self.predicted),
+            "known_idx": keep,
+            "known_loss": [known[i] for i in keep],
+        }
+        return {"arrays": arrays, "meta": meta}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (from any rank count); the pipeline is refilled on the next step.
+        Regression windows are restored where a boundary of this run coincides with a saved one."""
+        arrays, meta = state["arrays"], state["meta"]
+        self._wait_sends()
+        self.params = Params.from_dict(
+            {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("params/")}
+        )
+        self.grads = self.params.zeros_like()
+        names = self._owned_names()
+        slots: list[np.ndarray] = []
+        full = [
+            Params.from_dict({n: arrays[f"opt/{j}/{n}"] for n in self.params.names})
+            for j in range(int(meta["n_slots"]))
+        ]
+        for i, _ in enumerate(names):
+            for sp in full:
+                slots.append(np.array(self._owned(sp)[i], copy=True))
+        self.opt.load_state_dict({"k": int(meta["opt_k"]), "slots": slots})
+        self.opt.lr = float(meta["lr"])
+        self.sampler.set_state(meta["sampler"])
+        self.iteration = int(meta["iteration"])
+        self.predicted = bool(meta["predicted"])
+        self.cur_idx = arrays.get("pipeline/next_idx")
+        if self.cur_idx is not None:
+            self.cur_idx = np.asarray(self.cur_idx, dtype=np.int64)
+        self.traj = None
+        self.known = {int(i): float(v) for i, v in zip(meta["known_idx"], meta["known_loss"])}
+        if self.regression is not None:
+            key = f"obs/{self.boundary}/"
+            obs = {k[len(key) :]: v for k, v in arrays.items() if k.startswith(key)}
+            if obs and obs["X"].shape[1:] != (self.batch_size, self.dim):
+                obs = {}
+            self.regression.load_arrays(obs)
+
+    def history_columns(self) -> dict[str, float]:
+        """Mean regression error since the last evaluation over all boundaries (collective)."""
+        if self.S == 1 or self.options.oracle:
+            return {}
+        parts = self.comm.allgather(self._mse_since_eval)
+        self._mse_since_eval = []
+        vals = [v for part in parts for v in part]
+        if not vals:
+            return {"reg_mse": float("nan"), "reg_rel_mse": float("nan")}
+        arr = np.array(vals)
+        return {"reg_mse": float(arr[:, 0].mean()), "reg_rel_mse": float(arr[:, 1].mean())}
+
+

@@ -1,0 +1,156 @@
+"""Co-state regression at a slice boundary: Parpas & Muir (2019), eq. (6).
+
+At a boundary time ``s`` the rank to the left of ``s`` cannot wait for the backward solve of the
+layers after ``s``; it predicts the co-state ``P(s)`` from the state ``X(s)`` with a regression
+fitted on the state/co-state pairs observed so far (the information set ``I_k`` of Section 3.2):
+
+    min_{A, B}  sum_{(X, P) in I_k} || A phi(X) + B - P ||^2  +  ridge term        (6)
+
+Each training sample of a batch contributes one row (Lemma 2.1: the value function is a sum over
+samples of one function of a single sample's state, so its gradient ``P_i`` depends on sample i's
+state only -- and on its label, which the loss ``Phi_i`` holds). Hence the feature maps:
+
+- ``state``: ``phi = [1, x]``, the paper's ``A X + B``;
+- ``label``: ``phi = [x, onehot(y)]``, an affine model with one intercept per class;
+- ``class``: one affine model per class, ``P = A_y x + B_y`` (the span of the one-hot label plus
+  label-times-state features, solved as independent per-class blocks).
+
+The observation set is a window of the most recent batches (older ones are dropped as the controls
+move on); ``window = 0`` keeps everything. The ridge term is relative, ``ridge * trace(G) / p``
+with ``G`` the Gram matrix of a block of ``p`` features, so it does not depend on the scale of the
+states. Fitting keeps per-batch Gram contributions, so a refit costs ``O(window * p^2)`` additions
+and one ``p x p`` solve per block, independent of the batch size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+FEATURES = ("state", "label", "class")
+
+
+class BoundaryRegression:
+    """Least-squares predictor ``P_hat = A phi(X, y) + B`` of the co-state at one boundary.
+
+    ``dim`` is the number of state components of one sample (``width`` for Euler, ``2 * width``
+    for Verlet); states and co-states are passed as rows ``(m, dim)``.
+    """
+
+    def __init__(
+        self, n_classes: int, dim: int, features: str = "class", window: int = 20,
+        ridge: float = 1e-3,
+    ) -> None:
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+        if window < 0 or ridge < 0:
+            raise ValueError("window and ridge must be non-negative")
+        self.n_classes, self.dim, self.features = n_classes, dim, features
+        self.window, self.ridge = window, ridge
+        if features == "class":
+            self.blocks, self.p = n_classes, dim + 1
+        elif features == "label":
+            self.blocks, self.p = 1, dim + n_classes
+        else:
+            self.blocks, self.p = 1, dim + 1
+        maxlen = window if window > 0 else None
+        # raw observations (for checkpoints) and their Gram contributions (for fitting)
+        self.obs: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
+        self._gram: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
+        self.coef = np.zeros((self.blocks, self.p, dim))
+
+    # features ---------------------------------------------------------------------------------
+    def design(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Feature rows phi(X, y), shape (m, p); for ``class`` the block is chosen by ``y``."""
+        m = X.shape[0]
+        F = np.empty((m, self.p))
+        if self.features == "label":
+            F[:, : self.dim] = X
+            F[:, self.dim :] = 0.0
+            F[np.arange(m), self.dim + y] = 1.0
+        else:
+            F[:, 0] = 1.0
+            F[:, 1:] = X
+        return F
+
+    def _contribution(self, X, y, P) -> tuple[np.ndarray, np.ndarray]:
+        F = self.design(X, y)
+        G = np.zeros((self.blocks, self.p, self.p))
+        R = np.zeros((self.blocks, self.p, self.dim))
+        if self.features == "class":
+            for c in range(self.n_classes):
+                rows = y == c
+                if rows.any():
+                    Fc = F[rows]
+                    G[c] = Fc.T @ Fc
+                    R[c] = Fc.T @ P[rows]
+        else:
+            G[0] = F.T @ F
+            R[0] = F.T @ P
+        return G, R
+
+    # observations ------------------------------------------------------------------------------
+    def add(self, X: np.ndarray, y: np.ndarray, P: np.ndarray) -> None:
+        """Add one batch of observations (X(s), P(s)) with labels y; drops the oldest batch when
+        the window is full. Call :meth:`fit` to use them."""
+        X = np.array(X, dtype=np.float64, copy=True)
+        P = np.array(P, dtype=np.float64, copy=True)
+        y = np.array(y, dtype=np.int64, copy=True)
+        if X.shape != P.shape or X.shape[1] != self.dim or y.shape != (X.shape[0],):
+            raise ValueError(f"observation shapes X {X.shape}, y {y.shape}, P {P.shape} do not "
+                             f"match dim {self.dim}")
+        self.obs.append((X, y, P))
+        self._gram.append(self._contribution(X, y, P))
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.obs)
+
+    def fit(self) -> None:
+        """Solve the ridge-regularised normal equations of (6) over the current window."""
+        if not self._gram:
+            self.coef[:] = 0.0
+            return
+        G = sum(g for g, _ in self._gram)
+        R = sum(r for _, r in self._gram)
+        eye = np.eye(self.p)
+        for c in range(self.blocks):
+            tr = np.trace(G[c])
+            if tr <= 0.0:  # no observation of this class yet: predict zero
+                self.coef[c] = 0.0
+                continue
+            lam = max(self.ridge * tr / self.p, 1e-12 * tr)
+            self.coef[c] = np.linalg.solve(G[c] + lam * eye, R[c])
+
+    def predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Predicted co-states (m, dim) for states X (m, dim) with labels y."""
+        F = self.design(X, y)
+        if self.features == "class":
+            out = np.empty((X.shape[0], self.dim))
+            for c in range(self.n_classes):
+                rows = y == c
+                if rows.any():
+                    out[rows] = F[rows] @ self.coef[c]
+            return out
+        return F @ self.coef[0]
+
+    # checkpoints -------------------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The observation window as stacked arrays (empty dict when there is none)."""
+        if not self.obs:
+            return {}
+        return {
+            "X": np.stack([o[0] for o in self.obs]),
+            "y": np.stack([o[1] for o in self.obs]),
+            "P": np.stack([o[2] for o in self.obs]),
+        }
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the window by stacked observations from :meth:`arrays` and refit."""
+        self.obs.clear()
+        self._gram.clear()
+        if arrays:
+            for X, y, P in zip(arrays["X"], arrays["y"], arrays["P"]):
+                self.add(X, y, P)
+        self.fit()

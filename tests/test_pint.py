@@ -1,0 +1,291 @@
+"""Parallel-in-time method (Parpas & Muir 2019), one-process tests: S = 1 is serial Algorithm 3
+(Lemma 2.2), prolongation, the recorded coarse co-states against finite differences, the boundary
+regression against NumPy least squares, and checkpoint/resume. MPI tests: test_pint_mpi.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pintopt.comm import SerialComm
+from pintopt.config import make_config
+from pintopt.data import Dataset, load_dataset
+from pintopt.methods import METHODS
+from pintopt.methods.base import Problem, train
+from pintopt.methods.pint import (
+    _RecordingResNet,
+    from_rows,
+    prolong_controls,
+    prolong_params,
+    to_rows,
+)
+from pintopt.methods.pint_regression import BoundaryRegression
+from pintopt.model import ResNet, ResNetSpec
+
+
+def build(raw, comm=None, data: Dataset | None = None):
+    cfg = make_config(raw)
+    d, m = cfg.data, cfg.model
+    if data is None:
+        data = load_dataset(d.dataset, n=d.n, noise=d.noise, seed=cfg.train.seed,
+                            standardize=d.standardize)
+    spec = ResNetSpec(data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme,
+                      m.activation)
+    return METHODS[cfg.train.method].trainer(Problem(ResNet(spec), data), cfg,
+                                             comm or SerialComm())
+
+
+# ---------------------------------------------------------------------------------------------
+# S = 1 is serial Algorithm 3
+
+
+@pytest.mark.parametrize("scheme", ["euler", "verlet"])
+@pytest.mark.parametrize(
+    "train_opts",
+    [
+        {"optimizer": "sgd", "lr": 0.05},
+        {"optimizer": "momentum", "lr": 0.02, "weight_decay": 1e-3},
+        {"optimizer": "adam", "lr": 0.01, "schedule": "invtime", "decay": 0.01},
+    ],
+)
+def test_one_rank_is_serial_algorithm_3(scheme, train_opts):
+    """Lemma 2.2: with S = 1 and no global prediction the method is serial SGD/momentum/Adam,
+    bit for bit, and reports the same batch losses."""
+    raw = {"model": {"depth": 5, "scheme": scheme},
+           "train": {"iterations": 40, "eval_every": 10, **train_opts}}
+    serial = train(build(raw))
+    raw["train"]["method"] = "pint"
+    raw["pint"] = {"levels": 1}
+    pint = train(build(raw))
+    for name, u, v in zip(serial.params.names, serial.params.arrays(), pint.params.arrays()):
+        np.testing.assert_array_equal(v, u, err_msg=name)
+    assert pint.history["loss"] == serial.history["loss"]
+
+
+def test_one_rank_multilevel_is_coarse_then_fine_serial():
+    """S = 1 multilevel: the global prediction is serial Algorithm 3 on the coarse model (its own
+    batch stream), and the fine phase starts from the prolongated controls."""
+    raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
+           "pint": {"levels": 2, "coarse_iterations": 25, "prolong": "constant"}}
+    t = build(raw)
+    t.opt.lr = 1e-300  # the one fine step leaves the prolongated parameters unchanged
+    t.step()
+    # independent reference: the serial trainer on the coarse model with the documented seed
+    craw = {"model": {"depth": 4}, "train": {"iterations": 25, "seed": 1000}}
+    coarse = build(craw)
+    for _ in range(25):
+        coarse.step()
+    ref = coarse.params
+    np.testing.assert_array_equal(t.params.K, np.repeat(ref.K, 2, axis=0))
+    np.testing.assert_array_equal(t.params.W_out, ref.W_out)
+    assert t.coarse_time > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# prolongation
+
+
+def test_prolong_constant_and_linear():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((4, 3, 3))
+    np.testing.assert_array_equal(prolong_controls(A, 2, "constant")[::2], A)
+    np.testing.assert_array_equal(prolong_controls(A, 2, "constant")[1::2], A)
+    # a control linear in time is reproduced exactly by linear prolongation (but on the last
+    # coarse interval, where it is held constant)
+    C0, C1 = rng.standard_normal((2, 3, 3))
+    lin = np.array([C0 + i * C1 for i in range(4)])
+    fine = prolong_controls(lin, 4, "linear")
+    for j in range(12):
+        np.testing.assert_allclose(fine[j], C0 + (j / 4) * C1, rtol=1e-14, atol=1e-14)
+    for j in range(12, 16):
+        np.testing.assert_allclose(fine[j], lin[3], rtol=1e-14)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "verlet"])
+def test_prolongated_model_is_consistent_with_coarse(scheme):
+    """The fine model with prolongated controls approximates the same ODE: its output differs from
+    the coarse model's by O(h), and the difference shrinks as the fine grid is refined."""
+    rng = np.random.default_rng(1)
+    coarse_spec = ResNetSpec(2, 2, width=4, depth=8, final_time=2.0, scheme=scheme)
+    coarse = ResNet(coarse_spec)
+    p = coarse.init_params(3)
+    p.K = np.cumsum(0.2 * rng.standard_normal(p.K.shape), axis=0)  # smooth in time
+    x = rng.standard_normal((20, 2))
+    ref = ResNet(ResNetSpec(2, 2, 4, 8 * 64, 2.0, scheme)).predict(prolong_params(p, 64), x)
+    errs = []
+    for f in (2, 4, 8):
+        fine = ResNet(ResNetSpec(2, 2, 4, 8 * f, 2.0, scheme))
+        errs.append(np.abs(fine.predict(prolong_params(p, f), x) - ref).max())
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[0] < 0.2 * np.abs(ref).max()
+
+
+# ---------------------------------------------------------------------------------------------
+# coarse observations (X(s), P(s))
+
+
+@pytest.mark.parametrize("scheme", ["euler", "verlet"])
+@pytest.mark.parametrize("at", [3, 2.5])
+def test_recorded_costate_is_the_loss_gradient(scheme, at):
+    """The global prediction records P(s) = d(mean batch loss)/dX(s); checked by central finite
+    differences, at a grid time and between grid times (linear interpolation in time). The
+    gradient of the blockwise solve equals the whole-network gradient."""
+    spec = ResNetSpec(2, 2, width=3, depth=6, final_time=3.0, scheme=scheme)
+    rec = _RecordingResNet(spec, at, keep=None)
+    whole = ResNet(spec)
+    p = whole.init_params(5)
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((7, 2)), rng.integers(0, 2, 7)
+    g1, g2 = p.zeros_like(), p.zeros_like()
+    l1, _ = rec.loss_and_grad(p, x, y, g1)
+    l2, _ = whole.loss_and_grad(p, x, y, g2)
+    assert l1 == l2
+    for a, b in zip(g1.arrays(), g2.arrays()):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    X_s, y_s, P_s = rec.records[-1]
+    np.testing.assert_array_equal(y_s, y)
+
+    def states(t):
+        traj = whole.forward(p, whole.open(p, x), 0, t, reuse=False)
+        return traj.state(t)
+
+    def loss_from(state, t):
+        traj = whole.forward(p, state, t, spec.depth, reuse=False)
+        return whole.head(p, traj.state(spec.depth - t), y)[0]
+
+    c0, c1 = int(np.floor(at)), int(np.ceil(at))
+    theta = at - c0
+    S0, S1 = states(c0), states(c1)
+    np.testing.assert_allclose(from_rows(X_s, spec.scheme == "verlet"),
+                               (1 - theta) * S0 + theta * S1, rtol=1e-13)
+    eps = 1e-6
+    fd = []
+    for base, t in ((S0, c0), (S1, c1)):
+        G = np.zeros_like(base)
+        for i in np.ndindex(base.shape):
+            e = np.zeros_like(base)
+            e[i] = eps
+            G[i] = (loss_from(base + e, t) - loss_from(base - e, t)) / (2 * eps)
+        fd.append(G)
+    P_ref = (1 - theta) * fd[0] + theta * fd[1]
+    np.testing.assert_allclose(from_rows(P_s, spec.scheme == "verlet"), P_ref, rtol=1e-6,
+                               atol=1e-9)
+
+
+def test_rows_roundtrip():
+    a = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)
+    r = to_rows(a)
+    assert r.shape == (3, 8)
+    np.testing.assert_array_equal(r[1], np.concatenate([a[0, 1], a[1, 1]]))
+    np.testing.assert_array_equal(from_rows(r, True), a)
+    np.testing.assert_array_equal(from_rows(to_rows(a[0]), False), a[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# the boundary regression (eq. (6))
+
+
+def _batches(rng, n, m=12, dim=4, C=3):
+    out = []
+    for _ in range(n):
+        X = rng.standard_normal((m, dim))
+        y = rng.integers(0, C, m)
+        P = rng.standard_normal((m, dim))
+        out.append((X, y, P))
+    return out
+
+
+@pytest.mark.parametrize("features", ["state", "label", "class"])
+def test_regression_matches_numpy_lstsq(features):
+    rng = np.random.default_rng(3)
+    dim, C = 4, 3
+    reg = BoundaryRegression(C, dim, features, window=0, ridge=0.0)
+    data = _batches(rng, 6, dim=dim, C=C)
+    for X, y, P in data:
+        reg.add(X, y, P)
+    reg.fit()
+    X = np.concatenate([d[0] for d in data])
+    y = np.concatenate([d[1] for d in data])
+    P = np.concatenate([d[2] for d in data])
+    Xt, yt = rng.standard_normal((9, dim)), rng.integers(0, C, 9)
+    if features == "class":
+        ref = np.empty((9, dim))
+        for c in range(C):
+            F = np.column_stack([np.ones((y == c).sum()), X[y == c]])
+            W = np.linalg.lstsq(F, P[y == c], rcond=None)[0]
+            ref[yt == c] = np.column_stack([np.ones((yt == c).sum()), Xt[yt == c]]) @ W
+    else:
+        def feats(X, y):
+            if features == "state":
+                return np.column_stack([np.ones(len(X)), X])
+            return np.column_stack([X, np.eye(C)[y]])
+        W = np.linalg.lstsq(feats(X, y), P, rcond=None)[0]
+        ref = feats(Xt, yt) @ W
+    np.testing.assert_allclose(reg.predict(Xt, yt), ref, rtol=1e-9, atol=1e-10)
+
+
+def test_regression_window_and_ridge():
+    rng = np.random.default_rng(4)
+    dim, C, lam = 3, 2, 0.1
+    reg = BoundaryRegression(C, dim, "state", window=3, ridge=lam)
+    data = _batches(rng, 7, dim=dim, C=C)
+    for X, y, P in data:
+        reg.add(X, y, P)
+    reg.fit()
+    assert reg.n_batches == 3
+    F = np.column_stack([np.ones(36), np.concatenate([d[0] for d in data[-3:]])])
+    P = np.concatenate([d[2] for d in data[-3:]])
+    G = F.T @ F
+    W = np.linalg.solve(G + lam * np.trace(G) / G.shape[0] * np.eye(G.shape[0]), F.T @ P)
+    Xt = rng.standard_normal((5, dim))
+    np.testing.assert_allclose(reg.predict(Xt, np.zeros(5, int)),
+                               np.column_stack([np.ones(5), Xt]) @ W, rtol=1e-12)
+    # checkpoint round trip
+    other = BoundaryRegression(C, dim, "state", window=3, ridge=lam)
+    other.load_arrays(reg.arrays())
+    np.testing.assert_array_equal(other.coef, reg.coef)
+
+
+def test_regression_without_observations_predicts_zero():
+    reg = BoundaryRegression(3, 4, "class", window=5)
+    reg.fit()
+    X = np.ones((4, 4))
+    np.testing.assert_array_equal(reg.predict(X, np.array([0, 1, 2, 0])), 0.0)
+    reg.add(X, np.zeros(4, int), np.ones((4, 4)))  # class 0 only
+    reg.fit()
+    out = reg.predict(X, np.array([0, 1, 2, 0]))
+    np.testing.assert_array_equal(out[1:3], 0.0)
+    np.testing.assert_allclose(out[[0, 3]], 1.0, rtol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints, options
+
+
+def test_resume_one_rank_is_exact():
+    """state() after k iterations, loaded into a fresh trainer, continues exactly like the
+    uninterrupted run (multilevel: the global prediction is not repeated)."""
+    raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 30},
+           "pint": {"levels": 2, "coarse_iterations": 10}}
+    a = build(raw)
+    for _ in range(30):
+        a.step()
+    b = build(raw)
+    for _ in range(12):
+        b.step()
+    st = b.state()
+    c = build(raw)
+    c.load_state(st)
+    assert c.predicted
+    for _ in range(18):
+        c.step()
+    for u, v in zip(a.global_params().arrays(), c.global_params().arrays()):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="pint.levels"):
+        build({"model": {"depth": 6}, "train": {"method": "pint"},
+               "pint": {"levels": 3, "coarsen": 2}})
+    with pytest.raises(Exception, match="pint.features"):
+        make_config({"train": {"method": "pint"}, "pint": {"features": "cubic"}})
