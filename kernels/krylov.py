@@ -231,27 +231,35 @@ def _power_core(matvec, grad, args, w, eps, use_fd, v, shift, maxiter, tol, work
 
 @numba.njit(cache=True, inline="always")
 def _power_driver(matvec, grad, args, w, eps, use_fd, v0, maxiter, tol, work):
-    # Phase 1: dominant eigenvalue lam1 (largest |lambda|). If lam1 < 0 the largest algebraic
-    # eigenvalue is found by phase 2 on A - lam1*I, which is positive semidefinite with dominant
+    # Phase 0: dominant eigenvalue lam1 (largest |lambda|). If lam1 < 0 the largest algebraic
+    # eigenvalue is found by phase 1 on A - lam1*I, which is positive semidefinite with dominant
     # eigenvalue lambda_max - lam1 (SM needs lambda_max[H_zz], and H_zz may be indefinite).
+    # One loop over the phases so that the inlined core is compiled once.
     n = v0.shape[0]
     start = work[3]
     for i in range(n):
         start[i] = v0[i]
     if _normalize(v0) == 0.0:
         return 0.0, 0
-    lam1, it1 = _power_core(matvec, grad, args, w, eps, use_fd, v0, 0.0, maxiter, tol, work)
-    if lam1 >= 0.0 or it1 >= maxiter:
-        return lam1, it1
-    # Restart from the caller's v0, not from phase 1's vector, which is (nearly) orthogonal to the
-    # wanted eigenvector.
-    for i in range(n):
-        v0[i] = start[i]
-    _normalize(v0)
-    lam2, it2 = _power_core(
-        matvec, grad, args, w, eps, use_fd, v0, lam1, maxiter - it1, tol, work
-    )
-    return lam2 + lam1, it1 + it2
+    shift = 0.0
+    result = 0.0
+    total = 0
+    for phase in range(2):
+        if phase == 1:
+            if result >= 0.0 or total >= maxiter:
+                break
+            # Restart from the caller's v0, not from phase 0's vector, which is (nearly)
+            # orthogonal to the wanted eigenvector.
+            shift = result
+            for i in range(n):
+                v0[i] = start[i]
+            _normalize(v0)
+        lam, it = _power_core(
+            matvec, grad, args, w, eps, use_fd, v0, shift, maxiter - total, tol, work
+        )
+        total += it
+        result = lam + shift
+    return result, total
 
 
 @numba.njit(cache=True, inline="always")

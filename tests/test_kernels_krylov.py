@@ -1,5 +1,7 @@
 """Tests of pintopt.kernels.krylov (SM's CG and power iteration) against NumPy/SciPy references."""
 
+import warnings
+
 import numba
 import numpy as np
 import pytest
@@ -86,6 +88,41 @@ def _softmax_reg_grad(w, args, out):
             r = (row[c] / tot - y[i, c]) / n
             for j in range(d):
                 out[j * ncls + c] += x[i, j] * r
+
+
+# Jitted wrappers calling the generic kernels with module-level functions: the pattern the
+# krylov docstring recommends (the kernels are inlined, so these wrappers are disk-cached, unlike
+# direct calls from Python with a function argument, which compile once per process).
+
+
+@numba.njit(cache=True)
+def _cg_block(h, j, delta, tmp, b, x, tol, maxiter, work):
+    return K.cg(_block_matvec, (h, j, delta, tmp), b, x, tol, maxiter, work)
+
+
+@numba.njit(cache=True)
+def _power_dense(a, v, maxiter, tol, work):
+    return K.power_iteration(K.dense_matvec, (a,), v, maxiter, tol, work)
+
+
+@numba.njit(cache=True)
+def _fd_hvp_quad(a, c, w, v, eps, out, work):
+    K.fd_hvp(_quad_grad, (a, c), w, v, eps, out, work)
+
+
+@numba.njit(cache=True)
+def _fd_hvp_softmax(args, w, v, eps, out, work):
+    K.fd_hvp(_softmax_reg_grad, args, w, v, eps, out, work)
+
+
+@numba.njit(cache=True)
+def _power_fd_quad(args, w, v, eps, maxiter, tol, work):
+    return K.power_iteration_fd(_quad_grad, args, w, v, eps, maxiter, tol, work)
+
+
+@numba.njit(cache=True)
+def _power_fd_softmax(args, w, v, eps, maxiter, tol, work):
+    return K.power_iteration_fd(_softmax_reg_grad, args, w, v, eps, maxiter, tol, work)
 
 
 def _softmax_reg_problem(rng: np.random.Generator):
@@ -220,8 +257,7 @@ def test_cg_block_operator_first_class_matvec():
     b = rng.standard_normal(n)
     x = np.zeros(n)
     work = np.empty((3, n))
-    args = (h, j, np.array([delta]), np.empty(m))
-    it, _, status = K.cg(_block_matvec, args, b, x, 1e-12, 200, work)
+    it, _, status = _cg_block(h, j, np.array([delta]), np.empty(m), b, x, 1e-12, 200, work)
     assert status == K.CG_CONVERGED and 0 < it <= 200
     np.testing.assert_allclose(x, np.linalg.solve(h + j.T @ j / delta, b), rtol=0, atol=1e-9)
 
@@ -231,7 +267,7 @@ def test_power_iteration_spd_vs_eigvalsh():
     n = 30
     a = _planted(rng, np.concatenate([[10.0, 7.0], rng.uniform(0.1, 5.0, n - 2)]))
     v = rng.standard_normal(n)
-    lam, it = K.power_iteration(K.dense_matvec, (a,), v, 2000, 1e-13, np.empty((4, n)))
+    lam, it = _power_dense(a, v, 2000, 1e-13, np.empty((4, n)))
     ref = np.linalg.eigvalsh(a)[-1]
     assert it < 2000
     assert abs(lam - ref) <= 1e-10 * ref
@@ -246,16 +282,14 @@ def test_power_iteration_indefinite_returns_largest_algebraic():
     eigs = np.concatenate([[-10.0, 3.0], rng.uniform(-2.0, 1.0, n - 2)])
     a = _planted(rng, eigs)
     v = rng.standard_normal(n)
-    lam, it = K.power_iteration(K.dense_matvec, (a,), v, 4000, 1e-13, np.empty((4, n)))
+    lam, it = _power_dense(a, v, 4000, 1e-13, np.empty((4, n)))
     assert it < 4000
     assert abs(lam - 3.0) <= 1e-9
 
 
 def test_power_iteration_zero_start():
     n = 4
-    lam, it = K.power_iteration(
-        K.dense_matvec, (np.eye(n),), np.zeros(n), 10, 1e-8, np.empty((4, n))
-    )
+    lam, it = _power_dense(np.eye(n), np.zeros(n), 10, 1e-8, np.empty((4, n)))
     assert (lam, it) == (0.0, 0)
 
 
@@ -268,7 +302,7 @@ def test_fd_hvp_quadratic_and_softmax_regression():
     v = rng.standard_normal(n)
     out = np.empty(n)
     work = np.empty((2, n))
-    K.fd_hvp(_quad_grad, (a, c), w, v, 1e-3, out, work)
+    _fd_hvp_quad(a, c, w, v, 1e-3, out, work)
     # central differences are exact for a quadratic up to rounding
     np.testing.assert_allclose(out, a @ v, rtol=0, atol=1e-9 * np.linalg.norm(a @ v))
 
@@ -276,10 +310,10 @@ def test_fd_hvp_quadratic_and_softmax_regression():
     v = rng.standard_normal(w.size)
     out = np.empty(w.size)
     work = np.empty((2, w.size))
-    K.fd_hvp(_softmax_reg_grad, args, w, v, 1e-4, out, work)
+    _fd_hvp_softmax(args, w, v, 1e-4, out, work)
     ref = hess @ v  # exact NumPy Hessian (its gradient is checked in the next test)
     assert np.linalg.norm(out - ref) <= 1e-6 * np.linalg.norm(ref)
-    K.fd_hvp(_softmax_reg_grad, args, w, np.zeros(w.size), 1e-4, out, work)
+    _fd_hvp_softmax(args, w, np.zeros(w.size), 1e-4, out, work)
     assert np.all(out == 0.0)
 
 
@@ -310,17 +344,33 @@ def test_power_iteration_fd_vs_eigvalsh(case):
         a = _planted(rng, np.concatenate([[8.0, 5.0], rng.uniform(0.1, 4.0, n - 2)]))
         args = (a, rng.standard_normal(n))
         w = rng.standard_normal(n)
-        hess, grad, rtol = a, _quad_grad, 1e-10
+        hess, power_fd, rtol = a, _power_fd_quad, 1e-10
     else:
         w, args, hess = _softmax_reg_problem(rng)
-        grad, rtol = _softmax_reg_grad, 1e-6
+        power_fd, rtol = _power_fd_softmax, 1e-6
     ref = np.linalg.eigvalsh(hess)[-1]
     v = rng.standard_normal(w.size)
     work = np.empty((4, w.size))
-    lam, it = K.power_iteration_fd(grad, args, w, v, 1e-4, 3000, 1e-12, work)
+    lam, it = power_fd(args, w, v, 1e-4, 3000, 1e-12, work)
     assert 0 < it < 3000
     assert abs(lam - ref) <= rtol * ref
     # and the exact-HVP power method agrees on the same Hessian
     v = rng.standard_normal(w.size)
-    lam_exact, _ = K.power_iteration(K.dense_matvec, (hess,), v, 3000, 1e-12, work)
+    lam_exact, _ = _power_dense(hess, v, 3000, 1e-12, work)
     assert abs(lam_exact - ref) <= 1e-9 * ref
+
+
+def test_wrappers_of_generic_kernels_are_cacheable():
+    # numba refuses to cache a function that passes a jitted function as a *value* ("dynamic
+    # globals"); the inline="always" kernels avoid that, which this guards.
+    n = 5
+    a = np.eye(n) * 2.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        K.cg_dense(a, np.ones(n), np.zeros(n), 1e-12, 10)
+        _power_dense(a, np.ones(n), 10, 1e-12, np.empty((4, n)))
+        _power_fd_quad((a, np.zeros(n)), np.zeros(n), np.ones(n), 1e-3, 10, 1e-12,
+                       np.empty((4, n)))
+    # (numba warns "Cannot cache compiled function ..." when compiling such a function; when the
+    # wrappers were loaded from the disk cache instead, no compilation happened, which proves it.)
+    assert not [w for w in caught if "cannot cache" in str(w.message).lower()]
