@@ -94,7 +94,9 @@ def fista(f_and_grad, prox, args, z, L0, eta, maxiter, tol, monotone, restart, w
 
     Returns
     -------
-    (iterations, F(x), L): iterations done, objective at the returned ``x``, final ``L``.
+    (iterations, F(x), L): iterations done, objective at the returned ``x``, final ``L``. If
+    ``f`` returns inf/nan the backtracking gives up after 200 increases of ``L`` and the huge
+    ``L`` in the result signals it.
     """
     n = z.size
     x = z.reshape(n)

@@ -27,8 +27,10 @@ solver is inlined into the wrapper and the wrapper *is* cached like any other ke
 :func:`cg_dense` is built and how methods should call the solvers in hot paths::
 
     @numba.njit(cache=True)
-    def solve_layer(H, J, delta, b, x, tol, maxiter, work):
+    def solve_layer(H, J, delta_arr, b, x, tol, maxiter, work):
         return cg(block_matvec, (H, J, delta_arr), b, x, tol, maxiter, work)
+
+(scalars go into ``args`` as small arrays, e.g. ``delta_arr = np.array([delta])``).
 
 All kernels are float64, allocate nothing inside their iteration loops (scratch space is passed in
 as ``work``) and overwrite their in/out arguments as documented.
