@@ -100,13 +100,20 @@ class PintOptions:
         20, "observation window of each boundary regression, in batches (0 = keep all)", low=0
     )
     ridge: float = opt(1e-3, "relative ridge term of the regression (times trace(G)/p)", low=0.0)
+    refit_every: int = opt(
+        1, "refit the regression every this many iterations (observations are always added)",
+        low=1,
+    )
     oracle: bool = opt(
         False,
         "exact co-states: wait for the true co-state of the right neighbour (serial in time; "
         "reproduces serial SGD; for testing)",
     )
     timeout: float = opt(
-        300.0, "seconds to wait for a neighbour's message before failing", low=0.0, low_open=True
+        300.0,
+        "seconds to wait for a neighbour's message before failing (0 = wait forever with a "
+        "blocking receive)",
+        low=0.0,
     )
 
 
@@ -270,6 +277,11 @@ class PintTrainer(Trainer):
         self._mse_since_eval: list[tuple[float, float]] = []
         #: seconds spent waiting for neighbours (receives), for the benchmark
         self.wait_time = 0.0
+        #: seconds per phase of the local correction, summed over iterations (for the benchmark)
+        self.timers = dict.fromkeys(
+            ("head_or_predict", "backward", "update", "receive", "forward", "regression", "steps"),
+            0.0,
+        )
 
     # ownership ----------------------------------------------------------------------------------
     def _owned_names(self) -> list[str]:
@@ -299,11 +311,11 @@ class PintTrainer(Trainer):
             reqs.append(self._send_p)
             self._send_p = None
         if reqs:
-            self.comm.waitall(reqs, timeout=self.options.timeout)
+            self.comm.waitall(reqs, timeout=self.options.timeout or None)
 
     def _recv(self, buf: np.ndarray, source: int, tag: int) -> None:
         t0 = time.perf_counter()
-        self.comm.recv_(buf, source, tag, timeout=self.options.timeout)
+        self.comm.recv_(buf, source, tag, timeout=self.options.timeout or None)
         self.wait_time += time.perf_counter() - t0
 
     def _send_state(self, state: np.ndarray) -> None:
@@ -392,9 +404,10 @@ class PintTrainer(Trainer):
             self._global_prediction()
         if self.traj is None:
             self._fill()
-        o, model, p, g = self.options, self.model, self.params, self.grads
+        o, model, p, g, tm = self.options, self.model, self.params, self.grads, self.timers
         k, idx, L = self.iteration, self.cur_idx, self.hi - self.lo
         y = self.data.y_train[idx]
+        t0 = time.perf_counter()
         end = self.traj.state(L)
         # 1. co-state at the right boundary
         if self.last:
@@ -406,14 +419,17 @@ class PintTrainer(Trainer):
             X_right = to_rows(end)
             P_end = from_rows(self.regression.predict(X_right, y), self.verlet)
             self._P_hat = P_end
+        t1 = time.perf_counter()
         # 2. backward solve, co-state observation to the left neighbour
         P_lo = model.backward(p, self.traj, P_end, g)
         if self.first:
             model.open_backward(p, self.data.x_train[idx], P_lo, g)
         else:
             self._send_costate(P_lo)
+        t2 = time.perf_counter()
         # 3. update of the owned controls
         self.opt.step(self._owned(p), self._owned(g))
+        t3 = time.perf_counter()
         # 4. forward solve of the next batch with the updated controls
         self.iteration += 1
         nxt = self.sampler.next()
@@ -422,20 +438,32 @@ class PintTrainer(Trainer):
         else:
             self._recv(self._xbuf_in, self.rank - 1, TAG_STATE)
             state = self._xbuf_in
+        t4 = time.perf_counter()
         self.traj = model.forward(p, state, self.lo, self.hi)
         self.cur_idx = nxt
         if not self.last:
             self._send_state(self.traj.state(L))
+        t5 = time.perf_counter()
         # 5. the observation of batch k from the right neighbour; refit
         if self.regression is not None:
             P_true = self._recv_costate()
+            t6 = time.perf_counter()
             err = float(np.sum((self._P_hat - P_true) ** 2))
             ref = float(np.sum(P_true**2))
             mse, rel = err / P_true.size, err / max(ref, 1e-300)
             self.mse_trace.append((k, mse, rel))
             self._mse_since_eval.append((mse, rel))
             self.regression.add(X_right, y, to_rows(P_true))
-            self.regression.fit()
+            if self.iteration % o.refit_every == 0:
+                self.regression.fit()
+            tm["regression"] += time.perf_counter() - t6
+            tm["receive"] += t6 - t5
+        tm["head_or_predict"] += t1 - t0
+        tm["backward"] += t2 - t1
+        tm["update"] += t3 - t2
+        tm["receive"] += t4 - t3  # the next batch's left-boundary state (rank 0: opening layer)
+        tm["forward"] += t5 - t4
+        tm["steps"] += 1
         return self._reported_loss(k)
 
     def _reported_loss(self, k: int) -> float:

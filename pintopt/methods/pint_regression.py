@@ -13,13 +13,19 @@ state only -- and on its label, which the loss ``Phi_i`` holds). Hence the featu
 - ``state``: ``phi = [1, x]``, the paper's ``A X + B``;
 - ``label``: ``phi = [x, onehot(y)]``, an affine model with one intercept per class;
 - ``class``: one affine model per class, ``P = A_y x + B_y`` (the span of the one-hot label plus
-  label-times-state features, solved as independent per-class blocks).
+  label-times-state features, solved as independent per-class blocks);
+- ``quadratic``: one quadratic model per class, ``phi = [1, x, x_i x_j (i <= j)]``: the co-state
+  is the loss sensitivity times the error of the downstream classifier, which is small for
+  confidently classified samples and large near the decision boundary -- a shape the affine models
+  cannot follow (see docs/methods/pint.md for the measured errors).
 
 The observation set is a window of the most recent batches (older ones are dropped as the controls
 move on); ``window = 0`` keeps everything. The ridge term is relative, ``ridge * trace(G) / p``
 with ``G`` the Gram matrix of a block of ``p`` features, so it does not depend on the scale of the
-states. Fitting keeps per-batch Gram contributions, so a refit costs ``O(window * p^2)`` additions
-and one ``p x p`` solve per block, independent of the batch size.
+states. The Gram matrices are running sums (a batch's contribution is added when it enters the
+window and subtracted when it leaves; recomputed from the window every ``window`` updates so
+rounding cannot accumulate), so a refit costs one ``p x p`` solve per block, independent of the
+window and the batch size.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
-FEATURES = ("state", "label", "class")
+FEATURES = ("state", "label", "class", "quadratic")
 
 
 class BoundaryRegression:
@@ -50,6 +57,9 @@ class BoundaryRegression:
         self.window, self.ridge = window, ridge
         if features == "class":
             self.blocks, self.p = n_classes, dim + 1
+        elif features == "quadratic":
+            self.blocks, self.p = n_classes, 1 + dim + dim * (dim + 1) // 2
+            self._iu = np.triu_indices(dim)
         elif features == "label":
             self.blocks, self.p = 1, dim + n_classes
         else:
@@ -58,7 +68,11 @@ class BoundaryRegression:
         # raw observations (for checkpoints) and their Gram contributions (for fitting)
         self.obs: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
         self._gram: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
+        self._G = np.zeros((self.blocks, self.p, self.p))
+        self._R = np.zeros((self.blocks, self.p, dim))
+        self._updates = 0
         self.coef = np.zeros((self.blocks, self.p, dim))
+        self.per_class = features in ("class", "quadratic")
 
     # features ---------------------------------------------------------------------------------
     def design(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -71,14 +85,16 @@ class BoundaryRegression:
             F[np.arange(m), self.dim + y] = 1.0
         else:
             F[:, 0] = 1.0
-            F[:, 1:] = X
+            F[:, 1 : 1 + self.dim] = X
+            if self.features == "quadratic":
+                F[:, 1 + self.dim :] = X[:, self._iu[0]] * X[:, self._iu[1]]
         return F
 
     def _contribution(self, X, y, P) -> tuple[np.ndarray, np.ndarray]:
         F = self.design(X, y)
         G = np.zeros((self.blocks, self.p, self.p))
         R = np.zeros((self.blocks, self.p, self.dim))
-        if self.features == "class":
+        if self.per_class:
             for c in range(self.n_classes):
                 rows = y == c
                 if rows.any():
@@ -100,8 +116,19 @@ class BoundaryRegression:
         if X.shape != P.shape or X.shape[1] != self.dim or y.shape != (X.shape[0],):
             raise ValueError(f"observation shapes X {X.shape}, y {y.shape}, P {P.shape} do not "
                              f"match dim {self.dim}")
+        if self.window and len(self.obs) == self.window:
+            G_old, R_old = self._gram[0]
+            self._G -= G_old
+            self._R -= R_old
         self.obs.append((X, y, P))
-        self._gram.append(self._contribution(X, y, P))
+        G, R = self._contribution(X, y, P)
+        self._gram.append((G, R))
+        self._G += G
+        self._R += R
+        self._updates += 1
+        if self.window and self._updates % self.window == 0:
+            self._G = sum(g for g, _ in self._gram)
+            self._R = sum(r for _, r in self._gram)
 
     @property
     def n_batches(self) -> int:
@@ -112,8 +139,7 @@ class BoundaryRegression:
         if not self._gram:
             self.coef[:] = 0.0
             return
-        G = sum(g for g, _ in self._gram)
-        R = sum(r for _, r in self._gram)
+        G, R = self._G, self._R
         eye = np.eye(self.p)
         for c in range(self.blocks):
             tr = np.trace(G[c])
@@ -121,12 +147,20 @@ class BoundaryRegression:
                 self.coef[c] = 0.0
                 continue
             lam = max(self.ridge * tr / self.p, 1e-12 * tr)
-            self.coef[c] = np.linalg.solve(G[c] + lam * eye, R[c])
+            A = G[c] + lam * eye
+            if self.p <= 64:  # small: LAPACK's call overhead dominates, one gesv call is cheaper
+                self.coef[c] = np.linalg.solve(A, R[c])
+                continue
+            try:  # symmetric positive definite: Cholesky is half the work of LU
+                self.coef[c] = cho_solve(cho_factor(A, check_finite=False), R[c],
+                                         check_finite=False)
+            except LinAlgError:  # pragma: no cover - only with ridge = 0 and too few rows
+                self.coef[c] = np.linalg.lstsq(A, R[c], rcond=None)[0]
 
     def predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Predicted co-states (m, dim) for states X (m, dim) with labels y."""
         F = self.design(X, y)
-        if self.features == "class":
+        if self.per_class:
             out = np.empty((X.shape[0], self.dim))
             for c in range(self.n_classes):
                 rows = y == c
@@ -150,6 +184,9 @@ class BoundaryRegression:
         """Replace the window by stacked observations from :meth:`arrays` and refit."""
         self.obs.clear()
         self._gram.clear()
+        self._G[:] = 0.0
+        self._R[:] = 0.0
+        self._updates = 0
         if arrays:
             for X, y, P in zip(arrays["X"], arrays["y"], arrays["P"]):
                 self.add(X, y, P)
