@@ -18,8 +18,71 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.linalg import ensure_blas
 
 from .activations import d2sigma, fused
+
+ensure_blas()  # numba's BLAS entry point binds scipy.linalg.cython_blas
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM with alpha/beta (np.dot in numba has beta = 0 only, which costs an extra pass and a
+# temporary for every accumulation ``C += A @ B``).
+
+
+@intrinsic
+def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major dgemm through ``numba_xxgemm``, the helper numba's own np.dot calls."""
+    sig = types.void(types.uint8, types.uint8, types.intp, types.intp, types.intp, types.float64,
+                     a, types.intp, b, types.intp, types.float64, c, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ta, tb, m_, n_, k_, al, A, lda_, B, ldb_, be, C, ldc_ = args
+        ll_char = ir.IntType(8)
+        vp = ll_char.as_pointer()
+        ip = cgutils.intp_t
+        fnty = ir.FunctionType(ir.IntType(32), [ll_char, ll_char, ll_char, ip, ip, ip, vp, vp, ip,
+                                                vp, ip, vp, vp, ip])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        pal = cgutils.alloca_once_value(builder, al)
+        pbe = cgutils.alloca_once_value(builder, be)
+        da = context.make_array(signature.args[6])(context, builder, A).data
+        db = context.make_array(signature.args[8])(context, builder, B).data
+        dc = context.make_array(signature.args[11])(context, builder, C).data
+        builder.call(fn, (ir.Constant(ll_char, ord("d")), ta, tb, m_, n_, k_,
+                          builder.bitcast(pal, vp), builder.bitcast(da, vp), lda_,
+                          builder.bitcast(db, vp), ldb_, builder.bitcast(pbe, vp),
+                          builder.bitcast(dc, vp), ldc_))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_NOTRANS = np.uint8(ord("n"))
+_TRANS = np.uint8(ord("t"))
+
+
+@numba.njit(cache=True)
+def gemm(ta, tb, alpha, A, B, beta, C):
+    """``C = alpha * op(A) @ op(B) + beta * C`` for C-contiguous float64 2-D arrays (BLAS dgemm),
+    with ``op(X) = X.T`` if ``ta`` (resp. ``tb``) is true. Shapes must agree; C must not alias A
+    or B. With ``beta = 0`` C is not read (NaN in C is harmless)."""
+    M, N = C.shape
+    K = A.shape[0] if ta else A.shape[1]
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        for i in range(M):
+            for j in range(N):
+                C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0
+        return
+    # Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T on the same memory.
+    _xgemm(_TRANS if tb else _NOTRANS, _TRANS if ta else _NOTRANS, N, M, K, alpha,
+           B, B.shape[1], A, A.shape[1], beta, C, N)
 
 
 @numba.njit(cache=True)

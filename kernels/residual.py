@@ -21,53 +21,53 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .activations import fused
+from .activations import TANH, fast_tanh, fused
+from .dense import gemm
+
+# Elementwise passes: only FMA contraction is enabled (no reassociation), and numpy's error model
+# (no zero-division checks) so that the loops vectorise.
+_FM = {"contract"}
 
 # ----------------------------------------------------------------------------------------------
-# elementwise helpers (fused passes over an (m, n) layer)
+# fused elementwise passes over one (m, n) layer
 
 
-@numba.njit(cache=True)
-def _euler_update(X, A, b, h, act, Xn, D):
-    """Given A = X K (in Xn's memory or elsewhere): Xn = X + h sigma(A + b), D = sigma'(A + b).
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
+def _step_act(X, b, hs, act, Xn, D):
+    """In place on Xn, which holds A on entry: Xn = X + hs * sigma(A + b), D = sigma'(A + b).
 
-    ``A`` may alias ``Xn``.
+    Used for Euler (hs = h), the Verlet Z update (hs = -h) and the Verlet Y update (hs = h).
+    Reading and writing the same array at the same index lets LLVM vectorise without a runtime
+    overlap check (a separate input array aliasing Xn would send it to the scalar loop).
     """
     m, n = X.shape
-    for i in range(m):
-        for k in range(n):
-            s, d = fused(A[i, k] + b[k], act)
-            Xn[i, k] = X[i, k] + h * s
-            D[i, k] = d
+    if act == TANH:
+        # sigma' of tanh from its value: one transcendental per entry for both outputs.
+        for i in range(m):
+            for k in range(n):
+                t = fast_tanh(Xn[i, k] + b[k])
+                Xn[i, k] = X[i, k] + hs * t
+                D[i, k] = 1.0 - t * t
+    else:
+        for i in range(m):
+            for k in range(n):
+                s, d = fused(Xn[i, k] + b[k], act)
+                Xn[i, k] = X[i, k] + hs * s
+                D[i, k] = d
 
 
-@numba.njit(cache=True)
-def _scaled_product(h, D, P, G):
-    """G = h * D * P elementwise."""
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
+def _gate(D, P, G, hs, db, accumulate):
+    """G = D * P elementwise and db (+)= hs * sum_rows(G), in one pass."""
     m, n = D.shape
+    if not accumulate:
+        for k in range(n):
+            db[k] = 0.0
     for i in range(m):
         for k in range(n):
-            G[i, k] = h * D[i, k] * P[i, k]
-
-
-@numba.njit(cache=True)
-def _colsum(G, out):
-    """out[k] = sum_i G[i, k]."""
-    m, n = G.shape
-    for k in range(n):
-        out[k] = 0.0
-    for i in range(m):
-        for k in range(n):
-            out[k] += G[i, k]
-
-
-@numba.njit(cache=True)
-def _add_into(A, B):
-    """A += B."""
-    m, n = A.shape
-    for i in range(m):
-        for k in range(n):
-            A[i, k] += B[i, k]
+            g = D[i, k] * P[i, k]
+            G[i, k] = g
+            db[k] += hs * g
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,14 +82,15 @@ def euler_forward(X0, K, b, h, act, Xs, D):
     ``D[j] = sigma'(Xs[j] @ K[j] + b[j])`` is stored for :func:`euler_backward`.
 
     Shapes: X0 (m, n), K (L, n, n), b (L, n), Xs (L+1, m, n) output, D (L, m, n) output.
+    Cost per layer: one GEMM and one fused pass (activation and its derivative together).
     """
     L = K.shape[0]
     Xs[0, :, :] = X0
     for j in range(L):
         Xn = Xs[j + 1]
         # The product goes straight into the next state's memory; the fused pass reads it there.
-        np.dot(Xs[j], K[j], Xn)
-        _euler_update(Xs[j], Xn, b[j], h, act, Xn, D[j])
+        gemm(False, False, 1.0, Xs[j], K[j], 0.0, Xn)
+        _step_act(Xs[j], b[j], h, act, Xn, D[j])
 
 
 @numba.njit(cache=True)
@@ -103,39 +104,21 @@ def euler_backward(Xs, D, K, h, PL, P0, dK, db):
 
     Shapes: Xs (L+1, m, n), D (L, m, n), K (L, n, n), PL (m, n) (not modified), P0 (m, n) output
     (must not alias any input), dK (L, n, n), db (L, n) outputs.
+    Cost per layer: two GEMMs and one fused pass; the co-state is updated in place in P0 (GEMM
+    with beta = 1), so there is no temporary per layer.
     """
     L = K.shape[0]
     m, n = PL.shape
     G = np.empty((m, n))
-    other = np.empty((m, n))
-    # Ping-pong between P0 and a scratch buffer, starting so that P_0 lands in P0.
-    if L % 2 == 0:
-        cur, nxt = P0, other
-    else:
-        cur, nxt = other, P0
-    cur[:, :] = PL
+    P0[:, :] = PL
     for j in range(L - 1, -1, -1):
-        _scaled_product(h, D[j], cur, G)
-        np.dot(Xs[j].T, G, dK[j])
-        _colsum(G, db[j])
-        np.dot(G, K[j].T, nxt)
-        _add_into(nxt, cur)
-        cur, nxt = nxt, cur
+        _gate(D[j], P0, G, h, db[j], False)
+        gemm(True, False, h, Xs[j], G, 0.0, dK[j])
+        gemm(False, True, h, G, K[j], 1.0, P0)
 
 
 # ----------------------------------------------------------------------------------------------
 # Verlet / Hamiltonian network (Haber & Ruthotto 2018)
-
-
-@numba.njit(cache=True)
-def _verlet_z_update(Z, A, b, h, act, Zn, DZ):
-    """Zn = Z - h sigma(A + b), DZ = sigma'(A + b); ``A`` may alias ``Zn``."""
-    m, n = Z.shape
-    for i in range(m):
-        for k in range(n):
-            s, d = fused(A[i, k] + b[k], act)
-            Zn[i, k] = Z[i, k] - h * s
-            DZ[i, k] = d
 
 
 @numba.njit(cache=True)
@@ -160,11 +143,11 @@ def verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
     Zs[0, :, :] = Z0
     for j in range(L):
         Zn = Zs[j + 1]
-        np.dot(Ys[j], K[j], Zn)
-        _verlet_z_update(Zs[j], Zn, b[j], h, act, Zn, DZ[j])
+        gemm(False, False, 1.0, Ys[j], K[j], 0.0, Zn)
+        _step_act(Zs[j], b[j], -h, act, Zn, DZ[j])
         Yn = Ys[j + 1]
-        np.dot(Zn, K[j].T, Yn)
-        _euler_update(Ys[j], Yn, b[j], h, act, Yn, DY[j])
+        gemm(False, True, 1.0, Zn, K[j], 0.0, Yn)
+        _step_act(Ys[j], b[j], h, act, Yn, DY[j])
 
 
 @numba.njit(cache=True)
@@ -174,47 +157,29 @@ def verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
     Given ``PYL = dJ/dYs[L]`` and ``PZL = dJ/dZs[L]``, per layer j = L-1, ..., 0 (row-major form):
 
         GB   = h * DY[j] * PY_{j+1}                 (dJ/d of the Y-update pre-activation)
-        QZ   = PZ_{j+1} + GB @ K[j]                 (= PZ_j, total dJ/dZs[j+1])
-        GA   = -h * DZ[j] * QZ                      (dJ/d of the Z-update pre-activation)
+        PZ_j = PZ_{j+1} + GB @ K[j]                 (total dJ/dZs[j+1] = dJ/dZs[j])
+        GA   = -h * DZ[j] * PZ_j                    (dJ/d of the Z-update pre-activation)
         PY_j = PY_{j+1} + GA @ K[j].T
         dK[j] = Ys[j].T @ GA + GB.T @ Zs[j+1],   db[j] = sum_rows(GA) + sum_rows(GB)
 
     (both uses of K[j] and b[j] in the layer contribute). Writes PY0 = dJ/dYs[0], PZ0 = dJ/dZs[0];
     overwrites dK (L, n, n) and db (L, n). PYL, PZL are not modified; PY0, PZ0 must not alias
-    inputs or each other.
+    inputs or each other. Cost per layer: four GEMMs (all accumulating in place) and two passes.
     """
     L = K.shape[0]
     m, n = PYL.shape
     GA = np.empty((m, n))
     GB = np.empty((m, n))
-    tmp = np.empty((n, n))
-    bufY = np.empty((m, n))
-    bufZ = np.empty((m, n))
-    if L % 2 == 0:
-        cy, ny, cz, nz = PY0, bufY, PZ0, bufZ
-    else:
-        cy, ny, cz, nz = bufY, PY0, bufZ, PZ0
-    cy[:, :] = PYL
-    cz[:, :] = PZL
+    PY0[:, :] = PYL
+    PZ0[:, :] = PZL
     for j in range(L - 1, -1, -1):
-        _scaled_product(h, DY[j], cy, GB)
-        # QZ = PZ_{j+1} + GB @ K[j] -> nz
-        np.dot(GB, K[j], nz)
-        _add_into(nz, cz)
-        _scaled_product(-h, DZ[j], nz, GA)
-        np.dot(GA, K[j].T, ny)
-        _add_into(ny, cy)
-        np.dot(Ys[j].T, GA, dK[j])
-        np.dot(GB.T, Zs[j + 1], tmp)
-        _add_into(dK[j], tmp)
-        _colsum(GA, db[j])
-        for k in range(n):
-            s = 0.0
-            for i in range(m):
-                s += GB[i, k]
-            db[j, k] += s
-        cy, ny = ny, cy
-        cz, nz = nz, cz
+        # GB and GA are stored without their factors +-h, which go into the GEMMs' alpha.
+        _gate(DY[j], PY0, GB, h, db[j], False)
+        gemm(False, False, h, GB, K[j], 1.0, PZ0)
+        _gate(DZ[j], PZ0, GA, -h, db[j], True)
+        gemm(False, True, -h, GA, K[j], 1.0, PY0)
+        gemm(True, False, -h, Ys[j], GA, 0.0, dK[j])
+        gemm(True, False, h, GB, Zs[j + 1], 1.0, dK[j])
 
 
 # ----------------------------------------------------------------------------------------------
