@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pintopt.comm import SerialComm
+from pintopt.comm import SerialComm, partition
 from pintopt.config import make_config
 from pintopt.data import Dataset, load_dataset
 from pintopt.methods import METHODS
@@ -17,6 +17,7 @@ from pintopt.methods.pint import (
     from_rows,
     prolong_controls,
     prolong_params,
+    slice_counts,
     to_rows,
 )
 from pintopt.methods.pint_regression import BoundaryRegression
@@ -289,6 +290,17 @@ def test_resume_one_rank_is_exact():
         c.step()
     for u, v in zip(a.global_params().arrays(), c.global_params().arrays()):
         np.testing.assert_array_equal(u, v)
+
+
+def test_slice_counts():
+    for depth, size in [(7, 3), (64, 2), (5, 5)]:
+        assert slice_counts(depth, size) == [hi - lo for lo, hi in
+                                             (partition(depth, size, r) for r in range(size))]
+    assert slice_counts(64, 2, 20) == [22, 42]  # the last rank carries no regression
+    assert slice_counts(64, 3, 20) == [15, 14, 35]
+    assert slice_counts(5, 3, 100) == [1, 1, 3]  # every rank keeps a layer
+    with pytest.raises(ValueError):
+        slice_counts(2, 3)
 
 
 def test_bad_options_are_refused():

@@ -104,6 +104,12 @@ class PintOptions:
         1, "refit the regression every this many iterations (observations are always added)",
         low=1,
     )
+    balance_layers: float = opt(
+        0.0,
+        "load balance: the cost of a boundary regression, in layers; every rank that fits one "
+        "(all but the last) gets that many layers fewer than the last rank (0 = even split)",
+        low=0.0,
+    )
     oracle: bool = opt(
         False,
         "exact co-states: wait for the true co-state of the right neighbour (serial in time; "
@@ -152,6 +158,21 @@ def prolong_params(params: Params, factor: int, kind: str = "linear") -> Params:
         params.W_out.copy(),
         params.b_out.copy(),
     )
+
+
+def slice_counts(depth: int, size: int, balance_layers: float = 0.0) -> list[int]:
+    """Layers per rank: contiguous slices, the last rank taking ``(size-1)/size * balance_layers``
+    more than an even share (the others carry a regression each), at least one layer per rank.
+
+    With ``balance_layers = 0`` this is :func:`~pintopt.comm.partition`.
+    """
+    require_items_per_rank(depth, size)
+    if size == 1 or balance_layers <= 0:
+        return [hi - lo for lo, hi in (partition(depth, size, q) for q in range(size))]
+    n_last = round((depth + (size - 1) * balance_layers) / size)
+    n_last = min(max(n_last, 1), depth - (size - 1))
+    rest = [hi - lo for lo, hi in (partition(depth - n_last, size - 1, q) for q in range(size - 1))]
+    return rest + [n_last]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,8 +261,9 @@ class PintTrainer(Trainer):
             )
         self.S, self.rank = S, r
         self.first, self.last = r == 0, r == S - 1
-        self.counts = [hi - lo for lo, hi in (partition(spec.depth, S, q) for q in range(S))]
-        self.lo, self.hi = partition(spec.depth, S, r)
+        self.counts = slice_counts(spec.depth, S, 0.0 if o.oracle else o.balance_layers)
+        self.lo = sum(self.counts[:r])
+        self.hi = self.lo + self.counts[r]
         self.boundary = None if self.last else self.hi
         self.verlet = self.model.verlet
         self.dim = spec.width * (2 if self.verlet else 1)

@@ -171,23 +171,37 @@ class BoundaryRegression:
 
     # checkpoints -------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        """The observation window as stacked arrays (empty dict when there is none)."""
+        """The observation window as stacked arrays plus the running sums and the coefficients in
+        use (so a restored regression continues bit for bit); empty when there is nothing."""
         if not self.obs:
             return {}
         return {
             "X": np.stack([o[0] for o in self.obs]),
             "y": np.stack([o[1] for o in self.obs]),
             "P": np.stack([o[2] for o in self.obs]),
+            "G": self._G.copy(),
+            "R": self._R.copy(),
+            "coef": self.coef.copy(),
+            "updates": np.array(self._updates, dtype=np.int64),
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Replace the window by stacked observations from :meth:`arrays` and refit."""
+        """Replace the window by :meth:`arrays` output (``X``, ``y``, ``P`` are enough: the sums
+        are then recomputed and the model refitted)."""
         self.obs.clear()
         self._gram.clear()
         self._G[:] = 0.0
         self._R[:] = 0.0
         self._updates = 0
-        if arrays:
-            for X, y, P in zip(arrays["X"], arrays["y"], arrays["P"]):
-                self.add(X, y, P)
-        self.fit()
+        if not arrays:
+            self.fit()
+            return
+        for X, y, P in zip(arrays["X"], arrays["y"], arrays["P"]):
+            self.add(X, y, P)
+        if "G" in arrays and np.shape(arrays["G"]) == self._G.shape:
+            self._G[...] = arrays["G"]
+            self._R[...] = arrays["R"]
+            self.coef[...] = arrays["coef"]
+            self._updates = int(arrays["updates"])
+        else:
+            self.fit()
