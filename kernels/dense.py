@@ -24,7 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import ensure_blas
 
-from .activations import d2sigma, fused
+from .activations import TANH, d2sigma, fast_tanh, fused
 
 ensure_blas()  # numba's BLAS entry point binds scipy.linalg.cython_blas
 
@@ -85,15 +85,25 @@ def gemm(ta, tb, alpha, A, B, beta, C):
            B, B.shape[1], A, A.shape[1], beta, C, N)
 
 
-@numba.njit(cache=True)
-def _bias_act(A, b, act, out, D):
-    """out = sigma(A + b), D = sigma'(A + b); A may alias out."""
-    m, q = A.shape
-    for i in range(m):
-        for k in range(q):
-            s, d = fused(A[i, k] + b[k], act)
-            out[i, k] = s
-            D[i, k] = d
+_FM = {"contract"}
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
+def _bias_act_inplace(b, act, out, D):
+    """out = sigma(out + b), D = sigma'(out + b); in place so that the loop vectorises."""
+    m, q = out.shape
+    if act == TANH:
+        for i in range(m):
+            for k in range(q):
+                t = fast_tanh(out[i, k] + b[k])
+                out[i, k] = t
+                D[i, k] = 1.0 - t * t
+    else:
+        for i in range(m):
+            for k in range(q):
+                s, d = fused(out[i, k] + b[k], act)
+                out[i, k] = s
+                D[i, k] = d
 
 
 @numba.njit(cache=True)
@@ -102,25 +112,34 @@ def dense_forward(Z, W, b, act, out, D):
 
     ``out`` and ``D`` must not alias Z or W.
     """
-    np.dot(Z, W, out)
-    _bias_act(out, b, act, out, D)
+    gemm(False, False, 1.0, Z, W, 0.0, out)
+    _bias_act_inplace(b, act, out, D)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def dense_forward_d2(Z, W, b, act, out, D, D2):
     """:func:`dense_forward` that also stores ``D2 = sigma''(Z @ W + b)`` for Hessian products."""
-    np.dot(Z, W, out)
+    gemm(False, False, 1.0, Z, W, 0.0, out)
     m, q = out.shape
-    for i in range(m):
-        for k in range(q):
-            a = out[i, k] + b[k]
-            s, d = fused(a, act)
-            out[i, k] = s
-            D[i, k] = d
-            D2[i, k] = d2sigma(a, act)
+    if act == TANH:
+        for i in range(m):
+            for k in range(q):
+                t = fast_tanh(out[i, k] + b[k])
+                d = 1.0 - t * t
+                out[i, k] = t
+                D[i, k] = d
+                D2[i, k] = -2.0 * t * d
+    else:
+        for i in range(m):
+            for k in range(q):
+                a = out[i, k] + b[k]
+                s, d = fused(a, act)
+                out[i, k] = s
+                D[i, k] = d
+                D2[i, k] = d2sigma(a, act)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def _colsum(G, out):
     m, q = G.shape
     for k in range(q):
@@ -130,54 +149,61 @@ def _colsum(G, out):
             out[k] += G[i, k]
 
 
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
+def _mul_colsum(G, D, GA, db):
+    """GA = G * D and db = sum_rows(GA) in one pass."""
+    m, q = G.shape
+    for k in range(q):
+        db[k] = 0.0
+    for i in range(m):
+        for k in range(q):
+            g = G[i, k] * D[i, k]
+            GA[i, k] = g
+            db[k] += g
+
+
 @numba.njit(cache=True)
 def dense_vjp(Z, W, D, G, dZ, dW, db):
     """Vector-Jacobian product (backpropagation through the layer).
 
     Given ``G = dJ/d out`` (m, q) writes, with ``GA = G * D`` (= dJ/dA):
     ``dZ = GA @ W.T`` (m, p), ``dW = Z.T @ GA`` (p, q), ``db = sum_rows(GA)`` (q,).
+    Outputs must not alias inputs.
     """
     m, q = G.shape
     GA = np.empty((m, q))
-    for i in range(m):
-        for k in range(q):
-            GA[i, k] = G[i, k] * D[i, k]
-    np.dot(GA, W.T, dZ)
-    np.dot(Z.T, GA, dW)
-    _colsum(GA, db)
+    _mul_colsum(G, D, GA, db)
+    gemm(False, True, 1.0, GA, W, 0.0, dZ)
+    gemm(True, False, 1.0, Z, GA, 0.0, dW)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def dense_jvp_d(Z, W, D, dZ, dW, dbias, out):
     """Jacobian-vector product from a stored ``D = sigma'(A)`` (no activation re-evaluation):
     ``out = D * (dZ @ W + Z @ dW + dbias)``, the directional derivative of sigma(Z W + b) along
     (dZ, dW, dbias). ``out`` must not alias the inputs."""
+    gemm(False, False, 1.0, dZ, W, 0.0, out)
+    gemm(False, False, 1.0, Z, dW, 1.0, out)
     m, q = out.shape
-    tmp = np.empty((m, q))
-    np.dot(dZ, W, out)
-    np.dot(Z, dW, tmp)
     for i in range(m):
         for k in range(q):
-            out[i, k] = D[i, k] * (out[i, k] + tmp[i, k] + dbias[k])
+            out[i, k] = D[i, k] * (out[i, k] + dbias[k])
 
 
 @numba.njit(cache=True)
 def dense_jvp(Z, W, b, act, dZ, dW, dbias, out):
     """Jacobian-vector product: the directional derivative of ``sigma(Z @ W + b)`` along
     (dZ, dW, dbias), i.e. ``out = sigma'(Z W + b) * (dZ W + Z dW + dbias)``. Recomputes the
-    pre-activation; use :func:`dense_jvp_d` when D from the forward pass is at hand."""
+    pre-activation (allocates two (m, q) temporaries); use :func:`dense_jvp_d` when D from the
+    forward pass is at hand."""
     m, q = out.shape
     A = np.empty((m, q))
-    np.dot(Z, W, A)
     D = np.empty((m, q))
-    for i in range(m):
-        for k in range(q):
-            _, d = fused(A[i, k] + b[k], act)
-            D[i, k] = d
+    dense_forward(Z, W, b, act, A, D)
     dense_jvp_d(Z, W, D, dZ, dW, dbias, out)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def dense_hvp_backward(Z, W, D, D2, G, dZ, dW, dbias, dG, RdZ, RdW, Rdb):
     """Second-order backward sweep (R-operator of :func:`dense_vjp`) for Hessian-vector products.
 
@@ -194,29 +220,23 @@ def dense_hvp_backward(Z, W, D, D2, G, dZ, dW, dbias, dG, RdZ, RdW, Rdb):
 
     Chained from the loss back to the first layer this gives exact Hessian-vector products
     ``H v`` of the loss w.r.t. all (W, b) and the input (Pearlmutter 1994; Martens 2010).
-    Outputs must not alias inputs.
+    Allocates two (m, q) temporaries per call. Outputs must not alias inputs.
     """
     m, q = G.shape
-    dA = np.empty((m, q))
+    RGA = np.empty((m, q))
     GA = np.empty((m, q))
-    np.dot(dZ, W, dA)
-    np.dot(Z, dW, GA)
+    gemm(False, False, 1.0, dZ, W, 0.0, RGA)
+    gemm(False, False, 1.0, Z, dW, 1.0, RGA)
+    for k in range(q):
+        Rdb[k] = 0.0
     for i in range(m):
         for k in range(q):
-            da = dA[i, k] + GA[i, k] + dbias[k]
-            ga = G[i, k] * D[i, k]
-            GA[i, k] = ga
-            dA[i, k] = dG[i, k] * D[i, k] + G[i, k] * D2[i, k] * da  # now holds RGA
-    np.dot(dA, W.T, RdZ)
-    tmp = np.empty(RdZ.shape)
-    np.dot(GA, dW.T, tmp)
-    for i in range(RdZ.shape[0]):
-        for k in range(RdZ.shape[1]):
-            RdZ[i, k] += tmp[i, k]
-    np.dot(Z.T, dA, RdW)
-    tmpw = np.empty(RdW.shape)
-    np.dot(dZ.T, GA, tmpw)
-    for i in range(RdW.shape[0]):
-        for k in range(RdW.shape[1]):
-            RdW[i, k] += tmpw[i, k]
-    _colsum(dA, Rdb)
+            da = RGA[i, k] + dbias[k]
+            GA[i, k] = G[i, k] * D[i, k]
+            r = dG[i, k] * D[i, k] + G[i, k] * D2[i, k] * da
+            RGA[i, k] = r
+            Rdb[k] += r
+    gemm(False, True, 1.0, RGA, W, 0.0, RdZ)
+    gemm(False, True, 1.0, GA, dW, 1.0, RdZ)
+    gemm(True, False, 1.0, Z, RGA, 0.0, RdW)
+    gemm(True, False, 1.0, dZ, GA, 1.0, RdW)

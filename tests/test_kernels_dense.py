@@ -172,3 +172,20 @@ def test_mlp_hessian_vector_product_via_r_operator():
     fd = cdiff(grad_along)
     an = np.concatenate([np.concatenate([a.ravel(), c]) for a, c in Hv] + [dG.ravel()])
     assert np.linalg.norm(fd - an) <= 1e-6 * np.linalg.norm(fd)
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("M,N,K", [(7, 5, 3), (1, 4, 9), (33, 2, 1), (3, 3, 0)])
+def test_gemm_all_transposes_alpha_beta(ta, tb, M, N, K):
+    rng = np.random.default_rng(M * 100 + N * 10 + K)
+    Am = rng.normal(size=(K, M) if ta else (M, K))
+    Bm = rng.normal(size=(N, K) if tb else (K, N))
+    C = rng.normal(size=(M, N))
+    ref = -0.7 * ((Am.T if ta else Am) @ (Bm.T if tb else Bm)) + 1.5 * C
+    DN.gemm(ta, tb, -0.7, Am, Bm, 1.5, C)
+    np.testing.assert_allclose(C, ref, rtol=1e-13, atol=1e-13)
+    C[:] = np.nan  # beta = 0 must not read C
+    DN.gemm(ta, tb, 1.0, Am, Bm, 0.0, C)
+    np.testing.assert_allclose(C, (Am.T if ta else Am) @ (Bm.T if tb else Bm), rtol=1e-13,
+                               atol=1e-13)
