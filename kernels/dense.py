@@ -73,6 +73,13 @@ def gemm(ta, tb, alpha, A, B, beta, C):
     or B. With ``beta = 0`` C is not read (NaN in C is harmless)."""
     M, N = C.shape
     K = A.shape[0] if ta else A.shape[1]
+    # BLAS would read/write out of bounds on a mismatch, so check (cheap, once per call).
+    if (A.shape[1] if ta else A.shape[0]) != M or (B.shape[0] if tb else B.shape[1]) != N or (
+        B.shape[1] if tb else B.shape[0]
+    ) != K:
+        raise ValueError("gemm: shapes of A, B and C do not agree")
+    if not (A.flags.c_contiguous and B.flags.c_contiguous and C.flags.c_contiguous):
+        raise ValueError("gemm: A, B and C must be C-contiguous")
     if M == 0 or N == 0:
         return
     if K == 0:

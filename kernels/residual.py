@@ -29,6 +29,37 @@ from .dense import gemm
 _FM = {"contract"}
 
 # ----------------------------------------------------------------------------------------------
+# argument checks (once per call; a wrong shape would otherwise reach BLAS)
+
+
+@numba.njit(cache=True)
+def _check_block(K, b, X, Xs, D):
+    L, n = K.shape[0], K.shape[1]
+    m = X.shape[0]
+    if K.shape[2] != n or b.shape[0] != L or b.shape[1] != n or X.shape[1] != n:
+        raise ValueError("residual: K must be (L, n, n), b (L, n) and states (m, n)")
+    if Xs.shape[0] != L + 1 or Xs.shape[1] != m or Xs.shape[2] != n:
+        raise ValueError("residual: the trajectory must have shape (L+1, m, n)")
+    if D.shape[0] != L or D.shape[1] != m or D.shape[2] != n:
+        raise ValueError("residual: the derivative store must have shape (L, m, n)")
+
+
+@numba.njit(cache=True)
+def _check_state(X, m, n):
+    if X.shape[0] != m or X.shape[1] != n:
+        raise ValueError("residual: a state or co-state has the wrong shape (expected (m, n))")
+
+
+@numba.njit(cache=True)
+def _check_grads(K, dK, db):
+    L, n = K.shape[0], K.shape[1]
+    if dK.shape[0] != L or dK.shape[1] != n or dK.shape[2] != n:
+        raise ValueError("residual: dK must have shape (L, n, n)")
+    if db.shape[0] != L or db.shape[1] != n:
+        raise ValueError("residual: db must have shape (L, n)")
+
+
+# ----------------------------------------------------------------------------------------------
 # fused elementwise passes over one (m, n) layer
 
 
@@ -84,6 +115,7 @@ def euler_forward(X0, K, b, h, act, Xs, D):
     Shapes: X0 (m, n), K (L, n, n), b (L, n), Xs (L+1, m, n) output, D (L, m, n) output.
     Cost per layer: one GEMM and one fused pass (activation and its derivative together).
     """
+    _check_block(K, b, X0, Xs, D)
     L = K.shape[0]
     Xs[0, :, :] = X0
     for j in range(L):
@@ -107,8 +139,11 @@ def euler_backward(Xs, D, K, h, PL, P0, dK, db):
     Cost per layer: two GEMMs and one fused pass; the co-state is updated in place in P0 (GEMM
     with beta = 1), so there is no temporary per layer.
     """
-    L = K.shape[0]
     m, n = PL.shape
+    _check_block(K, K[:, 0, :], PL, Xs, D)
+    _check_state(P0, m, n)
+    _check_grads(K, dK, db)
+    L = K.shape[0]
     G = np.empty((m, n))
     P0[:, :] = PL
     for j in range(L - 1, -1, -1):
@@ -138,6 +173,9 @@ def verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
 
     Shapes: Y0, Z0 (m, n); K (L, n, n); b (L, n); Ys, Zs (L+1, m, n), DZ, DY (L, m, n) outputs.
     """
+    _check_block(K, b, Y0, Ys, DZ)
+    _check_block(K, b, Y0, Zs, DY)
+    _check_state(Z0, Y0.shape[0], Y0.shape[1])
     L = K.shape[0]
     Ys[0, :, :] = Y0
     Zs[0, :, :] = Z0
@@ -166,8 +204,13 @@ def verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
     overwrites dK (L, n, n) and db (L, n). PYL, PZL are not modified; PY0, PZ0 must not alias
     inputs or each other. Cost per layer: four GEMMs (all accumulating in place) and two passes.
     """
-    L = K.shape[0]
     m, n = PYL.shape
+    _check_block(K, K[:, 0, :], PYL, Ys, DZ)
+    _check_block(K, K[:, 0, :], PYL, Zs, DY)
+    for P in (PZL, PY0, PZ0):
+        _check_state(P, m, n)
+    _check_grads(K, dK, db)
+    L = K.shape[0]
     GA = np.empty((m, n))
     GB = np.empty((m, n))
     PY0[:, :] = PYL

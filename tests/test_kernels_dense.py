@@ -189,3 +189,13 @@ def test_gemm_all_transposes_alpha_beta(ta, tb, M, N, K):
     DN.gemm(ta, tb, 1.0, Am, Bm, 0.0, C)
     np.testing.assert_allclose(C, (Am.T if ta else Am) @ (Bm.T if tb else Bm), rtol=1e-13,
                                atol=1e-13)
+
+
+def test_gemm_rejects_bad_shapes_and_layouts():
+    A_, B_, C_ = np.ones((3, 2)), np.ones((2, 4)), np.empty((3, 4))
+    with pytest.raises(ValueError, match="shapes"):
+        DN.gemm(False, False, 1.0, A_, B_, 0.0, np.empty((3, 5)))
+    with pytest.raises(ValueError, match="shapes"):
+        DN.gemm(True, False, 1.0, A_, B_, 0.0, C_)
+    with pytest.raises(ValueError, match="contiguous"):
+        DN.gemm(False, False, 1.0, np.ones((2, 3)).T, B_, 0.0, C_)

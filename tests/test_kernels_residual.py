@@ -256,3 +256,19 @@ def test_verlet_dot_product_test(m, n, L):
         dY, dZ = ref_verlet_tangent(Y0, Z0, K, b, h, act, *part)
         lhs = np.sum(dY * wY) + np.sum(dZ * wZ)
         assert abs(lhs - np.sum(v[i] * adj[i])) <= 1e-12 * max(1.0, abs(lhs))
+
+
+def test_shape_mismatch_raises_instead_of_corrupting_memory():
+    _, X0, K, b = make(4, 3, 2, 1)
+    Xs, D = np.empty((3, 4, 3)), np.empty((2, 4, 3))
+    with pytest.raises(ValueError):
+        R.euler_forward(X0, K, b, 0.1, A.TANH, np.empty((2, 4, 3)), D)
+    with pytest.raises(ValueError):
+        R.euler_forward(X0[:, :2].copy(), K, b, 0.1, A.TANH, Xs, D)
+    R.euler_forward(X0, K, b, 0.1, A.TANH, Xs, D)
+    with pytest.raises(ValueError):
+        R.euler_backward(Xs, D, K, 0.1, X0, np.empty((4, 2)), np.empty((2, 3, 3)),
+                         np.empty((2, 3)))
+    with pytest.raises(ValueError):
+        R.euler_backward(Xs, D, K, 0.1, X0, np.empty((4, 3)), np.empty((2, 3, 3)),
+                         np.empty((1, 3)))
