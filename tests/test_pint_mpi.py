@@ -60,10 +60,13 @@ def test_oracle_costates_reproduce_serial_iterates(scheme, optimizer):
     assert parallel.history["loss"] == pytest.approx(serial.history["loss"], rel=1e-12)
 
 
-def test_oracle_multilevel_equals_one_rank_multilevel():
-    """The global prediction (every rank runs the same coarse solve) and the prolongation do not
-    depend on the rank count: oracle S ranks == the same method on one process."""
-    raw = pint_raw(8, {"iterations": 25}, levels=2, coarse_iterations=20, oracle=True)
+@pytest.mark.parametrize("coarse_parallel", [False, True])
+def test_oracle_multilevel_equals_one_rank_multilevel(coarse_parallel):
+    """The global prediction (every rank runs the same serial coarse solve, or the coarse model is
+    itself trained in parallel -- with oracle co-states also serial-equivalent) and the
+    prolongation do not depend on the rank count: oracle S ranks == one process."""
+    raw = pint_raw(8, {"iterations": 25}, levels=2, coarse_iterations=20, oracle=True,
+                   coarse_parallel=coarse_parallel)
     one = train(build(raw))
     many = train(build(raw, world()))
     for u, v in zip(one.params.arrays(), many.params.arrays()):

@@ -87,6 +87,11 @@ class PintOptions:
         200, "iterations of serial Algorithm 3 on each coarse level (global prediction)", low=0
     )
     coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
+    coarse_parallel: bool = opt(
+        False,
+        "train each coarse level with this method on all ranks too (every rank owns the same "
+        "time interval on every level); false = serial Algorithm 3 on every rank (the paper)",
+    )
     prolong: str = opt(
         "linear", "prolongation of the controls to the finer grid (in time)",
         choices=("constant", "linear"),
@@ -175,6 +180,22 @@ def slice_counts(depth: int, size: int, balance_layers: float = 0.0) -> list[int
     return rest + [n_last]
 
 
+def coarse_counts(counts: list[int], factor: int) -> list[int] | None:
+    """Layers per rank on the grid ``factor`` times coarser such that every rank keeps (up to
+    rounding to coarse steps) the same time interval; None when the coarse grid has fewer steps
+    than there are ranks."""
+    S, Dc = len(counts), sum(counts) // factor
+    if Dc < S:
+        return None
+    bounds, acc = [0], 0
+    for r in range(S - 1):
+        acc += counts[r]
+        b = min(max(round(acc / factor), bounds[-1] + 1), Dc - (S - 1 - r))
+        bounds.append(b)
+    bounds.append(Dc)
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 # ----------------------------------------------------------------------------------------------
 # state layout helpers
 
@@ -248,7 +269,11 @@ class PintTrainer(Trainer):
 
     name = "pint"
 
-    def __init__(self, problem: Problem, cfg: Any, comm: Any) -> None:
+    def __init__(
+        self, problem: Problem, cfg: Any, comm: Any, counts: list[int] | None = None
+    ) -> None:
+        """``counts`` (layers per rank) overrides the slicing; the parallel global prediction
+        uses it to give every rank the same time interval on the coarse grid."""
         super().__init__(problem, cfg, comm)
         self.options = o = cfg.method if isinstance(cfg.method, PintOptions) else PintOptions()
         spec = self.model.spec
@@ -261,7 +286,11 @@ class PintTrainer(Trainer):
             )
         self.S, self.rank = S, r
         self.first, self.last = r == 0, r == S - 1
-        self.counts = slice_counts(spec.depth, S, 0.0 if o.oracle else o.balance_layers)
+        if counts is None:
+            counts = slice_counts(spec.depth, S, 0.0 if o.oracle else o.balance_layers)
+        if len(counts) != S or sum(counts) != spec.depth or min(counts) < 1:
+            raise ValueError(f"bad layer counts {counts} for depth {spec.depth} on {S} ranks")
+        self.counts = list(counts)
         self.lo = sum(self.counts[:r])
         self.hi = self.lo + self.counts[r]
         self.boundary = None if self.last else self.hi
@@ -279,6 +308,7 @@ class PintTrainer(Trainer):
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
         self.coarse_time = 0.0
         self.coarse_loss = float("nan")
+        self.coarse_trainer: PintTrainer | None = None  # with coarse_parallel
         # pipeline: trajectory of the current batch, its indices, pending sends, known losses
         self.traj: Any = None
         self.cur_idx: np.ndarray | None = None
@@ -365,6 +395,11 @@ class PintTrainer(Trainer):
         and of co-state observations at this rank's right boundary."""
         o, tr, spec = self.options, self.cfg.train, self.model.spec
         t0 = time.perf_counter()
+        ccounts = coarse_counts(self.counts, o.coarsen)
+        if o.coarse_parallel and self.S > 1 and ccounts is not None:
+            self._parallel_global_prediction(ccounts)
+            self.coarse_time = time.perf_counter() - t0
+            return
         params: Params | None = None
         keep = o.window if o.window > 0 else None
         records: list = []
@@ -395,6 +430,33 @@ class PintTrainer(Trainer):
             self.regression.fit()
         self.predicted = True
         self.coarse_time = time.perf_counter() - t0
+
+    def _parallel_global_prediction(self, ccounts: list[int]) -> None:
+        """The global prediction trained by this method on all ranks (``coarse_parallel``): the
+        coarse model with ``levels - 1`` levels of its own, rank r owning the same time interval.
+        Its boundary observations are at the fine boundaries (up to rounding of the interval ends
+        to coarse steps) and seed the fine regressions."""
+        o, tr = self.options, self.cfg.train
+        ccfg = dataclasses.replace(
+            self.cfg,
+            train=dataclasses.replace(
+                tr, lr=o.coarse_lr or tr.lr, seed=tr.seed + 1000, iterations=0,
+                target_accuracy=0.0,
+            ),
+            method=dataclasses.replace(o, levels=o.levels - 1),
+        )
+        cmodel = ResNet(self.model.spec.coarsened(o.coarsen))
+        coarse = PintTrainer(Problem(cmodel, self.data), ccfg, self.comm, counts=ccounts)
+        losses = [coarse.step() for _ in range(o.coarse_iterations)]
+        self.coarse_loss = float(np.mean(losses[-10:])) if losses else float("nan")
+        self.params = prolong_params(coarse.global_params(), o.coarsen, o.prolong)
+        self.grads = self.params.zeros_like()
+        if self.regression is not None and coarse.regression is not None:
+            for X, y, P in coarse.regression.obs:
+                self.regression.add(X, y, P)
+            self.regression.fit()
+        self.coarse_trainer = coarse
+        self.predicted = True
 
     # the pipeline --------------------------------------------------------------------------------
     def _fill(self) -> None:
