@@ -21,7 +21,7 @@ from pintopt.methods.pint import (
     to_rows,
 )
 from pintopt.methods.pint_regression import BoundaryRegression
-from pintopt.model import ResNet, ResNetSpec
+from pintopt.model import ResNet, ResNetSpec, build_model
 
 
 def build(raw, comm=None, data: Dataset | None = None):
@@ -309,3 +309,7 @@ def test_bad_options_are_refused():
                "pint": {"levels": 3, "coarsen": 2}})
     with pytest.raises(Exception, match="pint.features"):
         make_config({"train": {"method": "pint"}, "pint": {"features": "cubic"}})
+    cfg = make_config({"model": {"architecture": "mlp"}, "train": {"method": "pint"}})
+    data = load_dataset("swissroll", n=8)
+    with pytest.raises(ValueError, match="ResNet"):
+        METHODS["pint"].trainer(Problem(build_model(cfg.model, 2, 2), data), cfg, SerialComm())

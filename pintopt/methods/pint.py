@@ -276,6 +276,9 @@ class PintTrainer(Trainer):
         uses it to give every rank the same time interval on the coarse grid."""
         super().__init__(problem, cfg, comm)
         self.options = o = cfg.method if isinstance(cfg.method, PintOptions) else PintOptions()
+        if not isinstance(self.model, ResNet):
+            raise ValueError("method pint needs the ResNet-as-ODE model (model.architecture = "
+                             "resnet): its layers are the time steps it splits over the ranks")
         spec = self.model.spec
         S, r = comm.size, comm.rank
         require_items_per_rank(spec.depth, S)
