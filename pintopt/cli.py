@@ -1,9 +1,20 @@
 """Command line: ``python -m pintopt [train|resume|info|options]`` (also the ``pintopt`` script).
 
-With no arguments it runs the embedded default job. Bad options, configs or data files end the job
-with exit status 2 and one line on rank 0 naming what is wrong; every rank exits the same way
-because
-every rank validates the same input (data files are read by rank 0 and the outcome broadcast).
+With no arguments it runs the embedded default job.
+
+Exit status (the same on every rank; ``docs/reliability.md`` lists every case tested):
+
+- 0: success (also ``--help`` / ``--version``);
+- 2: bad input -- an option, config file, data file or checkpoint that cannot be used, or a model
+  that would not fit in memory: one line ``pintopt: error: ...`` on rank 0 naming the option or
+  file and what was expected, nothing written. Every rank validates the same input (files are
+  read by rank 0 and the outcome broadcast), and the ranks meet before exiting; a rank that
+  reaches the error alone prints its own line and aborts the job;
+- 3: training diverged (NaN/Inf loss, parameters or message): one line naming what, where and
+  when, and the last good checkpoint, which is kept;
+- 1 (or the launcher's status): any other failure. An uncaught exception on any rank aborts the
+  whole job with a line naming the rank and the cause; a watchdog aborts a job that stops making
+  progress (a stopped or deadlocked rank); MPICH's launcher ends every rank when one dies.
 """
 
 from __future__ import annotations
@@ -17,7 +28,10 @@ os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import io  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import fields  # noqa: E402
@@ -41,6 +55,21 @@ DEFAULT_JOB: dict[str, dict[str, Any]] = {
     "model": {"depth": 16, "width": 8, "scheme": "verlet"},
     "train": {"method": "serial", "optimizer": "adam", "lr": 0.01, "batch_size": 16},
 }
+
+
+#: ``[train]`` options ``resume`` may change (``lr`` replaces the saved step size).
+RESUME_TRAIN_OVERRIDES = (
+    "iterations",
+    "epochs",
+    "target_accuracy",
+    "eval_every",
+    "on_divergence",
+    "max_rollbacks",
+    "lr",
+)
+
+#: Exit statuses.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -91,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its checkpoint")
     resume.add_argument("path", help="checkpoint file written by a previous run")
     resume.add_argument("--quiet", action="store_true", help="no progress lines")
-    for key in ("iterations", "epochs", "target_accuracy", "eval_every"):
+    for key in RESUME_TRAIN_OVERRIDES:
         resume.add_argument(
             flag_name("train", key),
             dest=f"train.{key}",
@@ -133,24 +162,95 @@ def _say(comm: Any, *lines: str, err: bool = False) -> None:
             print(line, file=stream, flush=True)
 
 
-def _memory_check(cfg: Config, spec: Any, comm: Any) -> None:
-    """Refuse, before allocating, a model and batch that cannot fit in memory on a rank."""
-    per_layer = 8 * spec.width * (4 if spec.scheme == "verlet" else 2)  # states + derivatives
-    batch = cfg.train.batch_size or 1
-    layers = spec.depth / max(comm.size, 1) + 1
-    need = per_layer * batch * layers + 8 * 6 * spec.depth * spec.width**2  # params, grads, moments
-    limit = cfg.train.memory_limit_gb * 2**30
-    if not limit:
+# ---------------------------------------------------------------------------------------------
+# memory: refuse before allocating
+
+
+def _cgroup_limit() -> float | None:
+    """The memory limit of this process's cgroup (v2 or v1), if any (batch systems set one)."""
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            limit = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # pragma: no cover
-            return
-    if need > limit:
+            text = open(f).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return float(text)
+    return None
+
+
+def _memory_budget(cfg: Config, comm: Any) -> tuple[float, str]:
+    """Bytes one rank may use, and where the figure comes from (collective: the smallest over
+    ranks, so every rank takes the same decision)."""
+    if cfg.train.memory_limit_gb:
+        return cfg.train.memory_limit_gb * 2**30, "train.memory_limit_gb"
+    node = comm.node_size()
+    try:
+        total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        total = math.inf
+    limit = _cgroup_limit()
+    mem = min(total, limit) if limit else total
+    budget = comm.allreduce(0.8 * mem / node, op="min")
+    where = "80% of the memory limit" if limit and limit < total else "80% of the machine's memory"
+    return budget, f"{where} shared by {node} rank(s) on a node"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+def _data_bytes_estimate(cfg: Config) -> tuple[int, str] | None:
+    """Peak bytes of generating a synthetic dataset (arrays, split and standardised copies, the
+    broadcast), from the options alone; None for file sources (their size is the file's)."""
+    d = cfg.data
+    if d.dataset == "swissroll":
+        n = d.n or 256
+        rows, cols = 2 * (2 * n + 1), 2
+    elif d.dataset == "ellipses":
+        n = d.n or 1000
+        rows, cols = 2 * n, 2
+    elif d.dataset == "overparam":
+        rows, cols = d.n or 80, d.n_features or 2000
+    else:
+        return None
+    return 8 * rows * (cols + 1) * 4, "data.n" if d.dataset != "overparam" else "data.n/n_features"
+
+
+def _check_data_memory(cfg: Config, comm: Any, budget: float, source: str) -> None:
+    est = _data_bytes_estimate(cfg)
+    if est is not None and est[0] > budget:
         raise ConfigError(
-            f"model and batch need about {need / 2**30:.1f} GiB per rank, more than "
-            f"the limit {limit / 2**30:.1f} GiB (reduce depth, width or batch_size, "
-            "or use more ranks)"
+            f"option {est[1]}: dataset {cfg.data.dataset} would need about {_gib(est[0])} per "
+            f"rank, more than {_gib(budget)} ({source}); use a smaller {est[1]}"
         )
+
+
+def memory_need(cfg: Config, spec: Any, data: Any, size: int) -> dict[str, int]:
+    """Bytes per rank, by item: the method's estimate (see ``Trainer.memory_estimate``) plus the
+    dataset every rank holds."""
+    from pintopt.methods import METHODS
+
+    cls = METHODS[cfg.train.method].trainer
+    need = dict(cls.memory_estimate(spec, cfg, size, data.m_train, data.m_val))
+    need["data"] = sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
+    return need
+
+
+def _memory_check(cfg: Config, spec: Any, data: Any, comm: Any, budget: float, source: str):
+    """Refuse, before allocating, a model and batch that cannot fit in memory on a rank."""
+    need = memory_need(cfg, spec, data, comm.size)
+    total = sum(need.values())
+    if total > budget:
+        parts = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(need.items(), key=lambda kv: -kv[1]))
+        raise ConfigError(
+            f"options model.depth/model.width/train.batch_size: the run needs about "
+            f"{_gib(total)} per rank ({parts}), more than {_gib(budget)} ({source}); reduce "
+            "depth, width or batch_size, use more ranks or set train.memory_limit_gb"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
 
 
 def _load_data(cfg: Config, comm: Any):
@@ -160,6 +260,7 @@ def _load_data(cfg: Config, comm: Any):
     d, seed = cfg.data, cfg.train.seed
     result: Any
     if comm.rank == 0:
+        where = d.path or d.data_dir or d.dataset
         try:
             result = load_dataset(
                 d.dataset,
@@ -171,9 +272,14 @@ def _load_data(cfg: Config, comm: Any):
                 seed=seed,
                 standardize=d.standardize,
                 n_train=d.n_train,
+                n_features=d.n_features,
             )
         except (DataError, ValueError, OSError) as exc:
-            result = ConfigError(str(exc))
+            result = ConfigError(str(exc).splitlines()[0] if str(exc) else repr(exc))
+        except MemoryError:
+            result = ConfigError(f"data {where}: not enough memory to load it")
+        except Exception as exc:  # noqa: BLE001 - a malformed file must not crash the job
+            result = ConfigError(f"data {where}: cannot be loaded ({_one_line(exc)})")
     else:
         result = None
     result = comm.bcast(result)
@@ -182,41 +288,82 @@ def _load_data(cfg: Config, comm: Any):
     return result
 
 
+def _one_line(exc: BaseException) -> str:
+    from pintopt.comm import describe
+
+    return describe(exc)
+
+
 def _setup(cfg: Config, comm: Any):
     from pintopt.methods import METHODS
     from pintopt.methods.base import Problem
-    from pintopt.model import ResNet, ResNetSpec
+    from pintopt.model import build_model
 
+    budget, source = _memory_budget(cfg, comm)
+    _check_data_memory(cfg, comm, budget, source)
     data = _load_data(cfg, comm)
     if data.n_classes < 2:
         raise ConfigError(
-            f"dataset {cfg.data.dataset}: the ResNet classifier needs at least two classes"
+            f"dataset {cfg.data.dataset}: the classifier needs at least two classes "
+            f"(found {data.n_classes}: a regression or single-class dataset)"
         )
-    m = cfg.model
     try:
-        spec = ResNetSpec(
-            data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme, m.activation
-        )
+        model = build_model(cfg.model, data.n_features, data.n_classes)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    _memory_check(cfg, spec, comm)
+    spec = model.spec
+    _memory_check(cfg, spec, data, comm, budget, source)
+    if cfg.checkpoint.checkpoint:
+        _check_checkpoint_target(cfg.checkpoint.checkpoint, comm)
     try:
-        trainer = METHODS[cfg.train.method].trainer(Problem(ResNet(spec), data), cfg, comm)
+        trainer = METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm)
     except ValueError as exc:  # e.g. batch larger than the data, more ranks than layers
         raise ConfigError(str(exc)) from None
     return trainer, spec
 
 
-class _Progress:
-    """Per-iteration callback: progress lines and periodic checkpoints (rank 0 writes)."""
+def _check_checkpoint_target(path: str, comm: Any) -> None:
+    from pintopt.checkpoint import CheckpointError, check_target
 
-    def __init__(self, cfg: Config, comm: Any, spec: Any, quiet: bool, wall_offset: float) -> None:
+    outcome: Any = None
+    if comm.rank == 0:
+        try:
+            check_target(path)
+        except CheckpointError as exc:
+            outcome = exc
+    outcome = comm.bcast(outcome)
+    if outcome is not None:
+        raise outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+class _Progress:
+    """Per-iteration callback: progress lines, periodic checkpoints (rank 0 writes), watchdog."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        comm: Any,
+        spec: Any,
+        quiet: bool,
+        wall_offset: float,
+        watchdog: Any = None,
+        last_saved: int | None = None,
+    ) -> None:
         self.cfg, self.comm, self.spec, self.quiet = cfg, comm, spec, quiet
         self.last_write = time.monotonic()
         self.wall_offset = wall_offset
+        self.watchdog = watchdog
+        #: iteration of the last checkpoint written (or resumed from) in this run
+        self.last_saved = last_saved
+        self._due_at: tuple[int, bool] | None = None
 
     def __call__(self, trainer: Any, history: dict[str, list], evaluated: bool) -> None:
-        c = self.cfg.checkpoint
+        if self.watchdog is not None:
+            self.watchdog.beat()
         if evaluated and not self.quiet:
             h = {k: v[-1] for k, v in history.items() if v}
             _say(
@@ -225,20 +372,41 @@ class _Progress:
                 f"epoch {h['epoch']:7.2f}  loss {h['loss']:.4f}  train {h['train_acc']:.3f}  "
                 f"val {h['val_acc']:.3f}  time {h['wall']:.1f}s",
             )
-        if not c.checkpoint:
-            return
-        due = bool(c.checkpoint_every) and trainer.iteration % c.checkpoint_every == 0
-        if c.checkpoint_seconds:
-            # rank 0's clock decides, so all ranks take the same (collective) branch
-            late = self.comm.bcast(time.monotonic() - self.last_write >= c.checkpoint_seconds)
-            due = due or late
-        if due:
+        if self.checkpoint_due(trainer):
             self.write(trainer, history)
 
-    def write(self, trainer: Any, history: dict[str, list]) -> None:
-        from pintopt import checkpoint
+    def checkpoint_due(self, trainer: Any) -> bool:
+        """Whether a checkpoint is written after this iteration: the same answer on every rank
+        (rank 0's clock decides ``checkpoint_seconds``); computed once per iteration, the
+        training loop asks first so that ranks agree on divergence before writing."""
+        if self._due_at is not None and self._due_at[0] == trainer.iteration:
+            return self._due_at[1]
+        c = self.cfg.checkpoint
+        due = False
+        if c.checkpoint:
+            due = bool(c.checkpoint_every) and trainer.iteration % c.checkpoint_every == 0
+            if c.checkpoint_seconds:
+                late = self.comm.bcast(time.monotonic() - self.last_write >= c.checkpoint_seconds)
+                due = due or late
+        self._due_at = (trainer.iteration, due)
+        return due
 
+    def write(self, trainer: Any, history: dict[str, list]) -> None:
+        """Gather the state (collective), check it is finite on every rank, rank 0 writes."""
+        from pintopt import checkpoint
+        from pintopt.methods.base import Divergence, _agree, describe_divergence, finite
+
+        if self.watchdog is not None:
+            self.watchdog.beat("checkpoint")
         state = trainer.state()  # collective
+        ok = finite([a for a in state["arrays"].values() if a.dtype.kind == "f"])
+        verdict = _agree(self.comm, 0 if ok else 2, trainer.iteration)
+        if verdict[:, 0].any():
+            raise Divergence(
+                f"training diverged: {describe_divergence(verdict)} (found while writing the "
+                f"checkpoint of iteration {trainer.iteration}, which was not written)",
+                iteration=trainer.iteration,
+            )
         if self.comm.rank == 0:
             wall = history["wall"][-1] if history.get("wall") else self.wall_offset
             checkpoint.save(
@@ -253,38 +421,110 @@ class _Progress:
                 keep_last=self.cfg.checkpoint.keep_last,
             )
         self.last_write = time.monotonic()
+        self.last_saved = trainer.iteration
+        if self.watchdog is not None:
+            self.watchdog.beat()
 
 
-def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = None):
-    from pintopt.methods.base import train
+class _Diverged(Exception):
+    """Training diverged; the message names the cause and the checkpoint kept (every rank)."""
+
+
+def _run(
+    cfg: Config,
+    comm: Any,
+    quiet: bool,
+    resume: dict[str, Any] | None = None,
+    watchdog: Any = None,
+    lr_override: float | None = None,
+):
+    from pintopt.checkpoint import CheckpointError
+    from pintopt.methods.base import Divergence, train
 
     trainer, spec = _setup(cfg, comm)
-    history, wall = None, 0.0
+    history, wall, last_saved = None, 0.0, None
     if resume is not None:
-        from pintopt.checkpoint import CheckpointError
-
+        where = f"checkpoint {resume['path']}"
         if resume["model"] != dataclasses.asdict(spec):
-            raise CheckpointError("checkpoint model does not match its own configuration")
-        trainer.load_state(resume["state"])
-        history, wall = resume["history"], resume["wall_time"]
-    progress = _Progress(cfg, comm, spec, quiet, wall)
+            diff = sorted(
+                k
+                for k in set(resume["model"]) | set(dataclasses.asdict(spec))
+                if resume["model"].get(k) != dataclasses.asdict(spec).get(k)
+            )
+            raise CheckpointError(
+                f"{where}: its model does not match the model its configuration builds now "
+                f"({', '.join(diff)} differ; did the data change?)"
+            )
+        if resume["ranks"] != comm.size and not trainer.resume_any_ranks:
+            raise CheckpointError(
+                f"{where}: written by {resume['ranks']} rank(s); method {cfg.train.method} "
+                f"resumes only on the same number of ranks (run with mpiexec -n "
+                f"{resume['ranks']})"
+            )
+        try:
+            trainer.load_state(resume["state"])
+        except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{where}: its state does not fit method {cfg.train.method} and this model "
+                f"({_one_line(exc)})"
+            ) from None
+        if lr_override is not None:
+            for opt in trainer.optimizers():
+                opt.lr = lr_override
+        history, wall, last_saved = resume["history"], resume["wall_time"], resume["iteration"]
+    progress = _Progress(cfg, comm, spec, quiet, wall, watchdog, last_saved)
     _say(
         comm,
         f"pintopt {__version__}: method {cfg.train.method}, {cfg.data.dataset}, "
-        f"{spec.depth} {spec.scheme} layers of width {spec.width}, {comm.size} rank(s), "
-        f"{trainer.total_iterations()} iterations" + (quiet and "" or ""),
+        f"{spec.depth} {getattr(spec, 'scheme', 'mlp')} layers of width {spec.width}, "
+        f"{comm.size} rank(s), {trainer.total_iterations()} iterations",
     )
-    result = train(trainer, progress, history=history, wall_offset=wall)
-    if cfg.checkpoint.checkpoint:
-        progress.write(trainer, result.history)
+    if watchdog is not None:
+        watchdog.start()
+    try:
+        result = train(
+            trainer,
+            progress,
+            history=history,
+            wall_offset=wall,
+            log=lambda line: _say(comm, f"pintopt: {line}", err=True),
+        )
+        if cfg.checkpoint.checkpoint:
+            progress.write(trainer, result.history)
+    except Divergence as exc:
+        raise _Diverged(_divergence_message(exc, cfg, progress)) from None
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     h = result.history
+    n_rb = len(result.extras.get("rollbacks", []))
     _say(
         comm,
         f"final: validation accuracy {result.val_acc:.4f}, train accuracy "
         f"{h['train_acc'][-1]:.4f}, loss {h['loss'][-1]:.4f}, {result.iterations} "
-        f"iterations, wall time {result.wall_time:.2f} s ({result.stopped})",
+        f"iterations, wall time {result.wall_time:.2f} s ({result.stopped}"
+        + (f", {n_rb} rollback(s)" if n_rb else "")
+        + ")",
     )
     return result
+
+
+def _divergence_message(exc: Exception, cfg: Config, progress: _Progress) -> str:
+    path = cfg.checkpoint.checkpoint
+    if not path:
+        tail = "no checkpoint file was configured (--checkpoint)"
+    elif progress.last_saved is None:
+        tail = f"no checkpoint was written before (nothing at {path})"
+    else:
+        tail = (
+            f"the last good checkpoint {path} (iteration {progress.last_saved}) is kept; "
+            f"`pintopt resume {path} --lr <smaller>` or `--on-divergence rollback` continues"
+        )
+    return f"{exc}; {tail}"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
 
 
 def _info(comm: Any) -> None:
@@ -311,27 +551,72 @@ def _info(comm: Any) -> None:
         f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, numba threading "
         f"layer {numba.config.THREADING_LAYER}"
     )
+    lines.append(
+        f"reliability: receive timeout {comm.default_timeout or 'none'} s "
+        f"(PINTOPT_COMM_TIMEOUT), watchdog "
+        f"{os.environ.get('PINTOPT_WATCHDOG') or 'adaptive'} (PINTOPT_WATCHDOG)"
+    )
     _say(comm, *lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input, 1 failure)."""
-    from pintopt.checkpoint import CheckpointError
-    from pintopt.comm import abort_on_exception, world
+def _finish(comm: Any, status: int, message: str | None) -> int:
+    """End a failed command with the same status on every rank: print ``message`` once (rank 0),
+    meet the other ranks (with a deadline) and return ``status``. A rank that does not meet the
+    others in time -- it failed alone -- prints its own message and aborts the job."""
+    if comm.size > 1 and not comm.sync_exit(timeout=10.0):
+        if message:
+            print(f"pintopt: rank {comm.rank}: {message}", file=sys.stderr, flush=True)
+        print(
+            f"pintopt: rank {comm.rank}: the other ranks did not stop with it; aborting the job",
+            file=sys.stderr,
+            flush=True,
+        )
+        comm.abort(status)
+    if message:
+        _say(comm, message, err=True)
+    return status
 
-    argv = sys.argv[1:] if argv is None else argv
-    comm = world()
+
+def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
+    """argparse, with ``--help``/``--version`` printed by rank 0 only."""
+    parser = build_parser()
+    if comm.rank == 0:
+        return parser.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 bad input, 3 diverged, 1 failure)."""
+    from pintopt import faults
+    from pintopt.checkpoint import CheckpointError
+    from pintopt.comm import Watchdog, abort_on_exception, world
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        comm = world()
+    except ValueError as exc:  # a malformed PINTOPT_* variable; MPI is not up yet
+        print(f"pintopt: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     abort_on_exception(comm)
     try:
+        try:
+            faults.check()
+            watchdog = Watchdog.from_env(comm)
+        except ValueError as exc:  # a malformed PINTOPT_FAULT / PINTOPT_WATCHDOG
+            raise UsageError(str(exc)) from None
         if not argv:
             _say(
                 comm,
                 "pintopt: no command given, running the default job "
                 "(`pintopt train --help` for options)",
             )
-            _run(make_config(DEFAULT_JOB), comm, quiet=False)
-            return 0
-        args = build_parser().parse_args(argv)
+            _run(make_config(DEFAULT_JOB), comm, quiet=False, watchdog=watchdog)
+            return EXIT_OK
+        try:
+            args = _parse(argv, comm)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
             raise UsageError("choose a command: train, resume, info or options")
         if args.command == "info":
@@ -340,15 +625,16 @@ def main(argv: list[str] | None = None) -> int:
             _say(comm, options_markdown())
         elif args.command == "train":
             cfg = make_config(_raw_config(args, {}))
-            result = _run(cfg, comm, args.quiet)
+            result = _run(cfg, comm, args.quiet, watchdog=watchdog)
             if args.compare_serial:
                 _compare_serial(cfg, comm, result)
         elif args.command == "resume":
-            _resume(args, comm)
-        return 0
+            _resume(args, comm, watchdog)
+        return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
-        _say(comm, f"pintopt: error: {exc}", err=True)
-        return 2
+        return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
+    except _Diverged as exc:
+        return _finish(comm, EXIT_DIVERGED, f"pintopt: error: {exc}")
 
 
 def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
@@ -365,27 +651,52 @@ def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
     )
 
 
-def _resume(args: argparse.Namespace, comm: Any) -> None:
+def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> None:
     from pintopt import checkpoint
 
-    ck = None
+    ck: Any = None
     if comm.rank == 0:
         try:
             ck = checkpoint.load(args.path)
         except checkpoint.CheckpointError as exc:
+            older = checkpoint.older_copies(args.path)
+            if older:
+                hint = ", ".join(f"{p} (iteration {it})" for p, it in older)
+                exc = checkpoint.CheckpointError(f"{exc}; older checkpoints: {hint}")
             ck = exc
     ck = comm.bcast(ck)
     if isinstance(ck, Exception):
         raise ck
+    ck["path"] = args.path
     raw = ck["config"]
+    if not isinstance(raw.get("checkpoint", {}), dict):
+        raise checkpoint.CheckpointError(f"checkpoint {args.path}: malformed configuration")
     raw.setdefault("checkpoint", {})["checkpoint"] = args.path
+    lr_override = None
     for dest, value in vars(args).items():
         if "." in dest:
             section, key = dest.split(".", 1)
+            if not isinstance(raw.get(section, {}), dict):
+                raise checkpoint.CheckpointError(f"checkpoint {args.path}: malformed configuration")
             raw.setdefault(section, {})[key] = value
-    cfg = make_config(raw)
+    try:
+        cfg = make_config(raw)
+    except ConfigError as exc:
+        if any("." in d and str(exc).find(d) >= 0 for d in vars(args)):
+            raise
+        raise checkpoint.CheckpointError(
+            f"checkpoint {args.path}: its configuration is not valid for pintopt "
+            f"{__version__} ({exc})"
+        ) from None
+    if ck["method"] != cfg.train.method:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {args.path}: written by method {ck['method']!r} but its "
+            f"configuration says {cfg.train.method!r}"
+        )
+    if "train.lr" in vars(args):
+        lr_override = cfg.train.lr
     _say(
         comm,
         f"resuming {args.path} at iteration {ck['iteration']} (written by {ck['ranks']} rank(s))",
     )
-    _run(cfg, comm, args.quiet, resume=ck)
+    _run(cfg, comm, args.quiet, resume=ck, watchdog=watchdog, lr_override=lr_override)

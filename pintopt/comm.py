@@ -7,18 +7,58 @@ of parameter sets (data-parallel SGD, local SGD), and small object collectives f
 
 :class:`SerialComm` has the same interface for one process and needs no mpi4py, so every method
 also runs serially and its results can be compared with the MPI run.
+
+Reliability (``docs/reliability.md``): :func:`abort_on_exception` turns an uncaught exception on
+any rank into MPI Abort (the launcher then ends every rank); :class:`Watchdog` aborts the job when
+training makes no progress (a stopped or deadlocked rank); receives take a ``timeout`` (default
+from ``PINTOPT_COMM_TIMEOUT``); received data are checked for NaN/Inf (``Comm.nonfinite``) so a
+poisoned message is reported as divergence; :meth:`Comm.agree` lets ranks agree on an outcome
+over a private communicator with a deadline, so a disagreement can never hang the job.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from pintopt import faults as _faults
+
+#: Environment variable: default receive timeout in seconds (unset or 0: wait forever).
+TIMEOUT_ENV = "PINTOPT_COMM_TIMEOUT"
+#: Deadline (s) of :meth:`Comm.agree` when the caller gives none.
+AGREE_TIMEOUT = 60.0
+
+
+def _env_seconds(name: str) -> float | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name}: expected a number of seconds, got {text!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"environment variable {name}: expected seconds >= 0, got {text!r}")
+    return value or None
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when a float array holds no NaN/Inf (one pass, no temporary in the common case)."""
+    if array.dtype.kind not in "fc" or array.size == 0:
+        return True
+    if math.isfinite(float(np.add.reduce(array, axis=None).real)):
+        return True
+    return bool(np.isfinite(array).all())  # the sum may overflow with finite entries
 
 
 class CommError(RuntimeError):
@@ -60,6 +100,35 @@ class SerialComm:
 
     def __init__(self) -> None:
         self.bytes_sent = 0
+        #: Default ``timeout`` of blocking receives (None: wait forever).
+        self.default_timeout: float | None = _env_seconds(TIMEOUT_ENV)
+        #: Check received data for NaN/Inf and record the first offender in ``nonfinite``.
+        self.check_finite = True
+        #: Description of the first non-finite message received (None: none so far).
+        self.nonfinite: str | None = None
+
+    def agree(self, values: Sequence[int], timeout: float | None = None) -> np.ndarray:
+        """Every rank's small integer vector ``values`` as a ``(size, len(values))`` array.
+
+        Runs on a private communicator with a deadline (``timeout``, default 60 s): ranks that
+        reach it at different points of their schedule still cannot hang, the caller gets
+        :class:`CommError` instead.
+        """
+        return np.asarray([list(values)], dtype=np.int64)
+
+    def sync_exit(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` s) for every rank to reach this call; True if they did."""
+        return True
+
+    def node_size(self) -> int:
+        """Number of ranks sharing this rank's node (and its memory)."""
+        return 1
+
+    def rank_hosts(self) -> list[str]:
+        """``pid@host`` of every rank, by rank (collective)."""
+        import socket
+
+        return [f"{os.getpid()}@{socket.gethostname()}"]
 
     # collectives: with one process they are identities
     def barrier(self) -> None:
@@ -117,6 +186,9 @@ class SerialComm:
 _OPS = ("sum", "mean", "max", "min")
 
 
+_PRIVATE: dict[int, tuple[Any, Any]] = {}
+
+
 def _check_op(op: str) -> None:
     if op not in _OPS:
         raise ValueError(f"reduction op must be one of {_OPS}, got {op!r}")
@@ -140,6 +212,15 @@ class Comm(SerialComm):
         self.comm = mpi_comm
         self.rank = mpi_comm.Get_rank()
         self.size = mpi_comm.Get_size()
+        # Private communicators (collective on first use of mpi_comm, on every rank): agreement
+        # and exit traffic can never be matched with a method's own collectives. Cached per
+        # communicator so building many Comm objects (in-process tests) does not exhaust
+        # MPI's context ids.
+        key = mpi_comm.py2f()
+        if key not in _PRIVATE:
+            _PRIVATE[key] = (mpi_comm.Dup(), mpi_comm.Dup())
+        self._agree_comm, self._exit_comm = _PRIVATE[key]
+        self._pending_recv: list[tuple[Any, np.ndarray, int, int]] = []
 
     def _op(self, op: str):
         _check_op(op)
@@ -158,6 +239,11 @@ class Comm(SerialComm):
             self.bytes_sent += a.nbytes
             if op == "mean":
                 a /= self.size
+        if _faults.ACTIVE:
+            _faults.poison_message(list(arrays), self.rank)
+        if self.check_finite and self.nonfinite is None:
+            if not all(all_finite(a) for a in arrays):
+                self.nonfinite = f"an Allreduce result on rank {self.rank} holds NaN/Inf"
 
     def allreduce(self, value: float, op: str = "sum") -> float:
         out = self.comm.allreduce(value, op=self._op(op))
@@ -192,11 +278,14 @@ class Comm(SerialComm):
     def recv_(
         self, buffer: np.ndarray, source: int, tag: int = 0, timeout: float | None = None
     ) -> None:
-        """Receive into ``buffer``; with ``timeout`` raise CommError if nothing arrives in time."""
+        """Receive into ``buffer``; with ``timeout`` (default ``default_timeout``) raise
+        CommError if nothing arrives in time."""
+        timeout = self.default_timeout if timeout is None else timeout
         if timeout is None:
             self.comm.Recv(buffer, source=source, tag=tag)
-            return
-        self.waitall([self.comm.Irecv(buffer, source=source, tag=tag)], timeout=timeout)
+        else:
+            self._wait([self.comm.Irecv(buffer, source=source, tag=tag)], timeout)
+        self._received(buffer, source, tag)
 
     def isend(self, array: np.ndarray, dest: int, tag: int = 0):
         """Nonblocking send; keep ``array`` alive and unmodified until the request completes."""
@@ -204,23 +293,101 @@ class Comm(SerialComm):
         return self.comm.Isend(array, dest=dest, tag=tag)
 
     def irecv_(self, buffer: np.ndarray, source: int, tag: int = 0):
-        return self.comm.Irecv(buffer, source=source, tag=tag)
+        """Nonblocking receive; completing it with :meth:`waitall` also checks the data."""
+        req = self.comm.Irecv(buffer, source=source, tag=tag)
+        if self.check_finite or _faults.ACTIVE:
+            if len(self._pending_recv) > 4096:  # requests completed elsewhere: forget the oldest
+                del self._pending_recv[:2048]
+            self._pending_recv.append((req, buffer, source, tag))
+        return req
 
     def waitall(self, requests: Sequence[Any], timeout: float | None = None) -> None:
+        """Complete ``requests``; with ``timeout`` (default ``default_timeout``) raise CommError
+        when they do not complete in time."""
+        timeout = self.default_timeout if timeout is None else timeout
+        requests = list(requests)
         if timeout is None:
-            self._MPI.Request.Waitall(list(requests))
-            return
-        deadline = time.monotonic() + timeout
-        pending = list(requests)
-        delay = 1e-5
-        while not self._MPI.Request.Testall(pending):
-            if time.monotonic() > deadline:
+            self._MPI.Request.Waitall(requests)
+        else:
+            self._wait(requests, timeout)
+        if self._pending_recv:
+            done = [p for p in self._pending_recv if any(p[0] is r for r in requests)]
+            if done:
+                self._pending_recv = [p for p in self._pending_recv if p not in done]
+                for _, buffer, source, tag in done:
+                    self._received(buffer, source, tag)
+
+    def _wait(self, requests: list[Any], timeout: float) -> None:
+        """Poll until ``requests`` complete: spin for the first millisecond (latency), then
+        sleep with growing pauses (at most 1 ms) so oversubscribed ranks yield the core."""
+        start = time.monotonic()
+        deadline = start + timeout
+        delay = 0.0
+        while not self._MPI.Request.Testall(requests):
+            now = time.monotonic()
+            if now > deadline:
+                self._cancel(requests)
                 raise CommError(
                     f"rank {self.rank}: no message from a neighbour within {timeout:g} s "
-                    "(another rank has probably failed)"
+                    "(another rank has probably failed or is stuck)"
                 )
-            time.sleep(delay)
-            delay = min(delay * 2, 1e-2)
+            if now - start > 1e-3:
+                delay = min(max(delay * 2, 1e-5), 1e-3)
+                time.sleep(delay)
+
+    def _cancel(self, requests: list[Any]) -> None:
+        """Cancel timed-out requests so a late message cannot land in a reused buffer; a
+        cancelled receive completes at once (and is freed), a send may not be cancellable, so
+        never wait long for it."""
+        for r in requests:
+            try:
+                r.Cancel()
+                give_up = time.monotonic() + 0.1
+                while not r.Test() and time.monotonic() < give_up:
+                    time.sleep(1e-3)
+            except Exception:  # noqa: BLE001 - best effort, we are failing anyway
+                pass
+
+    def _received(self, buffer: np.ndarray, source: int, tag: int) -> None:
+        if _faults.ACTIVE:
+            _faults.poison_message([buffer], self.rank)
+        if self.check_finite and self.nonfinite is None and not all_finite(buffer):
+            self.nonfinite = (
+                f"rank {self.rank} received NaN/Inf from rank {source} (message tag {tag})"
+            )
+
+    def agree(self, values: Sequence[int], timeout: float | None = None) -> np.ndarray:
+        local = np.asarray(list(values), dtype=np.int64)
+        out = np.empty((self.size, local.size), dtype=np.int64)
+        req = self._agree_comm.Iallgather(local, out)
+        try:
+            self._wait([req], AGREE_TIMEOUT if timeout is None else timeout)
+        except CommError:
+            raise CommError(
+                f"rank {self.rank}: the other ranks did not reach the same decision point "
+                f"within {AGREE_TIMEOUT if timeout is None else timeout:g} s"
+            ) from None
+        return out
+
+    def sync_exit(self, timeout: float = 10.0) -> bool:
+        req = self._exit_comm.Ibarrier()
+        try:
+            self._wait([req], timeout)
+        except CommError:
+            return False
+        return True
+
+    def node_size(self) -> int:
+        node = self.comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
+
+    def rank_hosts(self) -> list[str]:
+        import socket
+
+        return self.comm.allgather(f"{os.getpid()}@{socket.gethostname()}")
 
     def abort(self, code: int = 1) -> None:
         self.comm.Abort(code)
@@ -247,22 +414,113 @@ def world() -> SerialComm:
 def abort_on_exception(comm: SerialComm) -> None:
     """Make an uncaught exception on any rank abort the whole job instead of hanging the others.
 
-    Prints one line naming the rank and the cause (plus the traceback) to stderr and calls
-    MPI Abort, which makes the launcher kill every rank and exit non-zero.
+    Prints the traceback and then one line naming the rank and the cause to stderr and calls
+    MPI Abort, which makes the launcher kill every rank and exit non-zero (MPICH's hydra prints
+    ``application called MPI_Abort(MPI_COMM_WORLD, 1) - process R`` and exits with status 1).
+    Installing it twice is harmless.
     """
-    if comm.size <= 1:
+    if comm.size <= 1 or getattr(sys.excepthook, "_pintopt_abort", False):
         return
     previous = sys.excepthook
 
     def hook(kind, value, tb):
-        sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
-        sys.stderr.write(
-            f"pintopt: rank {comm.rank} of {comm.size} failed: {kind.__name__}: {value}\n"
-        )
-        sys.stderr.flush()
         try:
-            comm.abort(1)
+            if not issubclass(kind, KeyboardInterrupt):
+                sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
+            sys.stderr.write(
+                f"pintopt: rank {comm.rank} of {comm.size} failed: {describe(value)}\n"
+            )
+            sys.stderr.flush()
         finally:
-            previous(kind, value, tb)
+            comm.abort(1)
+            previous(kind, value, tb)  # only reached if Abort returned (it does not)
 
+    hook._pintopt_abort = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (the first line of a long message)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+#: Environment variable: watchdog timeout in seconds (0: off; unset: adaptive, see Watchdog).
+WATCHDOG_ENV = "PINTOPT_WATCHDOG"
+
+
+class Watchdog:
+    """Abort the job when training stops making progress on this rank.
+
+    A rank blocked forever (a neighbour stopped with SIGSTOP, a deadlock, a lost message) calls
+    :meth:`beat` no more; after ``timeout`` seconds without a beat the watchdog thread prints one
+    line naming the rank and calls MPI Abort, so a hung job ends instead of running into its
+    wall-time limit. MPI calls release the GIL, so the thread runs while the main thread waits in
+    MPI. Adaptive by default: the timeout is the larger of ``minimum`` (600 s) and ``factor`` (20)
+    times the longest gap between beats seen so far; ``PINTOPT_WATCHDOG=<seconds>`` fixes it,
+    ``PINTOPT_WATCHDOG=0`` switches it off. Only active on more than one rank and only between
+    :meth:`start` (armed at the first beat) and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        comm: SerialComm,
+        fixed: float | None = None,
+        minimum: float = 600.0,
+        factor: float = 20.0,
+    ) -> None:
+        self.comm, self.fixed, self.minimum, self.factor = comm, fixed, minimum, factor
+        self.last: float | None = None
+        self.longest = 0.0
+        self.what = "training"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_env(cls, comm: SerialComm) -> Watchdog | None:
+        """The watchdog ``PINTOPT_WATCHDOG`` asks for (None on one rank or when switched off)."""
+        text = os.environ.get(WATCHDOG_ENV, "").strip()
+        if comm.size <= 1 or text == "0":
+            return None
+        return cls(comm, fixed=_env_seconds(WATCHDOG_ENV) if text else None)
+
+    @property
+    def timeout(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        return max(self.minimum, self.factor * self.longest)
+
+    def start(self) -> Watchdog:
+        self._stop.clear()
+        self.last = None
+        self._thread = threading.Thread(target=self._run, name="pintopt-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def beat(self, what: str = "training") -> None:
+        now = time.monotonic()
+        if self.last is not None:
+            self.longest = max(self.longest, now - self.last)
+        self.last, self.what = now, what
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, max(self.timeout / 20, 0.05))):
+            last = self.last
+            if last is None:
+                continue
+            idle = time.monotonic() - last
+            if idle > self.timeout:
+                sys.stderr.write(
+                    f"pintopt: rank {self.comm.rank} of {self.comm.size}: no progress in "
+                    f"{self.what} for {idle:.0f} s (watchdog timeout {self.timeout:g} s): "
+                    "another rank is probably stuck or dead; aborting the job\n"
+                )
+                sys.stderr.flush()
+                self.comm.abort(1)
+                return
