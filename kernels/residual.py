@@ -63,42 +63,82 @@ def _check_grads(K, dK, db):
 # fused elementwise passes over one (m, n) layer
 
 
+# Narrow layers (n = 4, 8) would leave the inner loop over a row too short to vectorise, so the
+# passes run over the flattened layer in tiles of R whole rows (T = R n >= 64 entries), with the
+# bias repeated R times in a small tile buffer (``tile``, length _tile_len(n), allocated once per
+# call by the block kernels). For n >= 64 a tile is one row.
+
+
+@numba.njit(cache=True, inline="always")
+def _tile_len(n):
+    return max(1, 64 // n) * n
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
-def _step_act(X, b, hs, act, Xn, D):
+def _step_act(X, b, hs, act, Xn, D, tile):
     """In place on Xn, which holds A on entry: Xn = X + hs * sigma(A + b), D = sigma'(A + b).
 
     Used for Euler (hs = h), the Verlet Z update (hs = -h) and the Verlet Y update (hs = h).
     Reading and writing the same array at the same index lets LLVM vectorise without a runtime
     overlap check (a separate input array aliasing Xn would send it to the scalar loop).
+    ``tile`` is scratch of length >= _tile_len(n).
     """
     m, n = X.shape
+    T = _tile_len(n)
+    for t in range(T):
+        tile[t] = b[t % n]
+    Xf = X.reshape(m * n)
+    Af = Xn.reshape(m * n)
+    Df = D.reshape(m * n)
+    nfull = (m * n) // T
     if act == TANH:
         # sigma' of tanh from its value: one transcendental per entry for both outputs.
-        for i in range(m):
-            for k in range(n):
-                t = fast_tanh(Xn[i, k] + b[k])
-                Xn[i, k] = X[i, k] + hs * t
-                D[i, k] = 1.0 - t * t
+        for c in range(nfull):
+            o = c * T
+            for t in range(T):
+                y = fast_tanh(Af[o + t] + tile[t])
+                Af[o + t] = Xf[o + t] + hs * y
+                Df[o + t] = 1.0 - y * y
+        for e in range(nfull * T, m * n):
+            y = fast_tanh(Af[e] + b[e % n])
+            Af[e] = Xf[e] + hs * y
+            Df[e] = 1.0 - y * y
     else:
-        for i in range(m):
-            for k in range(n):
-                s, d = fused(Xn[i, k] + b[k], act)
-                Xn[i, k] = X[i, k] + hs * s
-                D[i, k] = d
+        for e in range(m * n):
+            s, d = fused(Af[e] + b[e % n], act)
+            Af[e] = Xf[e] + hs * s
+            Df[e] = d
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
-def _gate(D, P, G, hs, db, accumulate):
-    """G = D * P elementwise and db (+)= hs * sum_rows(G), in one pass."""
+def _gate(D, P, G, hs, db, accumulate, tile):
+    """G = D * P elementwise and db (+)= hs * sum_rows(G), in one pass.
+
+    ``tile`` (length >= _tile_len(n)) holds per-tile partial column sums.
+    """
     m, n = D.shape
+    T = _tile_len(n)
+    Df = D.reshape(m * n)
+    Pf = P.reshape(m * n)
+    Gf = G.reshape(m * n)
+    for t in range(T):
+        tile[t] = 0.0
+    nfull = (m * n) // T
+    for c in range(nfull):
+        o = c * T
+        for t in range(T):
+            g = Df[o + t] * Pf[o + t]
+            Gf[o + t] = g
+            tile[t] += g
     if not accumulate:
         for k in range(n):
             db[k] = 0.0
-    for i in range(m):
-        for k in range(n):
-            g = D[i, k] * P[i, k]
-            G[i, k] = g
-            db[k] += hs * g
+    for t in range(T):
+        db[t % n] += hs * tile[t]
+    for e in range(nfull * T, m * n):
+        g = Df[e] * Pf[e]
+        Gf[e] = g
+        db[e % n] += hs * g
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,12 +157,13 @@ def euler_forward(X0, K, b, h, act, Xs, D):
     """
     _check_block(K, b, X0, Xs, D)
     L = K.shape[0]
+    tile = np.empty(_tile_len(X0.shape[1]))
     Xs[0, :, :] = X0
     for j in range(L):
         Xn = Xs[j + 1]
         # The product goes straight into the next state's memory; the fused pass reads it there.
         gemm(False, False, 1.0, Xs[j], K[j], 0.0, Xn)
-        _step_act(Xs[j], b[j], h, act, Xn, D[j])
+        _step_act(Xs[j], b[j], h, act, Xn, D[j], tile)
 
 
 @numba.njit(cache=True)
@@ -145,9 +186,10 @@ def euler_backward(Xs, D, K, h, PL, P0, dK, db):
     _check_grads(K, dK, db)
     L = K.shape[0]
     G = np.empty((m, n))
+    tile = np.empty(_tile_len(n))
     P0[:, :] = PL
     for j in range(L - 1, -1, -1):
-        _gate(D[j], P0, G, h, db[j], False)
+        _gate(D[j], P0, G, h, db[j], False, tile)
         gemm(True, False, h, Xs[j], G, 0.0, dK[j])
         gemm(False, True, h, G, K[j], 1.0, P0)
 
@@ -177,15 +219,16 @@ def verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
     _check_block(K, b, Y0, Zs, DY)
     _check_state(Z0, Y0.shape[0], Y0.shape[1])
     L = K.shape[0]
+    tile = np.empty(_tile_len(Y0.shape[1]))
     Ys[0, :, :] = Y0
     Zs[0, :, :] = Z0
     for j in range(L):
         Zn = Zs[j + 1]
         gemm(False, False, 1.0, Ys[j], K[j], 0.0, Zn)
-        _step_act(Zs[j], b[j], -h, act, Zn, DZ[j])
+        _step_act(Zs[j], b[j], -h, act, Zn, DZ[j], tile)
         Yn = Ys[j + 1]
         gemm(False, True, 1.0, Zn, K[j], 0.0, Yn)
-        _step_act(Ys[j], b[j], h, act, Yn, DY[j])
+        _step_act(Ys[j], b[j], h, act, Yn, DY[j], tile)
 
 
 @numba.njit(cache=True)
@@ -213,13 +256,14 @@ def verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
     L = K.shape[0]
     GA = np.empty((m, n))
     GB = np.empty((m, n))
+    tile = np.empty(_tile_len(n))
     PY0[:, :] = PYL
     PZ0[:, :] = PZL
     for j in range(L - 1, -1, -1):
         # GB and GA are stored without their factors +-h, which go into the GEMMs' alpha.
-        _gate(DY[j], PY0, GB, h, db[j], False)
+        _gate(DY[j], PY0, GB, h, db[j], False, tile)
         gemm(False, False, h, GB, K[j], 1.0, PZ0)
-        _gate(DZ[j], PZ0, GA, -h, db[j], True)
+        _gate(DZ[j], PZ0, GA, -h, db[j], True, tile)
         gemm(False, True, -h, GA, K[j], 1.0, PY0)
         gemm(True, False, -h, Ys[j], GA, 0.0, dK[j])
         gemm(True, False, h, GB, Zs[j + 1], 1.0, dK[j])

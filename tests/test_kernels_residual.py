@@ -272,3 +272,35 @@ def test_shape_mismatch_raises_instead_of_corrupting_memory():
     with pytest.raises(ValueError):
         R.euler_backward(Xs, D, K, 0.1, X0, np.empty((4, 3)), np.empty((2, 3, 3)),
                          np.empty((1, 3)))
+
+
+@pytest.mark.parametrize("m,n", [(45, 4), (21, 8), (3, 70), (50, 5)])
+@pytest.mark.parametrize("act", [A.TANH, A.SOFTPLUS])
+def test_wider_batches_match_numpy(m, n, act):
+    """Shapes whose flattened layer spans several 64-entry tiles plus a remainder."""
+    rng, X0, K, b = make(m, n, 3, m + n)
+    Z0 = rng.normal(size=(m, n))
+    h = 0.3
+    Xs, D = R.euler_block(X0, K, b, h, act)
+    np.testing.assert_allclose(Xs, ref_euler(X0, K, b, h, act), rtol=1e-13, atol=1e-14)
+    PL = rng.normal(size=(m, n))
+    P0, dK, db = R.euler_block_adjoint(Xs, D, K, h, PL)
+    P = PL
+    for j in (2, 1, 0):
+        G = h * ref_dsigma(Xs[j] @ K[j] + b[j], act) * P
+        np.testing.assert_allclose(dK[j], Xs[j].T @ G, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(db[j], G.sum(0), rtol=1e-12, atol=1e-13)
+        P = P + G @ K[j].T
+    np.testing.assert_allclose(P0, P, rtol=1e-12, atol=1e-13)
+    Ys, Zs, DZ, DY = R.verlet_block(X0, Z0, K, b, h, act)
+    rY, rZ = ref_verlet(X0, Z0, K, b, h, act)
+    np.testing.assert_allclose(Ys, rY, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(Zs, rZ, rtol=1e-13, atol=1e-14)
+    wY, wZ = rng.normal(size=(m, n)), rng.normal(size=(m, n))
+    PY0, PZ0, dK, db = R.verlet_block_adjoint(Ys, Zs, DZ, DY, K, h, wY, wZ)
+    v = [rng.normal(size=X0.shape), rng.normal(size=Z0.shape), rng.normal(size=K.shape),
+         rng.normal(size=b.shape)]
+    dY, dZ = ref_verlet_tangent(X0, Z0, K, b, h, act, *v)
+    lhs = np.sum(dY * wY) + np.sum(dZ * wZ)
+    rhs = sum(np.sum(a * c) for a, c in zip(v, (PY0, PZ0, dK, db)))
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
