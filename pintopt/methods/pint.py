@@ -573,6 +573,10 @@ class PintTrainer(Trainer):
         return out
 
     def global_params(self) -> Params:
+        """The parameters gathered from their owners (collective). Completes this rank's pending
+        sends first: every message of an iteration is received within that iteration, so they
+        are done or about to be, and no request outlives the run."""
+        self._wait_sends()
         return Params(*[self._gather(n, self.params) for n in self.params.names])
 
     def _slot_params(self) -> list[Params]:
@@ -594,6 +598,7 @@ class PintTrainer(Trainer):
     def state(self) -> dict[str, Any]:
         """Global state (collective): parameters, optimiser moments, the batch in flight, the
         regression windows by boundary layer, the losses still to be reported."""
+        self._wait_sends()
         arrays: dict[str, np.ndarray] = {
             f"params/{n}": self._gather(n, self.params) for n in self.params.names
         }

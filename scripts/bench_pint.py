@@ -1,0 +1,511 @@
+"""Benchmark of the parallel-in-time method (Parpas & Muir 2019): the paper's Figures 1-3 on this
+machine, plus the iteration overhead and a speedup model for more ranks.
+
+Run (2 ranks; every figure in docs/benchmarks.md comes from one such run):
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 timeout 3000 mpiexec -n 2 \\
+        python scripts/bench_pint.py --out bench_pint.json
+
+Parts (``--parts``, default all):
+
+- ``speedup``: swiss roll and ellipses, depths ``--depths``: time to the target validation accuracy
+  (the accuracy the serial method reaches, capped at ``--target``) of serial Algorithm 3 (one
+  process), data-parallel SGD (2 ranks), pint on one process (the same algorithm, so the
+  parallel gain alone is visible) and pint on the ranks of the launch -- median over ``--seeds``
+  seeds, training time only (evaluation excluded, global prediction included);
+  iterations to target of each (the iteration overhead);
+- ``torch``: the same network in PyTorch (serial, and DistributedDataParallel with gloo on 2
+  processes), same data, optimiser, batch and evaluation protocol; skipped without torch;
+- ``mnist``: the MNIST test set of ../shared/data (8000 train / 2000 validation), a shallow and
+  a deep network;
+- ``mse``: regression error per iteration, single-level vs multilevel (512 Verlet layers);
+- ``model``: per-layer compute, fixed per-iteration costs and message times measured here, the
+  predicted per-iteration time on S = 2..64 ranks, checked against the measured S = 2.
+
+While rank 0 runs something alone (serial, PyTorch), the other ranks wait in a sleeping receive so
+they do not take a core from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from pintopt.comm import SerialComm, world  # noqa: E402
+from pintopt.config import make_config  # noqa: E402
+from pintopt.data import load_dataset  # noqa: E402
+from pintopt.methods import METHODS  # noqa: E402
+from pintopt.methods.base import Problem, train  # noqa: E402
+from pintopt.model import ResNet, ResNetSpec  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+_DATA: dict = {}
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def dataset(name: str, **kw):
+    key = (name, tuple(sorted(kw.items())))
+    if key not in _DATA:
+        _DATA[key] = load_dataset(name, seed=0, **kw)
+    return _DATA[key]
+
+
+def build(raw: dict, comm, data):
+    cfg = make_config(raw)
+    m = cfg.model
+    spec = ResNetSpec(data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme,
+                      m.activation)
+    return METHODS[cfg.train.method].trainer(Problem(ResNet(spec), data), cfg, comm)
+
+
+def time_to(history: dict, target: float) -> tuple[float | None, int | None]:
+    """(training seconds, iterations) at the first evaluation with val_acc >= target."""
+    for it, acc, wall in zip(history["iteration"], history["val_acc"], history["wall"]):
+        if acc >= target - 1e-12:
+            return wall, it
+    return None, None
+
+
+class Idle:
+    """Rank 0 works alone; the others wait for its signal in a sleeping receive."""
+
+    def __init__(self, comm) -> None:
+        self.comm = comm
+
+    def __enter__(self):
+        return self.comm.rank == 0
+
+    def __exit__(self, *exc) -> None:
+        c = self.comm
+        if c.size == 1:
+            return
+        buf = np.zeros(1)
+        if c.rank == 0:
+            for r in range(1, c.size):
+                c.send(buf, r, tag=99)
+        else:
+            c.recv_(buf, 0, tag=99, timeout=7200.0)  # sleeps between polls: frees the core
+
+
+def run(raw: dict, comm, data) -> dict:
+    """Train once; returns timing, accuracy and (pint) regression information."""
+    trainer = build(raw, comm, data)
+    res = train(trainer)
+    out = {
+        "wall": res.wall_time, "iterations": res.iterations, "val_acc": res.val_acc,
+        "best_acc": max(res.history["val_acc"]), "history": {
+            k: res.history[k] for k in ("iteration", "val_acc", "wall", "loss")},
+        "stopped": res.stopped,
+    }
+    if hasattr(trainer, "coarse_time"):
+        out["coarse_time"] = comm.allreduce(trainer.coarse_time, op="max")
+        out["wait"] = comm.allgather(trainer.wait_time)
+        out["counts"] = trainer.counts
+    return out
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def raw_config(method: str, dataset_name: str, depth: int, a: argparse.Namespace,
+               pint: dict | None = None, **train_opts) -> dict:
+    tr = {"method": method, "optimizer": "adam", "lr": a.lr, "batch_size": a.batch,
+          "epochs": a.epochs, "eval_every": a.eval_every}
+    tr.update(train_opts)
+    raw = {"data": {"dataset": dataset_name},
+           "model": {"depth": depth, "width": a.width, "scheme": "verlet"}, "train": tr}
+    if method == "pint":
+        p = {"levels": 2, "coarse_iterations": a.coarse_iterations, "features": a.features,
+             "window": a.window, "balance_layers": a.balance, "timeout": a.timeout}
+        p.update(pint or {})
+        raw["pint"] = p
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch: the same ResNet-as-ODE (Verlet, tanh), Adam, batch, evaluation protocol
+
+
+TORCH_WORKER = r'''
+import json, os, sys, time
+import numpy as np
+import torch, torch.distributed as dist
+torch.set_num_threads(1)
+args = json.loads(sys.argv[1])
+rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+if size > 1:
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+d = np.load(args["data"])
+xt, yt = torch.tensor(d["x_train"]), torch.tensor(d["y_train"])
+xv, yv = torch.tensor(d["x_val"]), torch.tensor(d["y_val"])
+D, w, T, C = args["depth"], args["width"], args["final_time"], int(d["n_classes"])
+h = T / D
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(args["seed"])
+        nf = xt.shape[1]
+        P, f64 = torch.nn.Parameter, torch.float64
+        self.W_in = P(torch.randn(nf, w, generator=g, dtype=f64) / nf**0.5)
+        self.b_in = P(torch.zeros(w, dtype=f64))
+        self.K = P(torch.randn(D, w, w, generator=g, dtype=f64) / w**0.5)
+        self.b = P(torch.zeros(D, w, dtype=f64))
+        self.W_out = P(torch.randn(w, C, generator=g, dtype=f64) / w**0.5)
+        self.b_out = P(torch.zeros(C, dtype=f64))
+    def forward(self, x):
+        Y = x @ self.W_in + self.b_in
+        Z = torch.zeros_like(Y)
+        for j in range(D):  # Haber & Ruthotto's Verlet network, as pintopt.model
+            Z = Z - h * torch.tanh(Y @ self.K[j] + self.b[j])
+            Y = Y + h * torch.tanh(Z @ self.K[j].T + self.b[j])
+        return Y @ self.W_out + self.b_out
+net = Net()
+model = torch.nn.parallel.DistributedDataParallel(net) if size > 1 else net
+opt = torch.optim.Adam(net.parameters(), lr=args["lr"])
+rng = np.random.default_rng(args["seed"])
+m, B = xt.shape[0], args["batch"]
+per_epoch = m // B
+wall, it, hist = 0.0, 0, []
+done = False
+while it < args["max_iterations"] and not done:
+    perm = rng.permutation(m)
+    for s in range(per_epoch):
+        idx = torch.tensor(perm[s * B:(s + 1) * B])
+        if size > 1:  # each process takes its share of the global batch
+            idx = idx[rank * B // size:(rank + 1) * B // size]
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+        loss.backward()
+        opt.step()
+        wall += time.perf_counter() - t0
+        it += 1
+        if it % args["eval_every"] == 0:
+            with torch.no_grad():
+                acc = (net(xv).argmax(1) == yv).double().mean().item()
+            hist.append((it, acc, wall))
+            if acc >= args["target"]:
+                done = True
+                break
+        if it >= args["max_iterations"]:
+            break
+if rank == 0:
+    print("RESULT " + json.dumps(hist))
+if size > 1:
+    dist.destroy_process_group()
+'''
+
+
+def torch_run(data, depth: int, a: argparse.Namespace, seed: int, target: float,
+              processes: int) -> dict | None:
+    """One PyTorch training run (1 process, or DDP with gloo on ``processes``); None if torch is
+    missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_pint_{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    npz = tmp / "data.npz"
+    np.savez(npz, x_train=data.x_train, y_train=data.y_train, x_val=data.x_val,
+             y_val=data.y_val, n_classes=data.n_classes)
+    script = tmp / "torch_worker.py"
+    script.write_text(TORCH_WORKER)
+    args = {"data": str(npz), "depth": depth, "width": a.width, "final_time": 4.0, "lr": a.lr,
+            "batch": a.batch, "seed": seed, "eval_every": a.eval_every, "target": target,
+            "max_iterations": int(a.epochs * (data.m_train // a.batch))}
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # the MPI launcher's variables would make torch's children think they are MPI ranks
+    env = {k: v for k, v in env.items() if not k.startswith(("PMI", "MPI", "HYDRA", "OMPI"))}
+    if processes == 1:
+        cmd = [sys.executable, str(script), json.dumps(args)]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", f"--master_port={port}", str(script),
+               json.dumps(args)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3000)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"torch run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    hist = json.loads(line[0][7:])
+    hit = next(((w, i) for i, acc, w in hist if acc >= target - 1e-12), (None, None))
+    return {"wall": hist[-1][2] if hist else 0.0, "time_to_target": hit[0],
+            "iters_to_target": hit[1], "best_acc": max((h[1] for h in hist), default=0.0),
+            "per_iteration": hist[-1][2] / hist[-1][0] if hist else None}
+
+
+# --------------------------------------------------------------------------------------------
+# parts
+
+
+def part_speedup(comm, a, items, rows):
+    """Time and iterations to the serial method's accuracy, for each (dataset, data, depth)."""
+    for ds, data, depth in items:
+        row = speedup_one(comm, a, ds, data, depth)
+        rows.append(row)
+        if comm.rank == 0:
+            print(json.dumps(row), flush=True)
+
+
+def speedup_one(comm, a, ds, data, depth) -> dict:
+    """One table row: every method on one dataset and depth, --seeds seeds each."""
+    row = {"dataset": ds, "depth": depth}
+
+    def cfg(method, seed, pint=None, target=None):
+        extra = {"target_accuracy": target} if target is not None else {}
+        return raw_config(method, ds, depth, a, pint, seed=seed, **extra)
+
+    def summarise(name, results):
+        hits = [time_to(r["history"], target) for r in results]
+        row[name] = {"time": median([h[0] for h in hits]),
+                     "iters": median([h[1] for h in hits]),
+                     "fails": sum(h[0] is None for h in hits),
+                     "per_iteration": median([r["wall"] / max(r["iterations"], 1)
+                                              for r in results]),
+                     "coarse_time": median([r.get("coarse_time") for r in results])}
+
+    # serial reference: its accuracy defines the target
+    ser = []
+    with Idle(comm) as me:
+        if me:
+            ser = [run(cfg("serial", s), SerialComm(), data) for s in range(a.seeds)]
+    ser = comm.bcast(ser)
+    target = min(a.target, median([r["best_acc"] for r in ser]))
+    row["target"] = target
+    summarise("serial", ser)
+    # data-parallel SGD on the ranks of the launch
+    summarise("dataparallel",
+              [run(cfg("dataparallel", s, target=target), comm, data)
+               for s in range(a.seeds)])
+    # pint on one process: the same algorithm, so the parallel gain alone is visible
+    one = []
+    with Idle(comm) as me:
+        if me:
+            one = [run(cfg("pint", s, target=target), SerialComm(), data)
+                   for s in range(a.seeds)]
+    summarise("pint_1", comm.bcast(one))
+    # pint on the ranks of the launch: multilevel (the default) and single-level
+    summarise(f"pint_{comm.size}",
+              [run(cfg("pint", s, target=target), comm, data) for s in range(a.seeds)])
+    summarise(f"pint_{comm.size}_single",
+              [run(cfg("pint", s, {"levels": 1}, target), comm, data)
+               for s in range(a.seeds)])
+    if "torch" in a.parts:
+        tr1, trd = [], []
+        with Idle(comm) as me:
+            if me:
+                for seed in range(a.seeds):
+                    tr1.append(torch_run(data, depth, a, seed, target, 1))
+                    trd.append(torch_run(data, depth, a, seed, target, comm.size))
+        tr1, trd = comm.bcast(tr1), comm.bcast(trd)
+        for name, res in (("torch_1", tr1), (f"torch_ddp_{comm.size}", trd)):
+            if res and res[0] is not None:
+                row[name] = {"time": median([r["time_to_target"] for r in res]),
+                             "iters": median([r["iters_to_target"] for r in res]),
+                             "fails": sum(r["time_to_target"] is None for r in res),
+                             "per_iteration": median([r["per_iteration"] for r in res])}
+    return row
+
+
+def part_mnist(comm, a, out):
+    """MNIST test set (8000/2000), shallow and deep networks, width --mnist-width, batch 64."""
+    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        return
+    data = dataset("mnist", data_dir=str(MNIST_DIR))
+    b = argparse.Namespace(**vars(a))
+    b.width, b.batch, b.epochs, b.eval_every = a.mnist_width, 64, a.mnist_epochs, 25
+    b.target, b.window = a.mnist_target, 40  # 10 per-class blocks: a longer window
+    part_speedup(comm, b, [("mnist", data, d) for d in a.mnist_depths],
+                 out.setdefault("mnist", []))
+
+
+def part_mse(comm, a, out):
+    """Regression error per iteration (the paper's Figure 3): 512 Verlet layers, swiss roll."""
+    data = dataset("swissroll")
+    res = {}
+    variants = [(f"{lv}/{feat}", {"levels": 1 if lv == "single-level" else 2, "features": feat})
+                for feat in (a.features, "state") for lv in ("single-level", "multilevel")]
+    for name, pint in variants:
+        raw = raw_config("pint", "swissroll", a.mse_depth, a, pint, iterations=a.mse_iterations,
+                         eval_every=a.mse_iterations)
+        t = build(raw, comm, data)
+        for _ in range(a.mse_iterations):
+            t.step()
+        traces = comm.gather(t.mse_trace)
+        if comm.rank == 0:
+            tr = traces[0]
+            res[name] = {"abs": [x[1] for x in tr], "rel": [x[2] for x in tr]}
+    if comm.rank == 0:
+        for name in res:
+            r = res[name]
+            r["abs_first20"] = float(np.mean(r["abs"][:20]))
+            r["rel_first20"] = float(np.mean(r["rel"][:20]))
+            r["abs_last20"] = float(np.mean(r["abs"][-20:]))
+            r["rel_last20"] = float(np.mean(r["rel"][-20:]))
+        out["mse"] = res
+        print(json.dumps({k: {kk: v for kk, v in r.items() if "20" in kk}
+                          for k, r in res.items()}), flush=True)
+
+
+def part_model(comm, a, out):
+    """Measured costs -> predicted per-iteration time on S ranks; checked at S = comm.size."""
+    data = dataset("swissroll")
+    blocks, n = 7, 100
+
+    def best_time(trainer, sync):
+        for _ in range(20):
+            trainer.step()
+        best = float("inf")
+        for _ in range(blocks):
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                trainer.step()
+            best = min(best, (time.perf_counter() - t0) / n)
+        return best
+
+    res = {"serial": {}, "pint": {}}
+    with Idle(comm) as me:
+        if me:
+            for depth in a.model_depths:
+                t = build(raw_config("serial", "swissroll", depth, a), SerialComm(), data)
+                res["serial"][depth] = best_time(t, lambda: None)
+    res = comm.bcast(res)
+    depths = sorted(res["serial"])
+    slope, intercept = np.polyfit(depths, [res["serial"][d] for d in depths], 1)
+    # message time: half a round trip of a state-sized message between ranks 0 and 1
+    shape = (2, a.batch, a.width)
+    buf = np.zeros(int(np.prod(shape)) + 2)
+    lat = 0.0
+    if comm.size > 1:
+        reps = 2000
+        comm.barrier()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            if comm.rank == 0:
+                comm.send(buf, 1, 7)
+                comm.recv_(buf, 1, 8)
+            elif comm.rank == 1:
+                comm.recv_(buf, 0, 7)
+                comm.send(buf, 0, 8)
+        lat = (time.perf_counter() - t0) / reps / 2
+        lat = comm.bcast(lat)
+    # per-rank fixed costs of pint (regression, update, head/prediction) at the largest depth
+    pint_meas = {}
+    for depth in a.model_depths:
+        raw = raw_config("pint", "swissroll", depth, a, {"levels": 1})
+        t = build(raw, comm, data)
+        tp = best_time(t, comm.barrier)
+        tp = comm.allreduce(tp, op="max")
+        timers = comm.gather({k: v / max(t.timers["steps"], 1) for k, v in t.timers.items()})
+        pint_meas[depth] = {"time": tp, "counts": t.counts, "timers": timers}
+    out_model = {"per_layer": slope, "serial_fixed": intercept, "message": lat,
+                 "serial": res["serial"], "pint_measured": pint_meas}
+    if comm.rank == 0:
+        tm = pint_meas[max(a.model_depths)]["timers"]
+        o_reg = tm[0]["regression"] + tm[0]["head_or_predict"]
+        out_model["regression_fixed"] = o_reg
+
+        def predict(depth, S):
+            """Bottleneck rank: its layers, the serial fixed costs, a regression (all but the last
+            rank) and two messages; layers balanced as with balance_layers = a.balance."""
+            from pintopt.methods.pint import slice_counts
+
+            counts = slice_counts(depth, S, a.balance)
+            per = [c * slope + intercept + (o_reg if r < S - 1 else 0.0)
+                   for r, c in enumerate(counts)]
+            return max(per) + 2 * lat
+
+        out_model["check"] = {d: {"measured": pint_meas[d]["time"],
+                                  "predicted": predict(d, comm.size)} for d in a.model_depths}
+        out_model["predicted_speedup_per_iteration"] = {
+            d: {S: res["serial"].get(d, slope * d + intercept) / predict(d, S)
+                for S in (2, 4, 8, 16, 32, 64) if d >= S}
+            for d in (64, 128, 256, 512, 1024)}
+        out["model"] = out_model
+        print(json.dumps({k: v for k, v in out_model.items() if k != "pint_measured"}), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default="speedup,torch,mnist,mse,model")
+    p.add_argument("--datasets", default="swissroll,ellipses")
+    p.add_argument("--depths", default="16,64,256,512")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--epochs", type=float, default=60)
+    p.add_argument("--eval-every", type=int, default=16)
+    p.add_argument("--coarse-iterations", type=int, default=400)
+    p.add_argument("--features", default="class")
+    p.add_argument("--window", type=int, default=20)
+    p.add_argument("--balance", type=float, default=0.0)
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="pint.timeout (0 = blocking receives, see docs/benchmarks.md)")
+    p.add_argument("--mnist-depths", default="4,64")
+    p.add_argument("--mnist-width", type=int, default=16)
+    p.add_argument("--mnist-epochs", type=float, default=5)
+    p.add_argument("--mnist-target", type=float, default=0.90)
+    p.add_argument("--mse-depth", type=int, default=512)
+    p.add_argument("--mse-iterations", type=int, default=100)
+    p.add_argument("--model-depths", default="64,256")
+    p.add_argument("--out", default=None, help="write all results as JSON here (rank 0)")
+    a = p.parse_args()
+    a.parts = a.parts.split(",")
+    a.mnist_depths = [int(x) for x in a.mnist_depths.split(",")]
+    a.model_depths = [int(x) for x in a.model_depths.split(",")]
+    comm = world()
+    out: dict = {"args": {k: v for k, v in vars(a).items()}, "ranks": comm.size,
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if comm.rank == 0:
+        try:
+            out["load_before"] = os.getloadavg()
+        except OSError:
+            pass
+    if "speedup" in a.parts:
+        items = [(ds, dataset(ds), int(d)) for ds in a.datasets.split(",")
+                 for d in a.depths.split(",")]
+        part_speedup(comm, a, items, out.setdefault("speedup", []))
+    if "mnist" in a.parts:
+        part_mnist(comm, a, out)
+    if "mse" in a.parts:
+        part_mse(comm, a, out)
+    if "model" in a.parts:
+        part_model(comm, a, out)
+    if comm.rank == 0:
+        try:
+            out["load_after"] = os.getloadavg()
+        except OSError:
+            pass
+        if a.out:
+            Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
