@@ -158,6 +158,50 @@ def torch_pass(scheme: str, m: int, n: int, L: int, h: float):
     return run
 
 
+def breakdown(m: int, n: int, L: int, h: float, reps: int) -> dict[str, float]:
+    """Euler pass split into its parts (ms): forward, backward, the fused elementwise passes alone
+    and the three GEMMs alone (through the same dgemm entry point the kernels use)."""
+    from pintopt.kernels import dense
+    from pintopt.kernels.residual import _gate, _step_act, _tile_len
+
+    X0, _, K, b, PL, _ = problem(m, n, L)
+    Xs, D = np.empty((L + 1, m, n)), np.empty((L, m, n))
+    P0, dK, db = np.empty((m, n)), np.empty((L, n, n)), np.empty((L, n))
+    G, tile = np.empty((m, n)), np.empty(_tile_len(n))
+    residual.euler_forward(X0, K, b, h, TANH, Xs, D)
+
+    def acts():
+        for j in range(L):
+            _step_act(Xs[j], b[j], h, TANH, G, D[j], tile)
+
+    def gates():
+        for j in range(L):
+            _gate(D[j], PL, G, h, db[j], False, tile)
+
+    def gemm_xk():
+        for j in range(L):
+            dense.gemm(False, False, 1.0, Xs[j], K[j], 0.0, G)
+
+    def gemm_xtg():
+        for j in range(L):
+            dense.gemm(True, False, h, Xs[j], G, 0.0, dK[j])
+
+    def gemm_gkt():
+        for j in range(L):
+            dense.gemm(False, True, h, G, K[j], 1.0, P0)
+
+    parts = {
+        "forward": lambda: residual.euler_forward(X0, K, b, h, TANH, Xs, D),
+        "backward": lambda: residual.euler_backward(Xs, D, K, h, PL, P0, dK, db),
+        "act passes": acts,
+        "gate passes": gates,
+        "X@K": gemm_xk,
+        "X.T@G": gemm_xtg,
+        "P+=G@K.T": gemm_gkt,
+    }
+    return {k: median_time(f, reps) * 1e3 for k, f in parts.items()}
+
+
 def torch_version() -> str | None:
     try:
         import torch
@@ -222,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--h", type=float, default=0.1)
     ap.add_argument("--schemes", nargs="+", default=["euler", "verlet"])
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also split the Euler pass into elementwise passes and GEMMs")
     args = ap.parse_args(argv)
     if args.reps < 5:
         ap.error("--reps must be >= 5")
@@ -241,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
             tt = median_time(tp, args.reps) if tp is not None else float("nan")
             print(f"{scheme:7} {n:4d} {tk * 1e3:10.2f} {tt * 1e3:9.2f} {tg * 1e3:8.2f} "
                   f"{tt / tk:12.2f} {tk / tg:11.2f}", flush=True)
+    if args.breakdown:
+        print("\nEuler pass breakdown (ms over the whole block):")
+        for n in args.widths:
+            parts = breakdown(args.batch, n, args.layers, args.h, args.reps)
+            print(f"n={n:4d} " + "  ".join(f"{k} {v:.2f}" for k, v in parts.items()), flush=True)
     if not args.no_compile:
         (i0, c0), (i1, c1) = first_call_times()
         print(f"\nfresh process, empty cache: import {i0:.2f} s, "
