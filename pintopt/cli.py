@@ -92,7 +92,9 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
                 dest=f"{section}.{f.name}",
                 metavar="VALUE",
                 default=argparse.SUPPRESS,
-                help=f"{meta.get('help', '')}{choices} [default: {f.default!r}]",
+                help=f"{meta.get('help', '')}{choices} [default: {f.default!r}]".replace(
+                    "%", "%%"
+                ),  # argparse expands %-formats in help
             )
 
 

@@ -108,8 +108,8 @@ def activation_bytes(spec: Any, rows: int, training: bool, chunk: int = 512) -> 
         if training:
             return 8 * rows * (per_row + nf + 8 * w + 3 * c)
         r = min(chunk, rows)
-        trajs = 2 if rows > chunk else 1
-        return 8 * (trajs * r * (per_row + 3 * w) + 2 * rows * c)
+        held = r + min(rows - r, r)  # rows of the two chunk trajectories alive at once
+        return 8 * (held * (per_row + 3 * w) + 2 * rows * c)
     outs = sum(spec.sizes[1:])
     extra = 2 * max(spec.sizes) + 2 * c if training else 2 * c
     return 8 * rows * (2 * outs + extra + (spec.n_features if training else 0))

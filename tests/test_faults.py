@@ -1,0 +1,284 @@
+"""Failures injected into real MPI jobs (issue 5): every job ends within 30 s, with a non-zero
+status and a message naming the cause, and the last checkpoint stays intact and resumable.
+
+Each test launches ``mpiexec -n 2`` or ``-n 3`` (oversubscribed on 2 cores) as a subprocess with a
+fault from :mod:`pintopt.faults` (``PINTOPT_FAULT=<point>:<rank>:<iteration>``), under a
+subprocess timeout that kills the whole process group, so a hang fails the test instead of the
+suite. Runs are tiny (depth 4, 30 iterations). The table in docs/reliability.md points here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import mpiexec_path, subprocess_env
+
+from pintopt import checkpoint
+from pintopt.cli import main
+
+pytestmark = pytest.mark.skipif(mpiexec_path() is None, reason="no mpiexec available")
+
+#: Every failure must end the job within this many seconds (issue 5).
+PROMPT = 30.0
+#: Subprocess limit: far beyond PROMPT, only there so a hang cannot stall the suite.
+HARD_LIMIT = 90.0
+
+BASE = [
+    "train", "--quiet", "--depth", "4", "--batch-size", "8", "--eval-every", "5",
+    "--iterations", "30", "--checkpoint-every", "5",
+]  # fmt: skip
+ARGS = BASE + ["--checkpoint", "ck.h5"]
+
+
+def launch(n, args, cwd, fault=None, env=None, timeout=HARD_LIMIT):
+    """``mpiexec -n n python -m pintopt *args`` in ``cwd``: (status, stdout, stderr, seconds).
+
+    The job runs in its own process group; on timeout the whole group (mpiexec, its proxy and
+    every rank) is killed and the test fails.
+    """
+    e = subprocess_env()
+    e.pop("PINTOPT_FAULT", None)
+    e.setdefault("PINTOPT_WATCHDOG", "0")  # tests that want the watchdog set it
+    if fault:
+        e["PINTOPT_FAULT"] = fault
+    e.update(env or {})
+    cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "pintopt", *args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"job did not end within {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err, time.monotonic() - t0
+
+
+def params(path):
+    return {k: v for k, v in checkpoint.load(path)["state"]["arrays"].items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def assert_resumable(path, cwd, n=1, iterations=30):
+    """The checkpoint loads and ``resume`` runs it to the end of its budget (on one rank in this
+    process, which is faster than a launch, or on ``n`` ranks under mpiexec)."""
+    ck = checkpoint.load(path)
+    if n == 1:
+        assert main(["resume", str(path), "--quiet"]) == 0
+    else:
+        status, out, err, _ = launch(n, ["resume", str(path), "--quiet"], cwd)
+        assert status == 0, err
+    assert checkpoint.load(path)["iteration"] == iterations
+    return ck
+
+
+@pytest.mark.parametrize("n,rank", [(2, 1), (3, 2)])
+def test_exception_in_a_method_ends_the_job(tmp_path, n, rank):
+    status, out, err, secs = launch(
+        n, ARGS + ["--method", "dataparallel"], tmp_path, fault=f"step:{rank}:12"
+    )
+    assert status != 0 and secs < PROMPT
+    assert f"pintopt: rank {rank} of {n} failed: InjectedFault: injected fault in step 13" in err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert_resumable(tmp_path / "ck.h5", tmp_path)
+
+
+def test_exception_inside_a_numba_kernel_ends_the_job(tmp_path):
+    status, out, err, secs = launch(2, ARGS, tmp_path, fault="kernel:0:12")
+    assert status != 0 and secs < PROMPT
+    assert "rank 0 of 2 failed: RuntimeError: injected fault inside a numba kernel" in err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert_resumable(tmp_path / "ck.h5", tmp_path)
+
+
+def test_exception_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    status, out, err, secs = launch(
+        3, ARGS + ["--method", "dataparallel"], tmp_path, fault="checkpoint_write:0:15"
+    )
+    assert status != 0 and secs < PROMPT
+    assert "rank 0 of 3 failed: InjectedFault: injected fault while writing the checkpoint" in err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5"]  # temporary removed
+    assert_resumable(tmp_path / "ck.h5", tmp_path)
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    status, out, err, secs = launch(2, ARGS, tmp_path, fault="checkpoint_kill:0:15")
+    assert status != 0 and secs < PROMPT
+    assert "signal 9" in out + err or "Killed" in out + err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ck.h5.tmp.")]
+    assert len(leftovers) == 1  # the killed writer's temporary, never renamed into place
+    assert_resumable(tmp_path / "ck.h5", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.h5"]  # the next write cleaned up
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_sigkill_of_a_rank_then_resume_is_bitwise_identical(tmp_path, n):
+    """MPICH's hydra kills the other ranks at once and exits with the signal (9); a resume on the
+    same number of ranks reaches exactly the parameters of an uninterrupted run."""
+    full = launch(n, BASE + ["--checkpoint", "full.h5", "--method", "dataparallel"], tmp_path)
+    assert full[0] == 0, full[2]
+    status, out, err, secs = launch(
+        n, ARGS + ["--method", "dataparallel"], tmp_path, fault="sigkill:1:17"
+    )
+    assert status != 0 and secs < PROMPT
+    assert "signal 9" in out + err or "Killed" in out + err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 15
+    assert_resumable(tmp_path / "ck.h5", tmp_path, n=n)
+    assert_same(params(tmp_path / "full.h5"), params(tmp_path / "ck.h5"))
+
+
+def test_resume_on_another_number_of_ranks(tmp_path):
+    """serial and dataparallel keep a rank-independent state: a checkpoint from 2 ranks resumes
+    on 3 (serial: bitwise the single-process run; dataparallel: equal up to round-off, the
+    Allreduce sums in another order)."""
+    for method in ("serial", "dataparallel"):
+        assert main(BASE + ["--method", method, "--checkpoint", str(tmp_path / "ref.h5")]) == 0
+        (tmp_path / "ref.h5").rename(tmp_path / f"{method}-ref.h5")
+        ck = f"{method}.h5"
+        status, _, err, secs = launch(
+            2, BASE + ["--method", method, "--checkpoint", ck], tmp_path, fault="sigkill:0:12"
+        )
+        assert status != 0 and secs < PROMPT
+        assert checkpoint.load(tmp_path / ck)["ranks"] == 2
+        assert_resumable(tmp_path / ck, tmp_path, n=3)
+        a, b = params(tmp_path / f"{method}-ref.h5"), params(tmp_path / ck)
+        if method == "serial":
+            assert_same(a, b)
+        else:
+            for k in a:
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_stopped_rank_is_caught_by_the_watchdog(tmp_path):
+    """A rank stopped with SIGSTOP neither dies nor answers: hydra would wait forever. The
+    watchdog of the rank waiting for it aborts the job."""
+    status, out, err, secs = launch(
+        2, ARGS + ["--method", "dataparallel"], tmp_path, fault="sigstop:1:12",
+        env={"PINTOPT_WATCHDOG": "3"},
+    )  # fmt: skip
+    assert status != 0 and secs < PROMPT
+    assert "rank 0 of 2: no progress in training for" in err and "watchdog" in err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert_resumable(tmp_path / "ck.h5", tmp_path)
+
+
+def test_receive_timeout_ends_a_pint_job(tmp_path):
+    """With the watchdog off, pint's receive timeout (here the communicator default from
+    PINTOPT_COMM_TIMEOUT, pint.timeout = 0) turns a stopped neighbour into an error."""
+    status, out, err, secs = launch(
+        2, ARGS + ["--method", "pint", "--pint-timeout", "0"], tmp_path, fault="sigstop:0:12",
+        env={"PINTOPT_COMM_TIMEOUT": "3"},
+    )  # fmt: skip
+    assert status != 0 and secs < PROMPT
+    assert "rank 1 of 2 failed: CommError: rank 1: no message from a neighbour within 3 s" in err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+
+
+@pytest.mark.parametrize(
+    "fault,method,n,cause",
+    [
+        ("nan_params:1:12", "serial", 2, "NaN/Inf loss on rank 1 at iteration 13"),
+        ("nan_params:1:12", "dataparallel", 3, "NaN/Inf loss on every rank at iteration 13"),
+        ("nan_message:1:12", "dataparallel", 2, "NaN/Inf in a received message on rank 1"),
+        ("nan_loss:2:12", "serial", 3, "NaN/Inf loss on rank 2 at iteration 12"),
+        ("nan_params:1:12", "pint", 2, "NaN/Inf"),
+    ],
+)
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, fault, method, n, cause):
+    status, out, err, secs = launch(n, ARGS + ["--method", method], tmp_path, fault=fault)
+    assert status == 3 and secs < PROMPT, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("pintopt: error:")]
+    assert len(lines) == 1, err
+    assert "training diverged" in lines[0] and cause in lines[0]
+    assert "last good checkpoint ck.h5 (iteration 10) is kept" in lines[0]
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert_resumable(tmp_path / "ck.h5", tmp_path, n=2 if method == "pint" else 1)
+
+
+def test_divergence_rollback_halves_the_step_and_finishes(tmp_path):
+    status, out, err, secs = launch(
+        2, ARGS + ["--method", "dataparallel", "--on-divergence", "rollback"], tmp_path,
+        fault="nan_params:1:12",
+    )  # fmt: skip
+    assert status == 0, err
+    assert "rolled back to iteration 10, step size now 0.005 (rollback 1 of 3)" in err
+    assert "(completed, 1 rollback(s))" in out
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 30
+
+
+# ---- bad input under MPI: status 2 on every rank, the message once, nothing written -------------
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "good.h5"
+    assert main(["train", "--quiet", "--depth", "2", "--iterations", "2", "--checkpoint",
+                 str(path)]) == 0  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    "n,argv,needle",
+    [
+        (2, ["train", "--method", "magic"], "option train.method"),
+        (3, ["train", "--config", "bad.toml"], "invalid TOML"),
+        (2, ["train", "--batch-size", "5000"], "option train.batch_size: 5000 is larger"),
+        (3, ["train", "--method", "pint", "--depth", "2"], "2 layers cannot be split over 3"),
+        (2, ["train", "--dataset", "npz", "--path", "nan.npz"], "NaN"),
+        (2, ["train", "--width", "100000", "--depth", "100000"], "needs about"),
+        (3, ["resume", "corrupt.h5"], "checksum mismatch"),
+        (2, ["train", "--checkpoint", "bad.toml"], "refusing to overwrite"),
+    ],
+)
+def test_bad_input_under_mpi_exits_2_with_one_message(tmp_path, good_checkpoint, n, argv, needle):
+    (tmp_path / "bad.toml").write_text("[train\nlr = ")
+    np.savez(tmp_path / "nan.npz", x=np.array([[0.0, np.nan]] * 20), y=np.arange(20) % 2)
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(good_checkpoint.read_bytes())
+    with h5py.File(corrupt, "r+") as f:  # flip one parameter, leave the checksum
+        f["arrays/params/K"][0, 0, 0] += 1.0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    status, out, err, secs = launch(n, argv + (["--quiet"] if argv[0] == "train" else []), tmp_path)
+    assert status == 2 and secs < PROMPT, err
+    assert err.count("pintopt: error:") == 1 and needle in err, err
+    assert "Traceback" not in err
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # nothing written, nothing overwritten
+
+
+def test_help_under_mpi_is_printed_once(tmp_path):
+    status, out, err, _ = launch(3, ["train", "--help"], tmp_path)
+    assert status == 0 and out.count("usage: pintopt train") == 1 and not err
+
+
+def test_malformed_fault_variable_is_bad_input(tmp_path):
+    status, out, err, _ = launch(2, ["train", "--quiet"], tmp_path, fault="explode:1:2")
+    assert status == 2 and err.count("PINTOPT_FAULT") == 1, err
+
+
+def test_injection_is_off_without_the_variable():
+    """Zero cost when unset: the call sites test one module constant."""
+    code = "from pintopt import faults; print(faults.ACTIVE, faults.FAULTS)"
+    e = subprocess_env()
+    e.pop("PINTOPT_FAULT", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                         timeout=60, cwd=Path(__file__).parent)  # fmt: skip
+    assert out.stdout.split() == ["False", "[]"]
