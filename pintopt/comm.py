@@ -56,7 +56,9 @@ def all_finite(array: np.ndarray) -> bool:
     """True when a float array holds no NaN/Inf (one pass, no temporary in the common case)."""
     if array.dtype.kind not in "fc" or array.size == 0:
         return True
-    if math.isfinite(float(np.add.reduce(array, axis=None).real)):
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(array, axis=None)
+    if math.isfinite(float(total.real)):
         return True
     return bool(np.isfinite(array).all())  # the sum may overflow with finite entries
 

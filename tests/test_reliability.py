@@ -1,0 +1,355 @@
+"""Reliability in one process (issue 5): divergence stop and rollback, the memory estimate
+against measured allocations, checkpoint policy (periodic, keep-last, atomic, checksums) and
+refused checkpoints that stay untouched. The MPI side is in test_faults.py."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+
+from pintopt import checkpoint, faults
+from pintopt.cli import _load_data, main, memory_need
+from pintopt.comm import SerialComm, all_finite
+from pintopt.config import make_config
+from pintopt.methods import METHODS
+from pintopt.methods.base import Divergence, Problem, train
+from pintopt.model import build_model
+
+TINY = ["train", "--quiet", "--depth", "4", "--batch-size", "8", "--eval-every", "5"]
+
+
+@pytest.fixture
+def inject():
+    """Configure faults for this process only; always switched off afterwards."""
+    yield faults.configure
+    faults.configure("")
+
+
+def trainer_for(raw):
+    cfg = make_config(raw)
+    comm = SerialComm()
+    data = _load_data(cfg, comm)
+    model = build_model(cfg.model, data.n_features, data.n_classes)
+    return METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm)
+
+
+RAW = {"model": {"depth": 4}, "train": {"batch_size": 8, "iterations": 30, "eval_every": 5}}
+
+
+# ---- divergence ------------------------------------------------------------------------------
+
+
+def test_nan_parameters_stop_training_with_the_iteration(inject):
+    inject("nan_params:0:12")
+    with pytest.raises(Divergence, match="NaN/Inf loss on rank 0 at iteration 13") as info:
+        train(trainer_for(RAW))
+    assert info.value.iteration == 13 and info.value.last_good == 10
+
+
+def test_nan_loss_is_caught_at_once_on_one_process(inject):
+    inject("nan_loss:0:7")
+    with pytest.raises(Divergence, match="NaN/Inf loss on rank 0 at iteration 7"):
+        train(trainer_for(RAW))
+
+
+def test_rollback_halves_the_step_each_time_and_gives_up(inject):
+    """Two NaNs in a row: back to iteration 10 with lr/2, then again with lr/4 (halvings compound
+    relative to the last good state), then the run completes."""
+    raw = {**RAW, "train": {**RAW["train"], "on_divergence": "rollback", "lr": 0.01}}
+    inject("nan_params:0:12,nan_params:0:12")
+    lines = []
+    result = train(trainer_for(raw), log=lines.append)
+    rb = result.extras["rollbacks"]
+    assert [r["to"] for r in rb] == [10, 10]
+    assert [r["lr"] for r in rb] == [[0.005], [0.0025]]
+    assert result.iterations == 30 and result.stopped == "completed"
+    assert "rolled back to iteration 10, step size now 0.0025 (rollback 2 of 3)" in lines[1]
+    assert all(np.isfinite(a).all() for a in result.params.arrays())
+    inject("nan_params:0:12,nan_params:0:12")
+    raw["train"]["max_rollbacks"] = 1
+    with pytest.raises(Divergence, match="1 rollback\\(s\\) with halved step size did not help"):
+        train(trainer_for(raw))
+
+
+def test_rollback_replays_the_same_batches_as_a_run_with_the_halved_step(inject):
+    """After a rollback the run continues from the good state exactly: a fresh run resumed from
+    that state with lr/2 gives bitwise the same parameters."""
+    raw = {**RAW, "train": {**RAW["train"], "on_divergence": "rollback"}}
+    inject("nan_params:0:12")
+    rolled = train(trainer_for(raw)).params
+    faults.configure("")
+    ref = trainer_for({**raw, "train": {**raw["train"], "iterations": 10}})
+    train(ref)
+    again = trainer_for(raw)
+    again.load_state(ref.state())
+    again.opt.lr = 0.005
+    for a, b in zip(train(again).params.arrays(), rolled.arrays()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_exit_status_and_message_keep_the_checkpoint(tmp_path, inject, capsys):
+    ck = tmp_path / "ck.h5"
+    inject("nan_params:0:12")
+    args = TINY + ["--iterations", "30", "--checkpoint", str(ck), "--checkpoint-every", "5"]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "pintopt: injecting fault nan_params on rank 0 at iteration 12"
+    err = err[1:]
+    assert len(err) == 1 and err[0].startswith("pintopt: error: training diverged")
+    assert f"last good checkpoint {ck} (iteration 10) is kept" in err[0]
+    assert checkpoint.load(ck)["iteration"] == 10
+
+
+def test_all_finite_handles_overflowing_sums():
+    big = np.full(4, 1e308)
+    assert all_finite(big)  # the sum overflows, the entries are finite
+    assert not all_finite(np.array([1.0, np.nan])) and not all_finite(np.array([np.inf]))
+    assert all_finite(np.arange(3)) and all_finite(np.empty(0))
+
+
+# ---- memory ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model,batch,extra",
+    [
+        ({"depth": 48, "width": 24}, 256, {}),
+        ({"depth": 48, "width": 24, "scheme": "euler"}, 512, {}),
+        ({"depth": 8, "width": 48}, 1024, {"on_divergence": "rollback"}),
+        ({"architecture": "mlp", "depth": 3, "width": 192}, 256, {}),
+    ],
+)
+def test_memory_estimate_matches_measured_allocations(model, batch, extra):
+    """The estimate the CLI refuses runs with is within [-10%, +35%] of the NumPy memory a run
+    really allocates (tracemalloc sees every NumPy array; kernels allocate nothing)."""
+    raw = {
+        "data": {"dataset": "ellipses", "n": 1500},
+        "model": model,
+        "train": {"batch_size": batch, "iterations": 4, "eval_every": 2, **extra},
+    }
+    warm = {**raw, "train": {**raw["train"], "iterations": 2}}
+    train(trainer_for(warm))  # first calls load numba's cache: Python objects, not the run's
+    cfg = make_config(raw)
+    data = _load_data(cfg, SerialComm())
+    mdl = build_model(cfg.model, data.n_features, data.n_classes)
+    need = memory_need(cfg, mdl.spec, data, 1)
+    estimate = sum(v for k, v in need.items() if k != "data")
+    tracemalloc.start()
+    try:
+        tr = METHODS["serial"].trainer(Problem(mdl, data), cfg, SerialComm())
+        train(tr)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.9 * peak <= estimate <= 1.35 * peak, (estimate, peak, need)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--width", "4096", "--depth", "4096"], "the run needs about"),
+        (["--batch-size", "400", "--depth", "64", "--memory-limit-gb", "0.001"], "training"),
+        (["--dataset", "swissroll", "--n", "1000000000000"], "option data.n: dataset swissroll"),
+        (["--dataset", "overparam", "--n", "100000", "--n-features", "1000000"], "n_features"),
+    ],
+)
+def test_too_large_runs_are_refused_before_allocating(capsys, argv, needle):
+    tracemalloc.start()
+    try:
+        status = main(["train", "--quiet", *argv])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and needle in err[0], err
+    assert peak < 50 * 2**20  # refused from shapes, not after trying
+
+
+# ---- checkpoint policy -----------------------------------------------------------------------
+
+
+def test_periodic_checkpoints_by_iterations_keep_last_n(tmp_path):
+    ck = tmp_path / "ck.h5"
+    args = TINY + ["--iterations", "10", "--checkpoint", str(ck), "--checkpoint-every", "4"]
+    assert main(args + ["--keep-last", "3"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ck.h5", "ck.h5.1", "ck.h5.2"]
+    its = [checkpoint.load(tmp_path / n)["iteration"] for n in names]
+    assert its == [10, 8, 4]  # the final write, then the periodic ones
+
+
+def test_periodic_checkpoints_by_seconds(tmp_path):
+    ck = tmp_path / "ck.h5"
+    args = TINY + ["--iterations", "6", "--checkpoint", str(ck), "--checkpoint-seconds", "1e-9"]
+    assert main(args + ["--keep-last", "4"]) == 0
+    its = [
+        checkpoint.load(p)["iteration"] for p in (ck, *(tmp_path / f"ck.h5.{i}" for i in (1, 2, 3)))
+    ]
+    assert its == [6, 6, 5, 4]  # every iteration is "late", plus the final write
+
+
+def test_failed_write_leaves_every_kept_checkpoint_untouched(tmp_path, inject):
+    ck = tmp_path / "ck.h5"
+    state = {"arrays": {"params/K": np.ones(3)}, "meta": {"iteration": 0}}
+    for it in range(1, 4):
+        state["meta"]["iteration"] = it
+        checkpoint.save(ck, state=state, config={}, method="serial", model={}, history={},
+                        wall_time=0.0, ranks=1, keep_last=3)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    inject("checkpoint_write:0:4")
+    state["meta"]["iteration"] = 4
+    with pytest.raises(faults.InjectedFault):
+        checkpoint.save(ck, state=state, config={}, method="serial", model={}, history={},
+                        wall_time=0.0, ranks=1, keep_last=3)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert checkpoint.load(ck)["iteration"] == 3
+
+
+def test_rotation_keeps_the_file_in_place(tmp_path):
+    """The newest checkpoint is hard-linked to FILE.1 before the new one replaces FILE, so FILE
+    exists at every instant (a kill between the two steps leaves both readable)."""
+    ck = tmp_path / "ck.h5"
+    state = {"arrays": {"x": np.zeros(2)}, "meta": {"iteration": 1}}
+    checkpoint.save(ck, state=state, config={}, method="m", model={}, history={}, wall_time=0.0,
+                    ranks=1)  # fmt: skip
+    checkpoint._rotate(ck, 2)  # the first half of a write with keep_last = 2
+    assert checkpoint.load(ck)["iteration"] == 1
+    assert checkpoint.load(tmp_path / "ck.h5.1")["iteration"] == 1
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
+    ck = tmp_path / "ck.h5"
+    stale = tmp_path / ".ck.h5.tmp.999999"
+    stale.write_bytes(b"half a file")
+    checkpoint.save(ck, state={"arrays": {}, "meta": {"iteration": 1}}, config={}, method="m",
+                    model={}, history={}, wall_time=0.0, ranks=1)  # fmt: skip
+    assert not stale.exists() and ck.exists()
+
+
+# ---- refused checkpoints are never written to ---------------------------------------------
+
+
+@pytest.fixture
+def good(tmp_path):
+    ck = tmp_path / "good.h5"
+    assert main(TINY + ["--iterations", "10", "--checkpoint", str(ck)]) == 0
+    return ck
+
+
+def _variant(src, dst, edit):
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _resave(src, dst, **changes):
+    ck = checkpoint.load(src)
+    kw = dict(state=ck["state"], config=ck["config"], method=ck["method"], model=ck["model"],
+              history=ck["history"], wall_time=ck["wall_time"], ranks=ck["ranks"])  # fmt: skip
+    kw.update(changes)
+    checkpoint.save(dst, **kw)
+    return dst
+
+
+def _flip(f):
+    f["arrays/params/K"][0, 0, 0] += 1e-12
+
+
+def _nan(f):
+    k = f["arrays/params/K"][()]
+    k[0, 0, 0] = np.nan
+    f["arrays/params/K"][...] = k
+    del f.attrs["checksum"]  # a file without checksum is still checked for NaN
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda g, d: _variant(g, d, _flip), "checksum mismatch"),
+        (lambda g, d: _variant(g, d, _nan), "holds NaN/Inf"),
+        (lambda g, d: _variant(g, d, lambda f: f.attrs.__setitem__("format_version", 99)),
+         "format version 99"),
+        (lambda g, d: d.write_bytes(g.read_bytes()[: len(g.read_bytes()) // 2]) and d,
+         "truncated or corrupted"),
+        (lambda g, d: d.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200)) and d,
+         "truncated or corrupted"),
+        (lambda g, d: d.write_text("[train]\nlr = 1\n") and d, "truncated or corrupted"),
+        (lambda g, d: _resave(g, d, method="dataparallel"), "written by method 'dataparallel'"),
+        (lambda g, d: _resave(g, d, model={**checkpoint.load(g)["model"], "width": 6}),
+         "model does not match"),
+        (lambda g, d: _resave(
+            g, d, state={**checkpoint.load(g)["state"], "arrays": {"params/K": np.zeros(2)}}),
+         "state does not fit method serial"),
+        (lambda g, d: _resave(g, d, config={**checkpoint.load(g)["config"],
+                                            "train": {"method": "nonesuch"}}),
+         "its configuration is not valid"),
+    ],
+)  # fmt: skip
+def test_refused_resume_leaves_the_file_untouched(tmp_path, good, capsys, make, needle):
+    bad = make(good, tmp_path / "bad.h5")
+    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    assert main(["resume", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pintopt: error:") and needle in err[0], err
+    assert {p.name: _digest(p) for p in tmp_path.iterdir()} == before
+
+
+def test_refused_resume_points_to_an_older_copy(tmp_path, capsys):
+    ck = tmp_path / "ck.h5"
+    args = TINY + ["--iterations", "10", "--checkpoint", str(ck), "--checkpoint-every", "5"]
+    assert main(args + ["--keep-last", "2"]) == 0
+    _variant(ck, tmp_path / "x.h5", _flip).replace(ck)
+    assert main(["resume", str(ck), "--quiet"]) == 2
+    assert f"older checkpoints: {ck}.1 (iteration 10)" in capsys.readouterr().err
+
+
+def test_other_rank_count_is_refused_for_rank_dependent_methods(
+    tmp_path, good, capsys, monkeypatch
+):
+    two = _resave(good, tmp_path / "two.h5", ranks=2)
+    monkeypatch.setattr(METHODS["serial"].trainer, "resume_any_ranks", False)
+    assert main(["resume", str(two), "--quiet"]) == 2
+    assert "written by 2 rank(s); method serial resumes only on the same number" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"not hdf5 at all", "exists and is not a usable pintopt checkpoint"),
+        (None, "is a directory"),
+    ],
+)
+def test_train_refuses_to_overwrite_what_is_not_a_checkpoint(tmp_path, capsys, content, needle):
+    target = tmp_path / "target"
+    if content is None:
+        target.mkdir()
+    else:
+        target.write_bytes(content)
+    assert main(TINY + ["--iterations", "2", "--checkpoint", str(target)]) == 2
+    assert needle in capsys.readouterr().err
+    if content is not None:
+        assert target.read_bytes() == content
+
+
+def test_checkpoint_in_a_missing_directory_is_refused_before_training(tmp_path, capsys):
+    assert main(TINY + ["--iterations", "2", "--checkpoint", str(tmp_path / "no/ck.h5")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+def test_resume_with_a_smaller_step_size(tmp_path, capsys):
+    ck = tmp_path / "ck.h5"
+    assert main(TINY + ["--iterations", "10", "--checkpoint", str(ck)]) == 0
+    assert main(["resume", str(ck), "--quiet", "--iterations", "12", "--lr", "0.001"]) == 0
+    assert checkpoint.load(ck)["state"]["meta"]["lr"] == 0.001
