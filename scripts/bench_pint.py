@@ -133,8 +133,8 @@ def raw_config(method: str, dataset_name: str, depth: int, a: argparse.Namespace
     raw = {"data": {"dataset": dataset_name},
            "model": {"depth": depth, "width": a.width, "scheme": "verlet"}, "train": tr}
     if method == "pint":
-        p = {"levels": 2, "coarse_iterations": a.coarse_iterations, "features": a.features,
-             "window": a.window, "balance_layers": a.balance, "timeout": a.timeout}
+        p = {"features": a.features, "window": a.window, "balance_layers": a.balance,
+             "timeout": a.timeout}
         p.update(pint or {})
         raw["pint"] = p
     return raw
@@ -215,9 +215,9 @@ if size > 1:
 
 
 def torch_run(data, depth: int, a: argparse.Namespace, seed: int, target: float,
-              processes: int) -> dict | None:
-    """One PyTorch training run (1 process, or DDP with gloo on ``processes``); None if torch is
-    missing."""
+              processes: int, iterations: int | None = None) -> dict | None:
+    """One PyTorch training run (1 process, or DDP with gloo on ``processes``) to ``target`` or
+    ``iterations``; None if torch is missing."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -231,7 +231,7 @@ def torch_run(data, depth: int, a: argparse.Namespace, seed: int, target: float,
     script.write_text(TORCH_WORKER)
     args = {"data": str(npz), "depth": depth, "width": a.width, "final_time": 4.0, "lr": a.lr,
             "batch": a.batch, "seed": seed, "eval_every": a.eval_every, "target": target,
-            "max_iterations": int(a.epochs * (data.m_train // a.batch))}
+            "max_iterations": iterations or int(a.epochs * (data.m_train // a.batch))}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # the MPI launcher's variables would make torch's children think they are MPI ranks
     env = {k: v for k, v in env.items() if not k.startswith(("PMI", "MPI", "HYDRA", "OMPI"))}
@@ -269,8 +269,17 @@ def part_speedup(comm, a, items, rows):
 
 
 def speedup_one(comm, a, ds, data, depth) -> dict:
-    """One table row: every method on one dataset and depth, --seeds seeds each."""
+    """One table row: every method on one dataset and depth, --seeds seeds each.
+
+    The serial method runs first (stopping at --target); the target of everything else is the
+    accuracy it reached (--target if it got there). pint variants: ``pint`` (the options of
+    --pint, on the ranks of the launch), ``pint_1`` (the same on one process: the algorithm
+    without parallelism, so pint / pint_1 is the parallel gain), ``pint_paper`` (the paper's
+    setting: 2 levels, factor 2, 200 coarse iterations) and ``pint_single`` (single level).
+    """
     row = {"dataset": ds, "depth": depth}
+    S = comm.size
+    tuned = json.loads(a.pint)
 
     def cfg(method, seed, pint=None, target=None):
         extra = {"target_accuracy": target} if target is not None else {}
@@ -281,50 +290,54 @@ def speedup_one(comm, a, ds, data, depth) -> dict:
         row[name] = {"time": median([h[0] for h in hits]),
                      "iters": median([h[1] for h in hits]),
                      "fails": sum(h[0] is None for h in hits),
-                     "per_iteration": median([r["wall"] / max(r["iterations"], 1)
-                                              for r in results]),
+                     "per_iteration": median([(r["wall"] - r.get("coarse_time", 0.0))
+                                              / max(r["iterations"], 1) for r in results]),
                      "coarse_time": median([r.get("coarse_time") for r in results])}
 
-    # serial reference: its accuracy defines the target
-    ser = []
-    with Idle(comm) as me:
-        if me:
-            ser = [run(cfg("serial", s), SerialComm(), data) for s in range(a.seeds)]
-    ser = comm.bcast(ser)
-    target = min(a.target, median([r["best_acc"] for r in ser]))
+    def alone(method, pint=None, target=None):
+        """--seeds runs on rank 0 alone (the others sleep), results on every rank."""
+        res = []
+        with Idle(comm) as me:
+            if me:
+                res = [run(cfg(method, s, pint, target), SerialComm(), data)
+                       for s in range(a.seeds)]
+        return comm.bcast(res)
+
+    def together(method, pint=None):
+        return [run(cfg(method, s, pint, target), comm, data) for s in range(a.seeds)]
+
+    ser = alone("serial", target=a.target)
+    target = a.target if all(r["stopped"] == "target" for r in ser) else \
+        median([r["best_acc"] for r in ser])
     row["target"] = target
     summarise("serial", ser)
-    # data-parallel SGD on the ranks of the launch
-    summarise("dataparallel",
-              [run(cfg("dataparallel", s, target=target), comm, data)
-               for s in range(a.seeds)])
-    # pint on one process: the same algorithm, so the parallel gain alone is visible
-    one = []
-    with Idle(comm) as me:
-        if me:
-            one = [run(cfg("pint", s, target=target), SerialComm(), data)
-                   for s in range(a.seeds)]
-    summarise("pint_1", comm.bcast(one))
-    # pint on the ranks of the launch: multilevel (the default) and single-level
-    summarise(f"pint_{comm.size}",
-              [run(cfg("pint", s, target=target), comm, data) for s in range(a.seeds)])
-    summarise(f"pint_{comm.size}_single",
-              [run(cfg("pint", s, {"levels": 1}, target), comm, data)
-               for s in range(a.seeds)])
+    summarise("dataparallel", together("dataparallel"))
+    summarise("pint", together("pint", tuned))
+    summarise("pint_1", alone("pint", tuned, target))
+    summarise("pint_paper", together("pint", {"levels": 2, "coarse_iterations": 200}))
+    summarise("pint_single", together("pint", {"levels": 1}))
     if "torch" in a.parts:
+        full = depth in a.torch_depths
         tr1, trd = [], []
         with Idle(comm) as me:
             if me:
-                for seed in range(a.seeds):
-                    tr1.append(torch_run(data, depth, a, seed, target, 1))
-                    trd.append(torch_run(data, depth, a, seed, target, comm.size))
+                for seed in range(a.seeds if full else 1):
+                    tr1.append(torch_run(data, depth, a, seed, target if full else 2.0, 1,
+                                         None if full else a.torch_iterations))
+                    trd.append(torch_run(data, depth, a, seed, target if full else 2.0, S,
+                                         None if full else a.torch_iterations))
         tr1, trd = comm.bcast(tr1), comm.bcast(trd)
-        for name, res in (("torch_1", tr1), (f"torch_ddp_{comm.size}", trd)):
+        for name, res in (("torch_1", tr1), ("torch_ddp", trd)):
             if res and res[0] is not None:
-                row[name] = {"time": median([r["time_to_target"] for r in res]),
-                             "iters": median([r["iters_to_target"] for r in res]),
-                             "fails": sum(r["time_to_target"] is None for r in res),
-                             "per_iteration": median([r["per_iteration"] for r in res])}
+                row[name] = {"per_iteration": median([r["per_iteration"] for r in res]),
+                             "measured_to_target": full}
+                if full:
+                    row[name].update(time=median([r["time_to_target"] for r in res]),
+                                     iters=median([r["iters_to_target"] for r in res]),
+                                     fails=sum(r["time_to_target"] is None for r in res))
+                else:  # estimate: its per-iteration time x the serial method's iterations
+                    row[name].update(time=row[name]["per_iteration"] * row["serial"]["iters"],
+                                     iters=None, fails=0)
     return row
 
 
@@ -341,35 +354,53 @@ def part_mnist(comm, a, out):
 
 
 def part_mse(comm, a, out):
-    """Regression error per iteration (the paper's Figure 3): 512 Verlet layers, swiss roll."""
+    """Regression error per iteration (the paper's Figure 3): --mse-depth Verlet layers, swiss
+    roll, rank 0's boundary. ``multilevel, no coarse obs.`` empties the regression after the
+    global prediction: same start as multilevel, no co-state information from the coarse model."""
     data = dataset("swissroll")
     res = {}
-    variants = [(f"{lv}/{feat}", {"levels": 1 if lv == "single-level" else 2, "features": feat})
-                for feat in (a.features, "state") for lv in ("single-level", "multilevel")]
-    for name, pint in variants:
-        raw = raw_config("pint", "swissroll", a.mse_depth, a, pint, iterations=a.mse_iterations,
-                         eval_every=a.mse_iterations)
-        t = build(raw, comm, data)
-        for _ in range(a.mse_iterations):
-            t.step()
-        traces = comm.gather(t.mse_trace)
-        if comm.rank == 0:
-            tr = traces[0]
-            res[name] = {"abs": [x[1] for x in tr], "rel": [x[2] for x in tr]}
+    tuned = json.loads(a.pint)
+    for feat in (a.features, "state"):
+        for name, pint, clear in (("single-level", {"levels": 1}, False),
+                                  ("multilevel", {**tuned, "levels": 2}, False),
+                                  ("multilevel, no coarse obs.", {**tuned, "levels": 2}, True)):
+            raw = raw_config("pint", "swissroll", a.mse_depth, a, {**pint, "features": feat},
+                             iterations=a.mse_iterations, eval_every=a.mse_iterations)
+            t = build(raw, comm, data)
+            if clear:
+                t._global_prediction()
+                if t.regression is not None:
+                    t.regression.load_arrays({})
+            for _ in range(a.mse_iterations):
+                t.step()
+            traces = comm.gather(t.mse_trace)
+            if comm.rank == 0:
+                tr = traces[0]
+                r = {"abs": [x[1] for x in tr], "rel": [x[2] for x in tr]}
+                for k in ("abs", "rel"):
+                    r[f"{k}_first"] = r[k][0]
+                    r[f"{k}_first20"] = float(np.mean(r[k][:20]))
+                    r[f"{k}_last20"] = float(np.mean(r[k][-20:]))
+                res[f"{name} / {feat}"] = r
     if comm.rank == 0:
-        for name in res:
-            r = res[name]
-            r["abs_first20"] = float(np.mean(r["abs"][:20]))
-            r["rel_first20"] = float(np.mean(r["rel"][:20]))
-            r["abs_last20"] = float(np.mean(r["abs"][-20:]))
-            r["rel_last20"] = float(np.mean(r["rel"][-20:]))
         out["mse"] = res
-        print(json.dumps({k: {kk: v for kk, v in r.items() if "20" in kk}
+        print(json.dumps({k: {kk: v for kk, v in r.items() if kk not in ("abs", "rel")}
                           for k, r in res.items()}), flush=True)
 
 
 def part_model(comm, a, out):
-    """Measured costs -> predicted per-iteration time on S ranks; checked at S = comm.size."""
+    """Measured costs -> predicted per-iteration time on S ranks; checked at S = comm.size.
+
+    Serial: best-of-blocks time per iteration at --model-depths, fitted as ``c D + o_s``
+    (``c``: one layer's forward + backward + update share). pint: every rank's busy time per
+    iteration (its phases without the receives) fitted as ``c n_r + o_r`` with ``n_r`` its
+    layers; ``o_first`` (opening layer, regression), ``o_last`` (classifier); a middle rank is
+    taken as ``o_first``. One message: half a round trip of a state-sized buffer. Prediction:
+    ``T(S) = max_r (c n_r + o_r) + 2 * message`` with the slices of ``slice_counts`` (perfect
+    pipelining, no other waiting).
+    """
+    from pintopt.methods.pint import slice_counts
+
     data = dataset("swissroll")
     blocks, n = 7, 100
 
@@ -385,20 +416,18 @@ def part_model(comm, a, out):
             best = min(best, (time.perf_counter() - t0) / n)
         return best
 
-    res = {"serial": {}, "pint": {}}
+    serial = {}
     with Idle(comm) as me:
         if me:
             for depth in a.model_depths:
                 t = build(raw_config("serial", "swissroll", depth, a), SerialComm(), data)
-                res["serial"][depth] = best_time(t, lambda: None)
-    res = comm.bcast(res)
-    depths = sorted(res["serial"])
-    slope, intercept = np.polyfit(depths, [res["serial"][d] for d in depths], 1)
-    # message time: half a round trip of a state-sized message between ranks 0 and 1
-    shape = (2, a.batch, a.width)
-    buf = np.zeros(int(np.prod(shape)) + 2)
+                serial[depth] = best_time(t, lambda: None)
+    serial = comm.bcast(serial)
+    depths = sorted(serial)
+    c, o_s = np.polyfit(depths, [serial[d] for d in depths], 1)
     lat = 0.0
     if comm.size > 1:
+        buf = np.zeros(2 * a.batch * a.width + 2)
         reps = 2000
         comm.barrier()
         t0 = time.perf_counter()
@@ -409,45 +438,141 @@ def part_model(comm, a, out):
             elif comm.rank == 1:
                 comm.recv_(buf, 0, 7)
                 comm.send(buf, 0, 8)
-        lat = (time.perf_counter() - t0) / reps / 2
-        lat = comm.bcast(lat)
-    # per-rank fixed costs of pint (regression, update, head/prediction) at the largest depth
-    pint_meas = {}
+        lat = comm.bcast((time.perf_counter() - t0) / reps / 2)
+    measured, overheads = {}, {"first": [], "last": []}
     for depth in a.model_depths:
-        raw = raw_config("pint", "swissroll", depth, a, {"levels": 1})
-        t = build(raw, comm, data)
-        tp = best_time(t, comm.barrier)
-        tp = comm.allreduce(tp, op="max")
-        timers = comm.gather({k: v / max(t.timers["steps"], 1) for k, v in t.timers.items()})
-        pint_meas[depth] = {"time": tp, "counts": t.counts, "timers": timers}
-    out_model = {"per_layer": slope, "serial_fixed": intercept, "message": lat,
-                 "serial": res["serial"], "pint_measured": pint_meas}
+        t = build(raw_config("pint", "swissroll", depth, a, {"levels": 1}), comm, data)
+        tp = comm.allreduce(best_time(t, comm.barrier), op="max")
+        steps = max(t.timers["steps"], 1)
+        busy = sum(v for k, v in t.timers.items() if k not in ("receive", "steps")) / steps
+        busy = comm.allgather(busy)
+        measured[depth] = {"time": tp, "counts": t.counts, "busy": busy}
+        overheads["first"].append(busy[0] - c * t.counts[0])
+        overheads["last"].append(busy[-1] - c * t.counts[-1])
+    o_first, o_last = float(np.mean(overheads["first"])), float(np.mean(overheads["last"]))
+
+    def predict(depth, S):
+        counts = slice_counts(depth, S, a.balance)
+        return max(c * n_r + (o_last if r == S - 1 else o_first)
+                   for r, n_r in enumerate(counts)) + 2 * lat
+
+    m = {"per_layer": c, "serial_fixed": o_s, "message": lat, "o_first": o_first,
+         "o_last": o_last, "serial": serial, "pint_measured": measured,
+         "check": {d: {"measured": measured[d]["time"], "predicted": predict(d, comm.size),
+                       "serial": serial[d]} for d in a.model_depths},
+         "predicted_speedup_per_iteration": {
+             d: {S: (c * d + o_s) / predict(d, S) for S in (2, 4, 8, 16, 32, 64) if d >= S}
+             for d in (64, 128, 256, 512, 1024, 4096)}}
+    out["model"] = m
     if comm.rank == 0:
-        tm = pint_meas[max(a.model_depths)]["timers"]
-        o_reg = tm[0]["regression"] + tm[0]["head_or_predict"]
-        out_model["regression_fixed"] = o_reg
-
-        def predict(depth, S):
-            """Bottleneck rank: its layers, the serial fixed costs, a regression (all but the last
-            rank) and two messages; layers balanced as with balance_layers = a.balance."""
-            from pintopt.methods.pint import slice_counts
-
-            counts = slice_counts(depth, S, a.balance)
-            per = [c * slope + intercept + (o_reg if r < S - 1 else 0.0)
-                   for r, c in enumerate(counts)]
-            return max(per) + 2 * lat
-
-        out_model["check"] = {d: {"measured": pint_meas[d]["time"],
-                                  "predicted": predict(d, comm.size)} for d in a.model_depths}
-        out_model["predicted_speedup_per_iteration"] = {
-            d: {S: res["serial"].get(d, slope * d + intercept) / predict(d, S)
-                for S in (2, 4, 8, 16, 32, 64) if d >= S}
-            for d in (64, 128, 256, 512, 1024)}
-        out["model"] = out_model
-        print(json.dumps({k: v for k, v in out_model.items() if k != "pint_measured"}), flush=True)
+        print(json.dumps({k: v for k, v in m.items() if k != "pint_measured"}), flush=True)
 
 
-# --------------------------------------------------------------------------------------------
+def warmup(comm) -> None:
+    """Load every JIT-compiled kernel (numba's cache) in every process before anything is timed."""
+    data = dataset("swissroll")
+    ns = argparse.Namespace(width=8, lr=0.01, batch=16, epochs=1, eval_every=5, features="class",
+                            window=5, balance=0.0, timeout=0.0)
+    for scheme in ("verlet", "euler"):
+        for method, c in (("serial", SerialComm()), ("dataparallel", comm), ("pint", comm)):
+            raw = raw_config(method, "swissroll", 4, ns, {"levels": 2, "coarse_iterations": 3},
+                             iterations=10)
+            raw["model"]["scheme"] = scheme
+            train(build(raw, c, data))
+
+
+def _fmt_t(x):
+    return "—" if x is None else f"{x:.2f}"
+
+
+def report(paths: list[str]) -> str:
+    """Markdown tables from the JSON files of one or more runs."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    lines = []
+    rows = [r for run_ in runs for key in ("speedup", "mnist") for r in run_.get(key, [])]
+    if rows:
+        lines += ["| dataset | depth | target | serial s (it) | data-par. s | pint s (it; coarse s)"
+                  " | pint 1 proc s | pint paper s (it) | single-level s (it) | torch s | "
+                  "torch DDP s | pint vs serial | vs 1 proc | vs paper | vs best torch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            def t(name, r=r):
+                x = r.get(name)
+                return None if x is None else x.get("time")
+
+            def cell(name, its=True, coarse=False, r=r):
+                x = r.get(name)
+                if x is None:
+                    return "—"
+                txt = _fmt_t(x["time"])
+                if x.get("fails"):
+                    txt += f" ({x['fails']} missed)"
+                extra = []
+                if its and x.get("iters") is not None:
+                    extra.append(f"{x['iters']:.0f}")
+                if coarse and x.get("coarse_time"):
+                    extra.append(f"{x['coarse_time']:.2f}")
+                if name.startswith("torch") and not x.get("measured_to_target", True):
+                    extra.append("est.")
+                return txt + (f" ({'; '.join(extra)})" if extra else "")
+
+            def ratio(a_, b_):
+                return "—" if a_ is None or b_ is None or b_ == 0 else f"{a_ / b_:.2f}x"
+
+            torch_best = min([x for x in (t("torch_1"), t("torch_ddp")) if x is not None],
+                             default=None)
+            lines.append(
+                f"| {r['dataset']} | {r['depth']} | {r['target']:.3f} | {cell('serial')} | "
+                f"{cell('dataparallel', False)} | {cell('pint', coarse=True)} | "
+                f"{cell('pint_1', False)} | {cell('pint_paper')} | {cell('pint_single')} | "
+                f"{cell('torch_1', False)} | {cell('torch_ddp', False)} | "
+                f"{ratio(t('serial'), t('pint'))} | {ratio(t('pint_1'), t('pint'))} | "
+                f"{ratio(t('serial'), t('pint_paper'))} | {ratio(torch_best, t('pint'))} |")
+        lines += ["", "Time per iteration (ms; pint: fine phase only):", "",
+                  "| dataset | depth | serial | data-parallel | pint | pint 1 proc | torch | "
+                  "torch DDP | serial / pint |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            def pi(name, r=r):
+                x = r.get(name)
+                return None if x is None else x.get("per_iteration")
+
+            def ms(v):
+                return "—" if v is None else f"{1e3 * v:.3f}"
+            lines.append(f"| {r['dataset']} | {r['depth']} | {ms(pi('serial'))} | "
+                         f"{ms(pi('dataparallel'))} | {ms(pi('pint'))} | {ms(pi('pint_1'))} | "
+                         f"{ms(pi('torch_1'))} | {ms(pi('torch_ddp'))} | "
+                         f"{(pi('serial') / pi('pint')) if pi('pint') else float('nan'):.2f} |")
+    for run_ in runs:
+        if "mse" in run_:
+            lines += ["", f"Regression error, {run_['args']['mse_depth']} layers, rank 0's "
+                      "boundary (absolute MSE per element / relative):", "",
+                      "| variant | first iteration | mean of first 20 | mean of last 20 |",
+                      "|---|---|---|---|"]
+            for k, r in run_["mse"].items():
+                lines.append(f"| {k} | {r['abs_first']:.2e} / {r['rel_first']:.3f} | "
+                             f"{r['abs_first20']:.2e} / {r['rel_first20']:.3f} | "
+                             f"{r['abs_last20']:.2e} / {r['rel_last20']:.3f} |")
+        if "model" in run_:
+            m = run_["model"]
+            lines += ["", f"Cost model: {1e6 * m['per_layer']:.2f} µs per layer (forward + "
+                      f"backward + update share), serial fixed cost {1e6 * m['serial_fixed']:.0f}"
+                      f" µs per iteration; pint fixed cost per iteration {1e6 * m['o_first']:.0f}"
+                      f" µs on a rank with a regression, {1e6 * m['o_last']:.0f} µs on the last "
+                      f"rank; one message {1e6 * m['message']:.1f} µs.", "",
+                      "| depth | serial (ms) | pint S=2 measured (ms) | predicted (ms) |",
+                      "|---|---|---|---|"]
+            for d, c in m["check"].items():
+                lines.append(f"| {d} | {1e3 * c['serial']:.3f} | {1e3 * c['measured']:.3f} | "
+                             f"{1e3 * c['predicted']:.3f} |")
+            Ss = sorted({int(S) for v in m["predicted_speedup_per_iteration"].values()
+                         for S in v})
+            lines += ["", "Predicted speedup per iteration over serial:", "",
+                      "| depth | " + " | ".join(f"S={S}" for S in Ss) + " |",
+                      "|---|" + "---|" * len(Ss)]
+            for d, v in m["predicted_speedup_per_iteration"].items():
+                lines.append(f"| {d} | " + " | ".join(
+                    f"{v[str(S)]:.2f}" if str(S) in v else "—" for S in Ss) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -462,12 +587,17 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--epochs", type=float, default=60)
     p.add_argument("--eval-every", type=int, default=16)
-    p.add_argument("--coarse-iterations", type=int, default=400)
+    p.add_argument("--pint", default='{"levels": 2, "coarse_iterations": 400}',
+                   help="JSON [pint] options of the tuned variant (on top of the common ones)")
     p.add_argument("--features", default="class")
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--balance", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=0.0,
                    help="pint.timeout (0 = blocking receives, see docs/benchmarks.md)")
+    p.add_argument("--torch-depths", default="16,64",
+                   help="depths at which PyTorch trains to the target; elsewhere its time per "
+                        "iteration is measured and multiplied by the serial iterations")
+    p.add_argument("--torch-iterations", type=int, default=60)
     p.add_argument("--mnist-depths", default="4,64")
     p.add_argument("--mnist-width", type=int, default=16)
     p.add_argument("--mnist-epochs", type=float, default=5)
@@ -476,11 +606,18 @@ def main() -> None:
     p.add_argument("--mse-iterations", type=int, default=100)
     p.add_argument("--model-depths", default="64,256")
     p.add_argument("--out", default=None, help="write all results as JSON here (rank 0)")
+    p.add_argument("--report", nargs="+", metavar="JSON",
+                   help="print the Markdown tables of earlier --out files and exit")
     a = p.parse_args()
+    if a.report:
+        print(report(a.report))
+        return
     a.parts = a.parts.split(",")
     a.mnist_depths = [int(x) for x in a.mnist_depths.split(",")]
+    a.torch_depths = [int(x) for x in a.torch_depths.split(",")]
     a.model_depths = [int(x) for x in a.model_depths.split(",")]
     comm = world()
+    warmup(comm)
     out: dict = {"args": {k: v for k, v in vars(a).items()}, "ranks": comm.size,
                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if comm.rank == 0:

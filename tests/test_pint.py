@@ -292,6 +292,39 @@ def test_resume_one_rank_is_exact():
         np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.parametrize(
+    "model,batch,pint",
+    [
+        ({"depth": 48, "width": 24}, 256, {"levels": 2, "coarse_iterations": 3}),
+        ({"depth": 32, "width": 16, "scheme": "euler"}, 512, {"levels": 1}),
+    ],
+)
+def test_memory_estimate_matches_measured_allocations(model, batch, pint):
+    """The estimate the CLI refuses runs with is within [-10%, +35%] of the NumPy memory a
+    one-process run allocates (tracemalloc), global prediction included."""
+    import tracemalloc
+
+    from pintopt.cli import _load_data, memory_need
+
+    raw = {"data": {"dataset": "ellipses", "n": 1500}, "model": model,
+           "train": {"method": "pint", "batch_size": batch, "iterations": 4, "eval_every": 2},
+           "pint": pint}
+    cfg = make_config(raw)
+    data = _load_data(cfg, SerialComm())
+    mdl = build_model(cfg.model, data.n_features, data.n_classes)
+    train(METHODS["pint"].trainer(Problem(build_model(cfg.model, data.n_features,
+                                                      data.n_classes), data), cfg, SerialComm()))
+    need = memory_need(cfg, mdl.spec, data, 1)
+    estimate = sum(v for k, v in need.items() if k != "data")
+    tracemalloc.start()
+    try:
+        train(METHODS["pint"].trainer(Problem(mdl, data), cfg, SerialComm()))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0.9 * peak <= estimate <= 1.35 * peak, (estimate, peak, need)
+
+
 def test_slice_counts():
     for depth, size in [(7, 3), (64, 2), (5, 5)]:
         assert slice_counts(depth, size) == [hi - lo for lo, hi in

@@ -64,7 +64,7 @@ import numpy as np
 
 from pintopt.comm import SerialComm, partition, require_items_per_rank
 from pintopt.config import opt
-from pintopt.methods.base import Problem, Trainer
+from pintopt.methods.base import Problem, Trainer, activation_bytes, n_params
 from pintopt.methods.pint_regression import FEATURES, BoundaryRegression
 from pintopt.methods.serial import SerialOptions, SerialTrainer, make_optimizer
 from pintopt.model import Params, ResNet
@@ -311,7 +311,6 @@ class PintTrainer(Trainer):
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
         self.coarse_time = 0.0
         self.coarse_loss = float("nan")
-        self.coarse_trainer: PintTrainer | None = None  # with coarse_parallel
         # pipeline: trajectory of the current batch, its indices, pending sends, known losses
         self.traj: Any = None
         self.cur_idx: np.ndarray | None = None
@@ -337,6 +336,41 @@ class PintTrainer(Trainer):
             ("head_or_predict", "backward", "update", "receive", "forward", "regression", "steps"),
             0.0,
         )
+
+    @classmethod
+    def memory_estimate(
+        cls, spec: Any, cfg: Any, size: int, m_train: int, m_val: int
+    ) -> dict[str, int]:
+        """Bytes per rank: full parameter and gradient copies (the gathers need them), optimiser
+        moments of the owned slice, the trajectory of the largest slice, the global prediction
+        (a serial trainer of the coarse model, alive during the first step), the regression
+        window, and the shared checkpoint/evaluation items of the default estimate."""
+        o = cfg.method if isinstance(cfg.method, PintOptions) else PintOptions()
+        tr = cfg.train
+        out = dict(Trainer.memory_estimate.__func__(cls, spec, cfg, size, m_train, m_val))
+        P = n_params(spec)
+        slots = {"sgd": 0, "momentum": 1, "adam": 2}.get(tr.optimizer, 2)
+        batch = tr.batch_size or m_train
+        n_max = max(slice_counts(spec.depth, size, 0.0 if o.oracle else o.balance_layers))
+        layer = spec.width * spec.width + spec.width
+        P_own = P - spec.depth * layer + n_max * layer
+        out["params"] = 8 * (3 * P + (slots + 3) * P_own)
+        slice_spec = dataclasses.replace(spec, depth=n_max)
+        training = activation_bytes(slice_spec, batch, training=True)
+        if o.levels > 1 and o.coarse_iterations and spec.depth % o.coarsen == 0:
+            coarse = spec.coarsened(o.coarsen)
+            Pc = n_params(coarse)
+            training = max(training, 8 * Pc * (2 + slots + 3)
+                           + activation_bytes(coarse, batch, training=True))
+        dim = spec.width * (2 if spec.scheme == "verlet" else 1)
+        p = {"class": dim + 1, "quadratic": 1 + dim + dim * (dim + 1) // 2,
+             "label": dim + spec.n_classes}.get(o.features, dim + 1)
+        blocks = spec.n_classes if o.features in ("class", "quadratic") else 1
+        window = o.window or max(o.coarse_iterations, 1) + tr.iterations
+        out["regression"] = 8 * (window * (batch * (2 * dim + 1) + blocks * p * (p + dim))
+                                 + 3 * blocks * p * (p + dim))
+        out["training"] = training
+        return out
 
     # ownership ----------------------------------------------------------------------------------
     def _owned_names(self) -> list[str]:
@@ -458,7 +492,6 @@ class PintTrainer(Trainer):
             for X, y, P in coarse.regression.obs:
                 self.regression.add(X, y, P)
             self.regression.fit()
-        self.coarse_trainer = coarse
         self.predicted = True
 
     # the pipeline --------------------------------------------------------------------------------
