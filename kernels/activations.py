@@ -199,6 +199,13 @@ def d2sigma(x, act):
     return 0.0
 
 
+@numba.njit(cache=True)
+def _check_out(x, out):
+    # ravel() of a non-contiguous array is a copy: results written there would be lost silently.
+    if not out.flags.c_contiguous or out.size != x.size:
+        raise ValueError("activations: out must be C-contiguous with as many entries as x")
+
+
 # ----------------------------------------------------------------------------------------------
 # array functions (any shape; arrays must be C-contiguous; out may alias x)
 # The tanh branch is hoisted out of the loops so that those loops vectorise.
@@ -207,6 +214,7 @@ def d2sigma(x, act):
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def apply(x, act, out):
     """out = sigma(x) elementwise. ``out`` may be ``x`` (in place)."""
+    _check_out(x, out)
     xf = x.ravel()
     of = out.ravel()
     if act == TANH:
@@ -220,6 +228,7 @@ def apply(x, act, out):
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def derivative(x, act, out):
     """out = sigma'(x) elementwise. ``out`` may be ``x``."""
+    _check_out(x, out)
     xf = x.ravel()
     of = out.ravel()
     if act == TANH:
@@ -234,6 +243,7 @@ def derivative(x, act, out):
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def second_derivative(x, act, out):
     """out = sigma''(x) elementwise. ``out`` may be ``x``."""
+    _check_out(x, out)
     xf = x.ravel()
     of = out.ravel()
     if act == TANH:
@@ -251,6 +261,8 @@ def apply_and_derivative(x, act, out, d):
 
     ``out`` may alias ``x``; ``d`` must not alias ``out``.
     """
+    _check_out(x, out)
+    _check_out(x, d)
     xf = x.ravel()
     of = out.ravel()
     df = d.ravel()

@@ -78,6 +78,8 @@ def squared(pred, target, G):
 
     ``m = pred.shape[0]`` (number of samples, rows). ``G`` may alias ``pred``.
     """
+    if not G.flags.c_contiguous or G.size != pred.size or target.size != pred.size:
+        raise ValueError("squared: G must be C-contiguous and pred, target, G equally sized")
     m = pred.shape[0]
     pf = pred.ravel()
     tf = target.ravel()
@@ -94,6 +96,8 @@ def squared(pred, target, G):
 @numba.njit(cache=True)
 def squared_hvp(V, out):
     """Hessian of the mean squared loss applied to V: ``out = V / m`` (m = V.shape[0])."""
+    if not out.flags.c_contiguous or out.size != V.size:
+        raise ValueError("squared_hvp: out must be C-contiguous and the size of V")
     m = V.shape[0]
     vf = V.ravel()
     of = out.ravel()

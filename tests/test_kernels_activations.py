@@ -125,3 +125,15 @@ def test_kink_conventions_and_extremes():
     assert A.sigma(-700.0, A.SIGMOID) == pytest.approx(np.exp(-700.0), rel=1e-14)
     assert A.sigma(800.0, A.SOFTPLUS) == 800.0
     assert A.sigma(-700.0, A.SOFTPLUS) == pytest.approx(np.exp(-700.0), rel=1e-14)
+
+
+def test_non_contiguous_output_is_rejected():
+    x = np.ones((4, 6))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        A.apply(x, A.TANH, np.empty((6, 4)).T)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        A.apply_and_derivative(x, A.TANH, np.empty((4, 6)), np.empty(5))
+    # A non-contiguous input is fine (read through a copy).
+    out = np.empty((6, 4))
+    A.apply(x.T, A.RELU, out)
+    np.testing.assert_array_equal(out, 1.0)
