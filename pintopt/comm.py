@@ -33,10 +33,6 @@ from pintopt import faults as _faults
 
 #: Environment variable: default receive timeout in seconds (unset or 0: wait forever).
 TIMEOUT_ENV = "PINTOPT_COMM_TIMEOUT"
-#: Deadline (s) of :meth:`Comm.agree` when the caller gives none.
-AGREE_TIMEOUT = 60.0
-
-
 def _env_seconds(name: str) -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
@@ -112,9 +108,10 @@ class SerialComm:
     def agree(self, values: Sequence[int], timeout: float | None = None) -> np.ndarray:
         """Every rank's small integer vector ``values`` as a ``(size, len(values))`` array.
 
-        Runs on a private communicator with a deadline (``timeout``, default 60 s): ranks that
-        reach it at different points of their schedule still cannot hang, the caller gets
-        :class:`CommError` instead.
+        Runs on a private communicator, so it can never be matched with a method's own
+        collectives. With a ``timeout`` (default: ``default_timeout``) a rank that waits longer
+        for the others gets :class:`CommError` instead of hanging; without one it blocks (a dead
+        or stopped rank is then the launcher's and the watchdog's business).
         """
         return np.asarray([list(values)], dtype=np.int64)
 
@@ -320,22 +317,27 @@ class Comm(SerialComm):
                     self._received(buffer, source, tag)
 
     def _wait(self, requests: list[Any], timeout: float) -> None:
-        """Poll until ``requests`` complete: spin for the first millisecond (latency), then
-        sleep with growing pauses (at most 1 ms) so oversubscribed ranks yield the core."""
+        """Poll until ``requests`` complete or ``timeout`` passes (then CommError). Spins for the
+        first 50 ms, as MPI's own blocking wait does (a sleep would add its wake-up latency to
+        every pipelined message), then sleeps up to 1 ms between tests so a long wait leaves
+        the core to others."""
+        test = self._MPI.Request.Testall
         start = time.monotonic()
         deadline = start + timeout
-        delay = 0.0
-        while not self._MPI.Request.Testall(requests):
+        spin_until = start + min(0.05, timeout)
+        delay = 1e-5
+        while not test(requests):
             now = time.monotonic()
+            if now < spin_until:
+                continue
             if now > deadline:
                 self._cancel(requests)
                 raise CommError(
                     f"rank {self.rank}: no message from a neighbour within {timeout:g} s "
                     "(another rank has probably failed or is stuck)"
                 )
-            if now - start > 1e-3:
-                delay = min(max(delay * 2, 1e-5), 1e-3)
-                time.sleep(delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
 
     def _cancel(self, requests: list[Any]) -> None:
         """Cancel timed-out requests so a late message cannot land in a reused buffer; a
@@ -361,13 +363,17 @@ class Comm(SerialComm):
     def agree(self, values: Sequence[int], timeout: float | None = None) -> np.ndarray:
         local = np.asarray(list(values), dtype=np.int64)
         out = np.empty((self.size, local.size), dtype=np.int64)
+        timeout = self.default_timeout if timeout is None else timeout
+        if timeout is None:  # blocking: as cheap as a plain Allgather (the GIL is released)
+            self._agree_comm.Allgather(local, out)
+            return out
         req = self._agree_comm.Iallgather(local, out)
         try:
-            self._wait([req], AGREE_TIMEOUT if timeout is None else timeout)
+            self._wait([req], timeout)
         except CommError:
             raise CommError(
                 f"rank {self.rank}: the other ranks did not reach the same decision point "
-                f"within {AGREE_TIMEOUT if timeout is None else timeout:g} s"
+                f"within {timeout:g} s"
             ) from None
         return out
 
