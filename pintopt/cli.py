@@ -240,7 +240,10 @@ def memory_need(cfg: Config, spec: Any, data: Any, size: int) -> dict[str, int]:
 
 def _memory_check(cfg: Config, spec: Any, data: Any, comm: Any, budget: float, source: str):
     """Refuse, before allocating, a model and batch that cannot fit in memory on a rank."""
-    need = memory_need(cfg, spec, data, comm.size)
+    try:
+        need = memory_need(cfg, spec, data, comm.size)
+    except ValueError as exc:  # an estimate may validate the layout (more ranks than layers)
+        raise ConfigError(str(exc)) from None
     total = sum(need.values())
     if total > budget:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(need.items(), key=lambda kv: -kv[1]))
