@@ -239,6 +239,7 @@ def good_checkpoint(tmp_path_factory):
     "n,argv,needle",
     [
         (2, ["train", "--method", "magic"], "option train.method"),
+        (3, ["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (3, ["train", "--config", "bad.toml"], "invalid TOML"),
         (2, ["train", "--batch-size", "5000"], "option train.batch_size: 5000 is larger"),
         (3, ["train", "--method", "pint", "--depth", "2"], "2 layers cannot be split over 3"),

@@ -353,3 +353,60 @@ def test_resume_with_a_smaller_step_size(tmp_path, capsys):
     assert main(TINY + ["--iterations", "10", "--checkpoint", str(ck)]) == 0
     assert main(["resume", str(ck), "--quiet", "--iterations", "12", "--lr", "0.001"]) == 0
     assert checkpoint.load(ck)["state"]["meta"]["lr"] == 0.001
+
+
+# ---- bad data: status 2, one line naming the file ----------------------------------------------
+
+
+def _labels_out_of_range(d):
+    np.savez(d / "a.npz", x=np.zeros((20, 2)), y=np.arange(20) % 3, n_classes=2)
+    return ["--dataset", "npz", "--path", str(d / "a.npz")], "a.npz"
+
+
+def _bad_idx_magic(d):
+    (d / "t10k-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 1]) + bytes(20))
+    (d / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 0]))
+    return ["--dataset", "mnist", "--data-dir", str(d)], "t10k-images-idx3-ubyte: magic number"
+
+
+def _nan_libsvm(d):
+    (d / "a.txt").write_text("1 1:0.5\n0 1:nan\n")
+    return ["--dataset", "libsvm", "--path", str(d / "a.txt")], "a.txt:2"
+
+
+def _single_class(d):
+    np.savez(d / "a.npz", x=np.zeros((20, 2)), y=np.zeros(20, dtype=int))
+    return ["--dataset", "npz", "--path", str(d / "a.npz")], "at least two classes"
+
+
+def _regression_targets(d):
+    np.savez(d / "a.npz", x=np.zeros((20, 2)), y=np.zeros((20, 1)))
+    return ["--dataset", "npz", "--path", str(d / "a.npz")], "at least two classes"
+
+
+def _scalar_labels(d):  # data.py raises IndexError here; the CLI still reports one line
+    np.savez(d / "a.npz", x=np.zeros((20, 2)), y=np.array(1.0))
+    return ["--dataset", "npz", "--path", str(d / "a.npz")], "a.npz"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _labels_out_of_range,
+        _bad_idx_magic,
+        _nan_libsvm,
+        _single_class,
+        _regression_targets,
+        _scalar_labels,
+        lambda d: (["--dataset", "libsvm"], "libsvm: path is required"),
+        lambda d: (["--dataset", "npz", "--path", str(d / "missing.npz")], "missing.npz"),
+        lambda d: (["--dataset", "mnist", "--data-dir", str(d)], "no MNIST files"),
+    ],
+)
+def test_bad_data_exits_2_naming_the_file(tmp_path, capsys, make):
+    argv, needle = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["train", "--quiet", "--iterations", "2", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pintopt: error:") and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
