@@ -88,10 +88,13 @@ def assert_resumable(path, cwd, n=1, iterations=30):
     return ck
 
 
-@pytest.mark.parametrize("n,rank", [(2, 1), (3, 2)])
-def test_exception_in_a_method_ends_the_job(tmp_path, n, rank):
+@pytest.mark.parametrize(
+    "n,rank,method", [(2, 1, "dataparallel"), (3, 2, "dataparallel"), (3, 1, "pint")]
+)
+def test_exception_in_a_method_ends_the_job(tmp_path, n, rank, method):
+    """pint: the neighbours are blocked in receives from the failing rank when it aborts."""
     status, out, err, secs = launch(
-        n, ARGS + ["--method", "dataparallel"], tmp_path, fault=f"step:{rank}:12"
+        n, ARGS + ["--method", method], tmp_path, fault=f"step:{rank}:12"
     )
     assert status != 0 and secs < PROMPT
     assert f"pintopt: rank {rank} of {n} failed: InjectedFault: injected fault in step 13" in err
@@ -190,6 +193,7 @@ def test_receive_timeout_ends_a_pint_job(tmp_path):
     assert status != 0 and secs < PROMPT
     assert "rank 1 of 2 failed: CommError: rank 1: no message from a neighbour within 3 s" in err
     assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert_resumable(tmp_path / "ck.h5", tmp_path, n=2)
 
 
 @pytest.mark.parametrize(
