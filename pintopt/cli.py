@@ -598,17 +598,15 @@ def main(argv: list[str] | None = None) -> int:
     from pintopt.comm import Watchdog, abort_on_exception, world
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        comm = world()
-    except ValueError as exc:  # a malformed PINTOPT_* variable; MPI is not up yet
-        print(f"pintopt: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
+    comm = world()
     abort_on_exception(comm)
     try:
         try:
+            if comm.env_error:
+                raise ValueError(comm.env_error)
             faults.check()
             watchdog = Watchdog.from_env(comm)
-        except ValueError as exc:  # a malformed PINTOPT_FAULT / PINTOPT_WATCHDOG
+        except ValueError as exc:  # a malformed PINTOPT_* environment variable
             raise UsageError(str(exc)) from None
         if not argv:
             _say(

@@ -99,7 +99,13 @@ class SerialComm:
     def __init__(self) -> None:
         self.bytes_sent = 0
         #: Default ``timeout`` of blocking receives (None: wait forever).
-        self.default_timeout: float | None = _env_seconds(TIMEOUT_ENV)
+        self.default_timeout: float | None = None
+        #: Why ``PINTOPT_COMM_TIMEOUT`` was ignored (malformed), for the CLI to report.
+        self.env_error: str | None = None
+        try:
+            self.default_timeout = _env_seconds(TIMEOUT_ENV)
+        except ValueError as exc:
+            self.env_error = str(exc)
         #: Check received data for NaN/Inf and record the first offender in ``nonfinite``.
         self.check_finite = True
         #: Description of the first non-finite message received (None: none so far).

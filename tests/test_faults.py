@@ -274,9 +274,14 @@ def test_help_under_mpi_is_printed_once(tmp_path):
     assert status == 0 and out.count("usage: pintopt train") == 1 and not err
 
 
-def test_malformed_fault_variable_is_bad_input(tmp_path):
-    status, out, err, _ = launch(2, ["train", "--quiet"], tmp_path, fault="explode:1:2")
-    assert status == 2 and err.count("PINTOPT_FAULT") == 1, err
+@pytest.mark.parametrize(
+    "var,value", [("PINTOPT_FAULT", "explode:1:2"), ("PINTOPT_COMM_TIMEOUT", "abc"),
+                  ("PINTOPT_WATCHDOG", "-1")]
+)  # fmt: skip
+def test_malformed_environment_variables_are_bad_input(tmp_path, var, value):
+    status, out, err, _ = launch(2, ["train", "--quiet"], tmp_path, env={var: value})
+    assert status == 2 and err.count(f"pintopt: error: environment variable {var}") == 1, err
+    assert not list(tmp_path.iterdir())
 
 
 def test_injection_is_off_without_the_variable():
