@@ -35,6 +35,7 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import fields  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from pintopt import __version__  # noqa: E402
@@ -169,15 +170,33 @@ def _say(comm: Any, *lines: str, err: bool = False) -> None:
 
 
 def _cgroup_limit() -> float | None:
-    """The memory limit of this process's cgroup (v2 or v1), if any (batch systems set one)."""
-    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    """The memory limit of this process's cgroup (v2 or v1), if any: batch systems and containers
+    set one below the machine's memory."""
+    candidates = []
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                path = path.lstrip("/")
+                if controllers == "":  # v2 unified hierarchy
+                    candidates.append(Path("/sys/fs/cgroup", path, "memory.max"))
+                elif "memory" in controllers.split(","):
+                    candidates.append(Path("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
+    except (OSError, ValueError):
+        pass
+    candidates += [
+        Path("/sys/fs/cgroup/memory.max"),
+        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+    ]
+    limits = []
+    for f in candidates:
         try:
-            text = open(f).read().strip()
+            text = f.read_text().strip()
         except OSError:
             continue
-        if text.isdigit() and int(text) < 2**60:
-            return float(text)
-    return None
+        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
+            limits.append(float(text))
+    return min(limits) if limits else None
 
 
 def _memory_budget(cfg: Config, comm: Any) -> tuple[float, str]:
