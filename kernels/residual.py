@@ -104,7 +104,13 @@ def _step_act(X, b, hs, act, Xn, D, tile):
             Af[e] = Xf[e] + hs * y
             Df[e] = 1.0 - y * y
     else:
-        for e in range(m * n):
+        for c in range(nfull):
+            o = c * T
+            for t in range(T):
+                s, d = fused(Af[o + t] + tile[t], act)
+                Af[o + t] = Xf[o + t] + hs * s
+                Df[o + t] = d
+        for e in range(nfull * T, m * n):
             s, d = fused(Af[e] + b[e % n], act)
             Af[e] = Xf[e] + hs * s
             Df[e] = d
