@@ -127,28 +127,54 @@ def fast_tanh(x):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy", fastmath=_FM)
-def _sigmoid(x):
-    # Two branches so that exp never overflows and the result keeps relative accuracy for x << 0.
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+def _exp_nonpos(y):
+    """exp(y) for y <= 0, branch-free (vectorisable), within ~2 ulp of libm.
+
+    Same reduction and polynomial as :func:`_expm1_nonpos`; exp(y) = 2^k (1 + expm1(r)) as one FMA.
+    Results below the smallest normal float (y < -708) are flushed to 0; NaN propagates.
+    """
+    yc = y if y > -708.0 else -708.0
+    kf = math.floor(yc * _INV_LN2 + 0.5)
+    r = (yc - kf * _LN2_HI) - kf * _LN2_LO
+    p = _C12 + r * _C13
+    p = _C11 + r * p
+    p = _C10 + r * p
+    p = _C9 + r * p
+    p = _C8 + r * p
+    p = _C7 + r * p
+    p = _C6 + r * p
+    p = _C5 + r * p
+    p = _C4 + r * p
+    p = _C3 + r * p
+    p = _C2 + r * p
+    em = r + (r * r) * p
+    s = _int64_bits_as_float64((np.int64(kf) + 1023) << 52)
+    e = s * em + s
+    e = e if y >= -708.0 else 0.0
+    return e if y == y else y
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy", fastmath=_FM)
 def _sigmoid_and_derivative(x):
-    # With e = exp(-|x|): 1 - s = e s (x >= 0), so s (1 - s) = e s^2 keeps relative accuracy in
-    # both tails instead of cancelling in 1 - s.
-    e = math.exp(-abs(x))
+    # With e = exp(-|x|) (never overflows) and r = 1/(1+e): s = r for x >= 0, e r otherwise, and
+    # in both cases s (1 - s) = e r^2, which keeps relative accuracy in both tails instead of
+    # cancelling in 1 - s.
+    e = _exp_nonpos(-abs(x))
     r = 1.0 / (1.0 + e)
-    if x >= 0.0:
-        return r, e * r * r
-    return e * r, e * r * r
+    s = r if x >= 0.0 else e * r
+    return s, e * r * r
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy", fastmath=_FM)
+def _sigmoid(x):
+    return _sigmoid_and_derivative(x)[0]
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy", fastmath=_FM)
 def _softplus(x):
     # log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}): no overflow, accurate in both tails.
+    # libm exp here: the loop cannot vectorise anyway because of log1p, and scalar libm exp is
+    # faster than the polynomial.
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 

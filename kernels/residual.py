@@ -21,7 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .activations import TANH, fast_tanh, fused
+from .activations import LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH, fused
 from .dense import gemm
 
 # Elementwise passes: only FMA contraction is enabled (no reassociation), and numpy's error model
@@ -74,6 +74,25 @@ def _tile_len(n):
     return max(1, 64 // n) * n
 
 
+@numba.njit(cache=True, inline="always", error_model="numpy", fastmath=_FM)
+def _step_tiles(Xf, Af, Df, b, tile, hs, n, act):
+    """Body of :func:`_step_act` on flattened arrays. Inlined at call sites that pass a constant
+    ``act``, so the activation switch folds away and LLVM vectorises the tile loop."""
+    T = _tile_len(n)
+    size = Xf.size
+    nfull = size // T
+    for c in range(nfull):
+        o = c * T
+        for t in range(T):
+            s, d = fused(Af[o + t] + tile[t], act)
+            Af[o + t] = Xf[o + t] + hs * s
+            Df[o + t] = d
+    for e in range(nfull * T, size):
+        s, d = fused(Af[e] + b[e % n], act)
+        Af[e] = Xf[e] + hs * s
+        Df[e] = d
+
+
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def _step_act(X, b, hs, act, Xn, D, tile):
     """In place on Xn, which holds A on entry: Xn = X + hs * sigma(A + b), D = sigma'(A + b).
@@ -81,7 +100,8 @@ def _step_act(X, b, hs, act, Xn, D, tile):
     Used for Euler (hs = h), the Verlet Z update (hs = -h) and the Verlet Y update (hs = h).
     Reading and writing the same array at the same index lets LLVM vectorise without a runtime
     overlap check (a separate input array aliasing Xn would send it to the scalar loop).
-    ``tile`` is scratch of length >= _tile_len(n).
+    ``tile`` is scratch of length >= _tile_len(n). For tanh, sigma' comes from the value
+    (``fused``): one transcendental per entry for both outputs.
     """
     m, n = X.shape
     T = _tile_len(n)
@@ -90,30 +110,18 @@ def _step_act(X, b, hs, act, Xn, D, tile):
     Xf = X.reshape(m * n)
     Af = Xn.reshape(m * n)
     Df = D.reshape(m * n)
-    nfull = (m * n) // T
     if act == TANH:
-        # sigma' of tanh from its value: one transcendental per entry for both outputs.
-        for c in range(nfull):
-            o = c * T
-            for t in range(T):
-                y = fast_tanh(Af[o + t] + tile[t])
-                Af[o + t] = Xf[o + t] + hs * y
-                Df[o + t] = 1.0 - y * y
-        for e in range(nfull * T, m * n):
-            y = fast_tanh(Af[e] + b[e % n])
-            Af[e] = Xf[e] + hs * y
-            Df[e] = 1.0 - y * y
+        _step_tiles(Xf, Af, Df, b, tile, hs, n, TANH)
+    elif act == RELU:
+        _step_tiles(Xf, Af, Df, b, tile, hs, n, RELU)
+    elif act == LEAKY_RELU:
+        _step_tiles(Xf, Af, Df, b, tile, hs, n, LEAKY_RELU)
+    elif act == SIGMOID:
+        _step_tiles(Xf, Af, Df, b, tile, hs, n, SIGMOID)
+    elif act == SOFTPLUS:
+        _step_tiles(Xf, Af, Df, b, tile, hs, n, SOFTPLUS)
     else:
-        for c in range(nfull):
-            o = c * T
-            for t in range(T):
-                s, d = fused(Af[o + t] + tile[t], act)
-                Af[o + t] = Xf[o + t] + hs * s
-                Df[o + t] = d
-        for e in range(nfull * T, m * n):
-            s, d = fused(Af[e] + b[e % n], act)
-            Af[e] = Xf[e] + hs * s
-            Df[e] = d
+        _step_tiles(Xf, Af, Df, b, tile, hs, n, act)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
