@@ -407,9 +407,15 @@ class PintTrainer(Trainer):
         self.comm.recv_(buf, source, tag, timeout=self.options.timeout or None)
         self.wait_time += time.perf_counter() - t0
 
-    def _send_state(self, state: np.ndarray) -> None:
+    def _send_state(self, traj: Any) -> None:
+        """Send the trajectory's last state to rank r+1 (copied into the send buffer)."""
         self._wait_sends(p=False)
-        self._xbuf_out[...] = state
+        L = traj.hi - traj.lo
+        if self.verlet:
+            self._xbuf_out[0] = traj.Xs[L]
+            self._xbuf_out[1] = traj.Zs[L]
+        else:
+            self._xbuf_out[...] = traj.Xs[L]
         self._send_x = self.comm.isend(self._xbuf_out, self.rank + 1, TAG_STATE)
 
     def _send_costate(self, P: np.ndarray) -> None:
@@ -508,12 +514,12 @@ class PintTrainer(Trainer):
             self._recv(self._xbuf_in, self.rank - 1, TAG_STATE)
             state = self._xbuf_in
         self.traj = self.model.forward(self.params, state, self.lo, self.hi)
-        end = self.traj.state(self.hi - self.lo)
         loss = 0.0
         if self.last:
+            end = self.traj.state(self.hi - self.lo)
             loss = self.model.head(self.params, end, self.data.y_train[idx])[0]
         else:
-            self._send_state(end)
+            self._send_state(self.traj)
         loss = float(self.comm.bcast(loss, root=self.S - 1))
         self.known.setdefault(self.iteration, loss)
         self.first_known = min(self.known)
@@ -528,15 +534,16 @@ class PintTrainer(Trainer):
         k, idx, L = self.iteration, self.cur_idx, self.hi - self.lo
         y = self.data.y_train[idx]
         t0 = time.perf_counter()
-        end = self.traj.state(L)
+        tj = self.traj
         # 1. co-state at the right boundary
         if self.last:
-            loss, _, P_end = model.head(p, end, y, g)
+            loss, _, P_end = model.head(p, tj.state(L), y, g)
             self.known[k] = float(loss)
         elif o.oracle:
             P_end = self._recv_costate()
         else:
-            X_right = to_rows(end)
+            X_right = np.concatenate([tj.Xs[L], tj.Zs[L]], axis=1) if self.verlet else \
+                tj.Xs[L].copy()
             P_end = from_rows(self.regression.predict(X_right, y), self.verlet)
             self._P_hat = P_end
         t1 = time.perf_counter()
@@ -562,14 +569,14 @@ class PintTrainer(Trainer):
         self.traj = model.forward(p, state, self.lo, self.hi)
         self.cur_idx = nxt
         if not self.last:
-            self._send_state(self.traj.state(L))
+            self._send_state(self.traj)
         t5 = time.perf_counter()
         # 5. the observation of batch k from the right neighbour; refit
         if self.regression is not None:
             P_true = self._recv_costate()
             t6 = time.perf_counter()
-            err = float(np.sum((self._P_hat - P_true) ** 2))
-            ref = float(np.sum(P_true**2))
+            d = (self._P_hat - P_true).ravel()
+            err, ref = float(d @ d), float(P_true.ravel() @ P_true.ravel())
             mse, rel = err / P_true.size, err / max(ref, 1e-300)
             self.mse_trace.append((k, mse, rel))
             self._mse_since_eval.append((mse, rel))

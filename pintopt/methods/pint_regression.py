@@ -73,6 +73,7 @@ class BoundaryRegression:
         self._R = np.zeros((self.blocks, self.p, dim))
         self._updates = 0
         self.coef = np.zeros((self.blocks, self.p, dim))
+        self._eye = np.eye(self.p)
         self.per_class = features in ("class", "quadratic")
 
     # features ---------------------------------------------------------------------------------
@@ -152,8 +153,8 @@ class BoundaryRegression:
         tr = np.trace(G, axis1=1, axis2=2)
         seen = tr > 0.0  # a class without observations predicts zero
         lam = np.maximum(self.ridge * tr / p, 1e-12 * tr)
-        A = G + lam[:, None, None] * np.eye(p)
-        A[~seen] = np.eye(p)
+        A = G + lam[:, None, None] * self._eye
+        A[~seen] = self._eye
         B = np.where(seen[:, None, None], R, 0.0)
         if p <= 64:  # small blocks: one batched LAPACK call beats per-block Cholesky
             self.coef[...] = np.linalg.solve(A, B)
