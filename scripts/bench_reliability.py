@@ -7,7 +7,9 @@ Run under MPI with 2 ranks::
 1. Divergence agreement: whole ``pintopt train`` runs (default problem, 20 epochs, one evaluation at
    the end) with the rank agreement every ``CHECK_EVERY = 10`` iterations against the same runs with
    it switched off; median of 7 alternating repetitions.
-2. Receive with a timeout (polling ``Testall``) against a blocking ``Recv``: rank 0 sends a ping,
+2. One agreement (``Comm.agree``, Allgather of two int64 on a private communicator) against a
+   scalar ``allreduce``: median over 5 batches of 2000 calls.
+3. Receive with a timeout (polling ``Testall``) against a blocking ``Recv``: rank 0 sends a ping,
    rank 1 computes for ``w`` ms and answers; the round trip beyond ``w``, median over repetitions.
 """
 
@@ -38,6 +40,22 @@ def agreement(c, method: str, reps: int = 7) -> dict[str, float]:
             times[mode].append(time.perf_counter() - t)
     base.CHECK_EVERY = 10
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def latency(c) -> tuple[float, float]:
+    ag, ar = [], []
+    for _ in range(5):
+        c.barrier()
+        t = time.perf_counter()
+        for i in range(2000):
+            c.agree([0, i])
+        ag.append((time.perf_counter() - t) / 2000)
+        c.barrier()
+        t = time.perf_counter()
+        for _ in range(2000):
+            c.allreduce(0.0, "max")
+        ar.append((time.perf_counter() - t) / 2000)
+    return statistics.median(ar), statistics.median(ag)
 
 
 def busy(t: float) -> None:
@@ -74,6 +92,11 @@ def run() -> None:
             f"| agreement every 10 iterations, {method}, 2 ranks | {r['off']:.3f} s | "
             f"{r['on']:.3f} s | {100 * (r['on'] / r['off'] - 1):+.1f}% |"
         )
+    ar, ag = latency(c)
+    rows.append(
+        f"| one agreement vs a scalar allreduce, 2 ranks | {ar * 1e6:.1f} us | {ag * 1e6:.1f} us "
+        f"| {(ag - ar) * 1e6:+.1f} us |"
+    )
     for wait in (0.0, 0.002, 0.02, 0.1):
         b = receive(c, wait, None)
         t = receive(c, wait, 300.0)
