@@ -11,8 +11,9 @@ Divergence (``docs/reliability.md``): a NaN/Inf loss, NaN/Inf parameters (checke
 evaluation) or a NaN/Inf message received through :mod:`pintopt.comm` stops the run with
 :class:`Divergence` on every rank together, or, with ``train.on_divergence = "rollback"``, restores
 the state of the last good evaluation and halves the step size (at most ``train.max_rollbacks``
-times). Ranks agree on the outcome through :meth:`~pintopt.comm.Comm.agree`, which has a deadline,
-so even a rank that alone sees a NaN cannot hang the others.
+times). Ranks agree on the outcome through :meth:`~pintopt.comm.Comm.agree` (a private
+communicator) at iterations that are the same on every rank, so even a rank that alone sees a NaN
+cannot hang the others.
 """
 
 from __future__ import annotations
