@@ -131,8 +131,8 @@ class TrainOptions:
     max_rollbacks: int = opt(3, "rollback: give up after this many halvings", low=0)
     memory_limit_gb: float = opt(
         0.0,
-        "refuse to start when the estimated memory per rank "
-        "exceeds this (0 = 80% of the machine's memory)",
+        "refuse to start when the estimated memory per rank exceeds this many GiB (0 = 80% of "
+        "the machine's memory or of the cgroup limit, divided by the ranks on the node)",
         low=0.0,
     )
 
