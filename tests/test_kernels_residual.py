@@ -183,6 +183,11 @@ def test_zero_layers_is_identity():
     P0, dK, db = R.euler_block_adjoint(Xs, D, K, 0.1, X0)
     np.testing.assert_array_equal(P0, X0)
     assert dK.shape == (0, 3, 3) and db.shape == (0, 3)
+    Ys, Zs, DZ, DY = R.verlet_block(X0, 2 * X0, K, b, 0.1, A.TANH)
+    np.testing.assert_array_equal(Zs[0], 2 * X0)
+    PY0, PZ0, dK, db = R.verlet_block_adjoint(Ys, Zs, DZ, DY, K, 0.1, X0, 3 * X0)
+    np.testing.assert_array_equal(PY0, X0)
+    np.testing.assert_array_equal(PZ0, 3 * X0)
 
 
 # ---------------------------------------------------------------- Verlet
