@@ -104,14 +104,21 @@ class Idle:
 
 
 def run(raw: dict, comm, data) -> dict:
-    """Train once; returns timing, accuracy and (pint) regression information."""
+    """Train once; returns timing, accuracy and (pint) regression information.
+
+    ``cpu_share``: this process's CPU time over the elapsed time of the run (near 1 when it had a
+    core to itself: waits for neighbours spin first; clearly lower when another process took
+    part of its core).
+    """
     trainer = build(raw, comm, data)
+    w0, c0 = time.perf_counter(), time.process_time()
     res = train(trainer)
+    share = (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9)
     out = {
         "wall": res.wall_time, "iterations": res.iterations, "val_acc": res.val_acc,
         "best_acc": max(res.history["val_acc"]), "history": {
             k: res.history[k] for k in ("iteration", "val_acc", "wall", "loss")},
-        "stopped": res.stopped,
+        "stopped": res.stopped, "cpu_share": share,
     }
     if hasattr(trainer, "coarse_time"):
         out["coarse_time"] = comm.allreduce(trainer.coarse_time, op="max")
@@ -295,19 +302,46 @@ def speedup_one(comm, a, ds, data, depth) -> dict:
         row[name] = {"by_target": out,
                      "per_iteration": median([(r["wall"] - r.get("coarse_time", 0.0))
                                               / max(r["iterations"], 1) for r in results]),
-                     "coarse_time": median([r.get("coarse_time") for r in results])}
+                     "coarse_time": median([r.get("coarse_time") for r in results]),
+                     "disturbed": sum(bool(r.get("disturbed")) for r in results)}
+
+    def clean_runs(one_run, ranks):
+        """Repeat ``one_run()`` until --repeats runs had their cores (cpu_share >= 0.9 on the
+        participating ``ranks``; at most 3 * --repeats attempts); the fastest clean one counts
+        (every repeat has the same iterates: a seed and rank count are deterministic)."""
+        clean, every = [], []
+        for _ in range(3 * a.repeats):
+            r = one_run()
+            shares = comm.allgather(r["cpu_share"] if r is not None else 1.0)
+            ok = all(shares[q] >= 0.9 for q in ranks)
+            walls = comm.bcast(r["wall"] if r is not None else 0.0)  # rank 0's clock decides
+            every.append((walls, r))
+            if ok:
+                clean.append((walls, r))
+            if len(clean) >= a.repeats:
+                break
+        pool = clean or every
+        best = min(range(len(pool)), key=lambda i: pool[i][0])
+        r = pool[best][1]
+        if r is not None:
+            r["disturbed"] = not clean
+        return r
 
     def alone(method, pint=None, target=None):
         """--seeds runs on rank 0 alone (the others sleep), results on every rank."""
         res = []
-        with Idle(comm) as me:
-            if me:
-                res = [run(cfg(method, s, pint, target), SerialComm(), data)
-                       for s in range(a.seeds)]
+        for s in range(a.seeds):
+            def one(s=s):
+                with Idle(comm) as me:
+                    if me:
+                        return run(cfg(method, s, pint, target), SerialComm(), data)
+                return None
+            res.append(clean_runs(one, [0]))
         return comm.bcast(res)
 
     def together(method, pint=None):
-        return [run(cfg(method, s, pint, target), comm, data) for s in range(a.seeds)]
+        return [clean_runs(lambda s=s: run(cfg(method, s, pint, target), comm, data),
+                           list(range(S))) for s in range(a.seeds)]
 
     top = max(a.targets)
     ser = alone("serial", target=top)
@@ -529,6 +563,8 @@ def report(paths: list[str]) -> str:
                     extra.append("est.")
                 if b.get("fails"):
                     extra.append(f"{b['fails']} missed")
+                if x.get("disturbed"):
+                    extra.append(f"{x['disturbed']} disturbed")
                 return txt + (f" ({'; '.join(extra)})" if extra else "")
 
             def ratio(a_, b_):
@@ -598,6 +634,8 @@ def main() -> None:
     p.add_argument("--datasets", default="swissroll,ellipses")
     p.add_argument("--depths", default="16,64,256,512")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats of every (method, seed); the fastest counts")
     p.add_argument("--targets", default="0.95,0.99",
                    help="validation accuracies to time (capped at what the serial method reaches)")
     p.add_argument("--width", type=int, default=8)

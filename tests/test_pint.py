@@ -15,13 +15,15 @@ from pintopt.methods.base import Problem, train
 from pintopt.methods.pint import (
     _RecordingResNet,
     from_rows,
+    optimizer_slots,
     prolong_controls,
     prolong_params,
+    prolong_slots,
     slice_counts,
     to_rows,
 )
 from pintopt.methods.pint_regression import BoundaryRegression
-from pintopt.model import ResNet, ResNetSpec, build_model
+from pintopt.model import Params, ResNet, ResNetSpec, build_model
 
 
 def build(raw, comm=None, data: Dataset | None = None):
@@ -119,6 +121,46 @@ def test_prolongated_model_is_consistent_with_coarse(scheme):
         errs.append(np.abs(fine.predict(prolong_params(p, f), x) - ref).max())
     assert errs[0] > errs[1] > errs[2]
     assert errs[0] < 0.2 * np.abs(ref).max()
+
+
+def test_prolong_slots_scale_like_gradients():
+    """Fine-layer gradients are 1/factor of the coarse ones (each fine step is 1/factor as long):
+    the moments follow (first moment 1/f, Adam's second 1/f^2); off-grid arrays are copied."""
+    rng = np.random.default_rng(6)
+    spec = ResNetSpec(2, 2, width=3, depth=4)
+    p = ResNet(spec).init_params(0)
+    m = Params(*[rng.standard_normal(a.shape) for a in p.arrays()])
+    v = Params(*[rng.random(a.shape) for a in p.arrays()])
+    fm, fv = prolong_slots([m, v], 2, "constant", "adam")
+    np.testing.assert_array_equal(fm.K[::2], m.K / 2)
+    np.testing.assert_array_equal(fv.K[1::2], v.K / 4)
+    np.testing.assert_array_equal(fv.b[::2], v.b / 4)
+    np.testing.assert_array_equal(fm.W_in, m.W_in)
+    (fmom,) = prolong_slots([m], 2, "constant", "momentum")
+    np.testing.assert_array_equal(fmom.K[1::2], m.K / 2)
+
+
+def test_fine_optimizer_continues_the_coarse_one():
+    """prolong_optimizer: after the global prediction the fine Adam moments are the coarse ones,
+    prolongated and scaled, and the step count continues; off: a fresh optimiser."""
+    for on in (True, False):
+        raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
+               "pint": {"levels": 2, "coarse_iterations": 7, "prolong_optimizer": on}}
+        t = build(raw)
+        t._global_prediction()
+        if not on:
+            assert t.opt.k == 0 and not t.opt.slots
+            continue
+        craw = {"model": {"depth": 4}, "train": {"iterations": 7, "seed": 1000}}
+        coarse = build(craw)
+        for _ in range(7):
+            coarse.step()
+        assert t.opt.k == 7
+        ref = prolong_slots(optimizer_slots(coarse.opt, coarse.params), 2, "constant", "adam")
+        # S = 1 owns [K, b, W_in, b_in, W_out, b_out]; slots interleave (m, v) per array
+        for i, name in enumerate(["K", "b", "W_in", "b_in", "W_out", "b_out"]):
+            for j in range(2):
+                np.testing.assert_array_equal(t.opt.slots[2 * i + j], getattr(ref[j], name))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,13 +87,22 @@ class PintOptions:
         200, "iterations of serial Algorithm 3 on each coarse level (global prediction)", low=0
     )
     coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
+    prolong_optimizer: bool = opt(
+        True,
+        "start the fine optimiser from the prolongated coarse optimiser state (moments scaled "
+        "for the 1/coarsen smaller per-layer gradients, step count continued) instead of from "
+        "zero",
+    )
     coarse_parallel: bool = opt(
         False,
         "train each coarse level with this method on all ranks too (every rank owns the same "
         "time interval on every level); false = serial Algorithm 3 on every rank (the paper)",
     )
     prolong: str = opt(
-        "linear", "prolongation of the controls to the finer grid (in time)",
+        "constant",
+        "prolongation of the controls to the finer grid in time: constant (each coarse step's "
+        "controls on its fine steps) or linear (interpolated; trained controls are rough in "
+        "time and lose accuracy)",
         choices=("constant", "linear"),
     )
     features: str = opt(
@@ -113,6 +122,12 @@ class PintOptions:
         0.0,
         "load balance: the cost of a boundary regression, in layers; every rank that fits one "
         "(all but the last) gets that many layers fewer than the last rank (0 = even split)",
+        low=0.0,
+    )
+    damping: float = opt(
+        0.0,
+        "scale a rank's step by max(0, 1 - e), e the running mean (this many iterations) of its "
+        "boundary's relative co-state error (Theorem 4.1 needs e < 1); 0 = off",
         low=0.0,
     )
     oracle: bool = opt(
@@ -163,6 +178,30 @@ def prolong_params(params: Params, factor: int, kind: str = "linear") -> Params:
         params.W_out.copy(),
         params.b_out.copy(),
     )
+
+
+def optimizer_slots(opt: Optimizer, params: Params) -> list[Params]:
+    """The moments of an optimiser that steps ``params.arrays()`` (a serial trainer), one
+    :class:`Params` per kind (Adam: first, second moment; momentum: velocity)."""
+    if not opt.slots:
+        return []
+    arrays = params.arrays()
+    per = len(opt.slots) // len(arrays)
+    return [Params(*[opt.slots[per * i + j] for i in range(len(arrays))]) for j in range(per)]
+
+
+def prolong_slots(slots: list[Params], factor: int, kind: str, optimizer: str) -> list[Params]:
+    """Optimiser moments on the ``factor`` times finer grid: prolongated like the controls, the
+    per-layer ones (K, b) scaled like the gradient (``1/factor``: a fine step's gradient is that
+    much smaller) or, for Adam's second moment, like its square."""
+    out = []
+    for j, sp in enumerate(slots):
+        power = 2 if optimizer == "adam" and j == 1 else 1
+        f = prolong_params(sp, factor, kind)
+        f.K *= float(factor) ** -power
+        f.b *= float(factor) ** -power
+        out.append(f)
+    return out
 
 
 def slice_counts(depth: int, size: int, balance_layers: float = 0.0) -> list[int]:
@@ -326,6 +365,7 @@ class PintTrainer(Trainer):
         self._pbuf_out = np.empty(n + 2)
         self._pbuf_in = np.empty(n + 2)
         self._P_hat: np.ndarray | None = None
+        self._err_avg = 1.0  # running mean of the relative co-state error (pint.damping)
         #: per-iteration regression error at this rank's right boundary: (iteration, MSE, relative)
         self.mse_trace: list[tuple[int, float, float]] = []
         self._mse_since_eval: list[tuple[float, float]] = []
@@ -444,6 +484,8 @@ class PintTrainer(Trainer):
             self.coarse_time = time.perf_counter() - t0
             return
         params: Params | None = None
+        slots: list[Params] = []
+        k_opt = 0
         keep = o.window if o.window > 0 else None
         records: list = []
         for level in range(o.levels - 1, 0, -1):
@@ -460,13 +502,20 @@ class PintTrainer(Trainer):
             coarse = SerialTrainer(Problem(model, self.data), ccfg, SerialComm())
             if params is not None:
                 coarse.params = prolong_params(params, o.coarsen, o.prolong)
+                if o.prolong_optimizer and slots:
+                    fine = prolong_slots(slots, o.coarsen, o.prolong, coarse.opt.kind)
+                    coarse.opt.load_state_dict({"k": k_opt, "slots": [
+                        sp.arrays()[i] for i in range(6) for sp in fine]})
             losses = [coarse.step() for _ in range(o.coarse_iterations)]
             params = coarse.params
+            slots, k_opt = optimizer_slots(coarse.opt, params), coarse.opt.k
             records.extend(model.records)
             self.coarse_loss = float(np.mean(losses[-10:])) if losses else float("nan")
         assert params is not None
         self.params = prolong_params(params, o.coarsen, o.prolong)
         self.grads = self.params.zeros_like()
+        if o.prolong_optimizer:
+            self._start_optimizer(slots, k_opt)
         if self.regression is not None:
             for X, y, P in records:
                 self.regression.add(X, y, P)
@@ -494,11 +543,28 @@ class PintTrainer(Trainer):
         self.coarse_loss = float(np.mean(losses[-10:])) if losses else float("nan")
         self.params = prolong_params(coarse.global_params(), o.coarsen, o.prolong)
         self.grads = self.params.zeros_like()
+        if o.prolong_optimizer:
+            self._start_optimizer([Params(*[coarse._gather(n, sp) for n in sp.names])
+                                   for sp in coarse._slot_params()], coarse.opt.k)
         if self.regression is not None and coarse.regression is not None:
             for X, y, P in coarse.regression.obs:
                 self.regression.add(X, y, P)
             self.regression.fit()
         self.predicted = True
+
+    def _start_optimizer(self, coarse_slots: list[Params], k: int) -> None:
+        """The fine optimiser continues the coarse one (``prolong_optimizer``): its moments
+        prolongated and scaled (:func:`prolong_slots`), its step count continued, so Adam's
+        first fine steps are not the full-size steps of a fresh bias correction."""
+        self.opt.k = k
+        if not coarse_slots:
+            return
+        o = self.options
+        fine = prolong_slots(coarse_slots, o.coarsen, o.prolong, self.opt.kind)
+        owned = [self._owned(f) for f in fine]
+        n = len(self._owned_names())
+        self.opt.load_state_dict({"k": k, "slots": [
+            np.array(owned[j][i]) for i in range(n) for j in range(len(fine))]})
 
     # the pipeline --------------------------------------------------------------------------------
     def _fill(self) -> None:
@@ -554,8 +620,14 @@ class PintTrainer(Trainer):
         else:
             self._send_costate(P_lo)
         t2 = time.perf_counter()
-        # 3. update of the owned controls
-        self.opt.step(self._owned(p), self._owned(g))
+        # 3. update of the owned controls (damped by the co-state error, ``pint.damping``)
+        if o.damping and self.regression is not None and self.mse_trace:
+            lr = self.opt.lr
+            self.opt.lr = lr * max(0.0, 1.0 - self._err_avg)
+            self.opt.step(self._owned(p), self._owned(g))
+            self.opt.lr = lr
+        else:
+            self.opt.step(self._owned(p), self._owned(g))
         t3 = time.perf_counter()
         # 4. forward solve of the next batch with the updated controls
         self.iteration += 1
@@ -579,6 +651,8 @@ class PintTrainer(Trainer):
             err, ref = float(d @ d), float(P_true.ravel() @ P_true.ravel())
             mse, rel = err / P_true.size, err / max(ref, 1e-300)
             self.mse_trace.append((k, mse, rel))
+            w = 1.0 / o.damping if o.damping else 1.0
+            self._err_avg = rel if len(self.mse_trace) == 1 else (1 - w) * self._err_avg + w * rel
             self._mse_since_eval.append((mse, rel))
             self.regression.add(X_right, y, to_rows(P_true))
             if self.iteration % o.refit_every == 0:
