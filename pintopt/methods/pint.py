@@ -506,7 +506,13 @@ class PintTrainer(Trainer):
                     fine = prolong_slots(slots, o.coarsen, o.prolong, coarse.opt.kind)
                     coarse.opt.load_state_dict({"k": k_opt, "slots": [
                         sp.arrays()[i] for i in range(6) for sp in fine]})
-            losses = [coarse.step() for _ in range(o.coarse_iterations)]
+            record_from = o.coarse_iterations - (keep or o.coarse_iterations)
+            losses = []
+            for i in range(o.coarse_iterations):
+                # only the last `window` observations are kept: record only those (the
+                # blockwise solve with state copies costs more than the plain one)
+                model.at = at if i >= record_from else None
+                losses.append(coarse.step())
             params = coarse.params
             slots, k_opt = optimizer_slots(coarse.opt, params), coarse.opt.k
             records.extend(model.records)
