@@ -168,6 +168,14 @@ class Trainer:
     def load_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def warmup(self) -> None:
+        """Load (or JIT-compile) the kernels before the clock starts: one gradient and one
+        evaluation of a throwaway model on two samples. Local to this rank, no messages."""
+        params = self.model.init_params(0)
+        x, y = self.data.x_train[:2], self.data.y_train[:2]
+        self.model.loss_and_grad(params, x, y, params.zeros_like())
+        self.model.evaluate(params, x, y)
+
     def history_columns(self) -> dict[str, float]:
         """Method-specific values to record at each evaluation (e.g. regression MSE)."""
         return {}
@@ -291,6 +299,7 @@ def train(
     check_every = min(eval_every, CHECK_EVERY)
     pending: tuple[int, int] | None = None  # (cause code, iteration) seen here, not yet agreed
     ck_due = getattr(callback, "checkpoint_due", None)
+    trainer.warmup()  # first-call kernel loading/compilation is not training time
     while trainer.iteration < total:
         if faults.ACTIVE:
             faults.iteration = trainer.iteration
