@@ -1,10 +1,13 @@
 """Benchmark of the parallel-in-time method (Parpas & Muir 2019): the paper's Figures 1-3 on this
 machine, plus the iteration overhead and a speedup model for more ranks.
 
-Run (2 ranks; every figure in docs/benchmarks.md comes from one such run):
+Run on 2 ranks, e.g. (the exact commands of every figure, each under ten minutes, are in
+docs/benchmarks.md, section "Parallel-in-time"; ``--report`` merges their JSON files into the
+tables):
 
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 timeout 3000 mpiexec -n 2 \\
-        python scripts/bench_pint.py --out bench_pint.json
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 timeout 590 mpiexec -n 2 \\
+        python scripts/bench_pint.py --parts speedup,torch --depths 16,64 --out sr.json
+    python scripts/bench_pint.py --report sr.json
 
 Parts (``--parts``, default all):
 
@@ -434,40 +437,54 @@ def part_mse(comm, a, out):
 def part_model(comm, a, out):
     """Measured costs -> predicted per-iteration time on S ranks; checked at S = comm.size.
 
-    Serial: best-of-blocks time per iteration at --model-depths, fitted as ``c D + o_s``
-    (``c``: one layer's forward + backward + update share). pint: every rank's busy time per
-    iteration (its phases without the receives) fitted as ``c n_r + o_r`` with ``n_r`` its
-    layers; ``o_first`` (opening layer, regression), ``o_last`` (classifier); a middle rank is
-    taken as ``o_first``. One message: half a round trip of a state-sized buffer. Prediction:
-    ``T(S) = max_r (c n_r + o_r) + 2 * message`` with the slices of ``slice_counts`` (perfect
-    pipelining, no other waiting).
+    ``T_serial(n)``: serial time per iteration at depths --model-serial-depths (best of blocks,
+    interpolated log-log in between); a slice of n layers costs what a serial network of n layers
+    costs (same kernels, same cache behaviour: the per-layer cost grows with the trajectory).
+    ``d_first``, ``d_last``: the extra fixed cost of pint's first and last rank over that (their
+    busy time minus ``T_serial(n_r)``, mean over --model-depths; the first rank predicts and fits
+    a regression, the last owns the classifier). One message: half a round trip of a state-sized
+    buffer. Prediction with the slices of ``slice_counts`` (a middle rank costs like the first):
+    ``T(D, S) = max_r (T_serial(n_r) + d_r) + 2 * message`` (perfect pipelining).
     """
     from pintopt.methods.pint import slice_counts
 
     data = dataset("swissroll")
-    blocks, n = 7, 100
+    blocks, n = 7, 50
 
     def best_time(trainer, sync):
-        for _ in range(20):
+        for _ in range(10):
             trainer.step()
-        best = float("inf")
+        best, timers = float("inf"), {}
         for _ in range(blocks):
             sync()
+            for k in getattr(trainer, "timers", {}):
+                trainer.timers[k] = 0.0
             t0 = time.perf_counter()
             for _ in range(n):
                 trainer.step()
-            best = min(best, (time.perf_counter() - t0) / n)
-        return best
+            dt = (time.perf_counter() - t0) / n
+            if dt < best:
+                best, timers = dt, dict(getattr(trainer, "timers", {}))
+        return best, timers
 
     serial = {}
     with Idle(comm) as me:
         if me:
-            for depth in a.model_depths:
+            for depth in sorted(set(a.model_serial_depths) | set(a.model_depths)):
                 t = build(raw_config("serial", "swissroll", depth, a), SerialComm(), data)
-                serial[depth] = best_time(t, lambda: None)
+                serial[depth] = best_time(t, lambda: None)[0]
     serial = comm.bcast(serial)
-    depths = sorted(serial)
-    c, o_s = np.polyfit(depths, [serial[d] for d in depths], 1)
+    ds = np.array(sorted(serial), dtype=float)
+    ts = np.array([serial[int(d)] for d in ds])
+
+    def t_serial(nl: float) -> float:
+        """Serial time per iteration at depth nl (log-log interpolation / extrapolation)."""
+        x, lx, lt = np.log(nl), np.log(ds), np.log(ts)
+        if x <= lx[-1]:
+            return float(np.exp(np.interp(x, lx, lt)))
+        slope = (lt[-1] - lt[-2]) / (lx[-1] - lx[-2])
+        return float(np.exp(lt[-1] + slope * (x - lx[-1])))
+
     lat = 0.0
     if comm.size > 1:
         buf = np.zeros(2 * a.batch * a.width + 2)
@@ -482,29 +499,30 @@ def part_model(comm, a, out):
                 comm.recv_(buf, 0, 7)
                 comm.send(buf, 0, 8)
         lat = comm.bcast((time.perf_counter() - t0) / reps / 2)
-    measured, overheads = {}, {"first": [], "last": []}
+    measured = {}
     for depth in a.model_depths:
         t = build(raw_config("pint", "swissroll", depth, a, {"levels": 1}), comm, data)
-        tp = comm.allreduce(best_time(t, comm.barrier), op="max")
-        steps = max(t.timers["steps"], 1)
-        busy = sum(v for k, v in t.timers.items() if k not in ("receive", "steps")) / steps
-        busy = comm.allgather(busy)
-        measured[depth] = {"time": tp, "counts": t.counts, "busy": busy}
-        overheads["first"].append(busy[0] - c * t.counts[0])
-        overheads["last"].append(busy[-1] - c * t.counts[-1])
-    o_first, o_last = float(np.mean(overheads["first"])), float(np.mean(overheads["last"]))
+        tp, timers = best_time(t, comm.barrier)
+        tp = comm.allreduce(tp, op="max")
+        steps = max(timers["steps"], 1)
+        busy = sum(v for k, v in timers.items() if k not in ("receive", "steps")) / steps
+        measured[depth] = {"time": tp, "counts": t.counts, "busy": comm.allgather(busy)}
+    d_first = float(np.mean([m["busy"][0] - t_serial(m["counts"][0])
+                             for m in measured.values()]))
+    d_last = float(np.mean([m["busy"][-1] - t_serial(m["counts"][-1])
+                            for m in measured.values()]))
 
     def predict(depth, S):
         counts = slice_counts(depth, S, a.balance)
-        return max(c * n_r + (o_last if r == S - 1 else o_first)
+        return max(t_serial(n_r) + (d_last if r == S - 1 else d_first)
                    for r, n_r in enumerate(counts)) + 2 * lat
 
-    m = {"per_layer": c, "serial_fixed": o_s, "message": lat, "o_first": o_first,
-         "o_last": o_last, "serial": serial, "pint_measured": measured,
+    m = {"serial": serial, "d_first": d_first, "d_last": d_last, "message": lat,
+         "pint_measured": measured,
          "check": {d: {"measured": measured[d]["time"], "predicted": predict(d, comm.size),
                        "serial": serial[d]} for d in a.model_depths},
          "predicted_speedup_per_iteration": {
-             d: {S: (c * d + o_s) / predict(d, S) for S in (2, 4, 8, 16, 32, 64) if d >= S}
+             d: {S: t_serial(d) / predict(d, S) for S in (2, 4, 8, 16, 32, 64) if d >= S}
              for d in (64, 128, 256, 512, 1024, 4096)}}
     out["model"] = m
     if comm.rank == 0:
@@ -607,13 +625,15 @@ def report(paths: list[str]) -> str:
                              f"{r['abs_last20']:.2e} / {r['rel_last20']:.3f} |")
         if "model" in run_:
             m = run_["model"]
-            lines += ["", f"Cost model: {1e6 * m['per_layer']:.2f} µs per layer (forward + "
-                      f"backward + update share), serial fixed cost {1e6 * m['serial_fixed']:.0f}"
-                      f" µs per iteration; pint fixed cost per iteration {1e6 * m['o_first']:.0f}"
-                      f" µs on a rank with a regression, {1e6 * m['o_last']:.0f} µs on the last "
-                      f"rank; one message {1e6 * m['message']:.1f} µs.", "",
-                      "| depth | serial (ms) | pint S=2 measured (ms) | predicted (ms) |",
-                      "|---|---|---|---|"]
+            ser = m["serial"]
+            lines += ["", "Serial time per iteration (ms) by depth: " + ", ".join(
+                f"{d}: {1e3 * ser[d]:.3f}" for d in sorted(ser, key=int)) + ".",
+                f"Extra fixed cost of a pint rank over a serial network of its layers: "
+                f"{1e6 * m['d_first']:.0f} µs (rank with a regression), "
+                f"{1e6 * m['d_last']:.0f} µs (last rank); one message {1e6 * m['message']:.1f}"
+                " µs.", "",
+                "| depth | serial (ms) | pint S=2 measured (ms) | pint S=2 predicted (ms) |",
+                "|---|---|---|---|"]
             for d, c in m["check"].items():
                 lines.append(f"| {d} | {1e3 * c['serial']:.3f} | {1e3 * c['measured']:.3f} | "
                              f"{1e3 * c['predicted']:.3f} |")
@@ -660,7 +680,8 @@ def main() -> None:
     p.add_argument("--mnist-target", type=float, default=0.90)
     p.add_argument("--mse-depth", type=int, default=512)
     p.add_argument("--mse-iterations", type=int, default=100)
-    p.add_argument("--model-depths", default="64,256")
+    p.add_argument("--model-depths", default="64,256,512")
+    p.add_argument("--model-serial-depths", default="8,16,32,64,128,256,512,1024,2048,4096")
     p.add_argument("--out", default=None, help="write all results as JSON here (rank 0)")
     p.add_argument("--report", nargs="+", metavar="JSON",
                    help="print the Markdown tables of earlier --out files and exit")
@@ -673,6 +694,7 @@ def main() -> None:
     a.torch_depths = [int(x) for x in a.torch_depths.split(",")]
     a.targets = [float(x) for x in a.targets.split(",")]
     a.model_depths = [int(x) for x in a.model_depths.split(",")]
+    a.model_serial_depths = [int(x) for x in a.model_serial_depths.split(",")]
     comm = world()
     warmup(comm)
     out: dict = {"args": {k: v for k, v in vars(a).items()}, "ranks": comm.size,
