@@ -7,16 +7,20 @@ prediction phase of Section 3.1 and the co-state regression (6) of Section 3.2.
 Algorithm 3 (the :class:`~pintopt.methods.serial.SerialTrainer`) on the coarse model with
 ``depth / coarsen`` steps over the same final time; with ``levels > 2`` a hierarchy of coarse
 models, coarsest first, each started from the prolongation of the one below. The controls are then
-prolongated to the fine grid (piecewise constant or linear in time, :func:`prolong_params`), and
-the coarse trajectories give the first co-state observations ``(X(s), P(s))`` at every slice
-boundary ``s`` (interpolated linearly in time where ``s`` falls between coarse steps). Every rank
-runs the same coarse computation (it is serial by nature and cheap), so no message is needed.
+prolongated to the fine grid (piecewise constant in time by default: trained controls are rough
+from layer to layer and linear interpolation loses accuracy; :func:`prolong_params`), the fine
+optimiser continues the coarse one (:func:`prolong_slots`), and the coarse trajectories give the
+first co-state observations ``(X(s), P(s))`` at every slice boundary ``s`` (interpolated linearly
+in time where ``s`` falls between coarse steps). Every rank runs the same coarse computation (it
+is serial by nature), so no message is needed; ``coarse_parallel`` trains the coarse model with
+this method on all ranks instead.
 With ``levels = 1`` (single level) the fine model starts from its random initialisation and the
 regressions from zero observations (``P_hat = 0`` until the first observation arrives).
 
 **Local correction** on S ranks, rank r owning layers ``[lo_r, hi_r)`` (contiguous slices,
-:func:`~pintopt.comm.partition`); rank 0 also owns the opening layer, the last rank the
-classifier. Every rank draws the same mini-batch sequence (Remark 2). Rank r's iteration k is
+:func:`slice_counts`, optionally shifted towards the last rank by ``balance_layers``); rank 0
+also owns the opening layer, the last rank the classifier. Every rank draws the same mini-batch
+sequence (Remark 2). Rank r's iteration k is
 
 1. co-state at its right boundary: the last rank evaluates the loss of batch k and its true
    terminal co-state ``P_T``; every other rank predicts ``P_hat(s) = A phi(X(s), y) + B`` from
@@ -147,7 +151,7 @@ class PintOptions:
 # prolongation (global prediction -> fine model)
 
 
-def prolong_controls(A: np.ndarray, factor: int, kind: str = "linear") -> np.ndarray:
+def prolong_controls(A: np.ndarray, factor: int, kind: str = "constant") -> np.ndarray:
     """Controls of ``Dc`` coarse steps (axis 0) on the ``Dc * factor`` fine steps of the same
     interval [0, T].
 
@@ -167,7 +171,7 @@ def prolong_controls(A: np.ndarray, factor: int, kind: str = "linear") -> np.nda
     return np.ascontiguousarray((1.0 - theta) * A[i0] + theta * A[i1])
 
 
-def prolong_params(params: Params, factor: int, kind: str = "linear") -> Params:
+def prolong_params(params: Params, factor: int, kind: str = "constant") -> Params:
     """A coarse model's parameters on the ``factor`` times finer grid (opening layer and classifier
     are copied: they do not live on the time grid)."""
     return Params(
