@@ -51,10 +51,27 @@ from pintopt.config import (
 )
 
 #: The embedded default job (``python -m pintopt`` with no arguments).
+#: Multilevel Verlet parallel-in-time training of a 512-layer ResNet on the swiss roll, on all ranks
+#: of the launch, stopping at 99% validation accuracy (settings from the study in
+#: docs/methods/pint.md; the serial baselines' defaults are the [train] option defaults).
 DEFAULT_JOB: dict[str, dict[str, Any]] = {
     "data": {"dataset": "swissroll"},
-    "model": {"depth": 16, "width": 8, "scheme": "verlet"},
-    "train": {"method": "serial", "optimizer": "adam", "lr": 0.01, "batch_size": 16},
+    "model": {"depth": 512, "width": 8, "scheme": "verlet"},
+    "train": {
+        "method": "pint",
+        "optimizer": "adam",
+        "lr": 0.01,
+        "batch_size": 16,
+        "epochs": 60,
+        "target_accuracy": 0.99,
+    },
+    "pint": {
+        "levels": 2,
+        "coarsen": 4,
+        "coarse_iterations": 1200,
+        "features": "class",
+        "balance_layers": 32,
+    },
 }
 
 
@@ -672,13 +689,18 @@ def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
     raw["train"]["method"] = "serial"
     raw["checkpoint"]["checkpoint"] = None
     serial = _run(make_config(raw), comm, quiet=True)
+    target = cfg.train.target_accuracy
+    basis = (
+        f"time to {target:g} validation accuracy (coarse phase included)"
+        if target
+        else "same iteration budget; --target-accuracy compares time to an accuracy"
+    )
     _say(
         comm,
         f"serial: validation accuracy {serial.val_acc:.4f}, wall time {serial.wall_time:.2f} s; "
         f"{cfg.train.method}: validation accuracy {result.val_acc:.4f}, wall time "
-        f"{result.wall_time:.2f} s; speedup of {cfg.train.method} over serial for the same "
-        f"iteration budget: {serial.wall_time / max(result.wall_time, 1e-12):.2f}x (time to a "
-        "given accuracy: --target-accuracy)",
+        f"{result.wall_time:.2f} s; speedup of {cfg.train.method} over serial ({basis}): "
+        f"{serial.wall_time / max(result.wall_time, 1e-12):.2f}x",
     )
 
 
