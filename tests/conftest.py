@@ -43,3 +43,21 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
+
+
+def build_trainer(raw, comm=None, data=None):
+    """A method's trainer from a raw config mapping, the way the CLI builds it (without files)."""
+    from pintopt.comm import SerialComm
+    from pintopt.config import make_config
+    from pintopt.data import load_dataset
+    from pintopt.methods import METHODS
+    from pintopt.methods.base import Problem
+    from pintopt.model import build_model
+
+    cfg = make_config(raw)
+    d = cfg.data
+    if data is None:
+        data = load_dataset(d.dataset, n=d.n, noise=d.noise, seed=cfg.train.seed,
+                            standardize=d.standardize)
+    model = build_model(cfg.model, data.n_features, data.n_classes)
+    return METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm or SerialComm())

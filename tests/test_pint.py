@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import build_trainer as build
 
 from pintopt.comm import SerialComm, partition
 from pintopt.config import make_config
-from pintopt.data import Dataset, load_dataset
+from pintopt.data import load_dataset
 from pintopt.methods import METHODS
 from pintopt.methods.base import Problem, train
 from pintopt.methods.pint import (
@@ -24,19 +25,6 @@ from pintopt.methods.pint import (
 )
 from pintopt.methods.pint_regression import BoundaryRegression
 from pintopt.model import Params, ResNet, ResNetSpec, build_model
-
-
-def build(raw, comm=None, data: Dataset | None = None):
-    cfg = make_config(raw)
-    d, m = cfg.data, cfg.model
-    if data is None:
-        data = load_dataset(d.dataset, n=d.n, noise=d.noise, seed=cfg.train.seed,
-                            standardize=d.standardize)
-    spec = ResNetSpec(data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme,
-                      m.activation)
-    return METHODS[cfg.train.method].trainer(Problem(ResNet(spec), data), cfg,
-                                             comm or SerialComm())
-
 
 # ---------------------------------------------------------------------------------------------
 # S = 1 is serial Algorithm 3

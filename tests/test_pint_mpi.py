@@ -12,28 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import build_trainer as build
 
-from pintopt.comm import SerialComm, world
-from pintopt.config import make_config
-from pintopt.data import load_dataset
-from pintopt.methods import METHODS
-from pintopt.methods.base import Problem, train
-from pintopt.model import ResNet, ResNetSpec
+from pintopt.comm import world
+from pintopt.methods.base import train
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 TIMEOUT = 120.0  # seconds a rank waits for a neighbour before failing the test
 
 
-def build(raw, comm=None):
-    cfg = make_config(raw)
-    d, m = cfg.data, cfg.model
-    data = load_dataset(d.dataset, n=d.n, noise=d.noise, seed=cfg.train.seed,
-                        standardize=d.standardize)
-    spec = ResNetSpec(data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme,
-                      m.activation)
-    return METHODS[cfg.train.method].trainer(Problem(ResNet(spec), data), cfg,
-                                             comm or SerialComm())
 
 
 def pint_raw(depth, train_opts, **pint):
