@@ -22,10 +22,12 @@ state only -- and on its label, which the loss ``Phi_i`` holds). Hence the featu
 The observation set is a window of the most recent batches (older ones are dropped as the controls
 move on); ``window = 0`` keeps everything. The ridge term is relative, ``ridge * trace(G) / p``
 with ``G`` the Gram matrix of a block of ``p`` features, so it does not depend on the scale of the
-states. The Gram matrices are running sums (a batch's contribution is added when it enters the
-window and subtracted when it leaves; recomputed from the window every ``window`` updates so
-rounding cannot accumulate), so a refit costs one ``p x p`` solve per block, independent of the
-window and the batch size.
+states. The Gram matrices are running sums (a batch's rows are added when it enters the window and
+subtracted when it leaves; recomputed from the window every ``window`` updates so rounding cannot
+accumulate), so a refit costs one ``p x p`` Cholesky solve per block, independent of the window and
+the batch size. The arithmetic is in :mod:`pintopt.kernels.regression` (one compiled call per
+add, fit and predict: in NumPy the call overhead of the small operations cost more than a slice
+of 30 layers at width 8).
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ from collections import deque
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
+from pintopt.kernels import regression as K
+
 FEATURES = ("state", "label", "class", "quadratic")
-_VECTOR_CLASSES = 4  # up to this many classes the per-class blocks are done in one BLAS call
+# above this many features per block LAPACK's blocked Cholesky beats the compiled loop
+_LAPACK_FROM = 64
+_KIND = {"state": K.STATE, "label": K.LABEL, "class": K.CLASS, "quadratic": K.QUADRATIC}
 
 
 class BoundaryRegression:
@@ -56,29 +62,24 @@ class BoundaryRegression:
             raise ValueError("window and ridge must be non-negative")
         self.n_classes, self.dim, self.features = n_classes, dim, features
         self.window, self.ridge = window, ridge
-        if features == "class":
-            self.blocks, self.p = n_classes, dim + 1
-        elif features == "quadratic":
-            self.blocks, self.p = n_classes, 1 + dim + dim * (dim + 1) // 2
-            self._iu = np.triu_indices(dim)
-        elif features == "label":
-            self.blocks, self.p = 1, dim + n_classes
-        else:
-            self.blocks, self.p = 1, dim + 1
+        self.kind = _KIND[features]
+        self.blocks = int(K.n_blocks(self.kind, n_classes))
+        self.p = int(K.n_features(self.kind, dim, n_classes))
+        self.per_class = features in ("class", "quadratic")
         maxlen = window if window > 0 else None
-        # raw observations (for checkpoints) and their Gram contributions (for fitting)
+        # raw observations: for removal from the running sums and for checkpoints
         self.obs: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
-        self._gram: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=maxlen)
-        self._G = np.zeros((self.blocks, self.p, self.p))
+        self._G = np.zeros((self.blocks, self.p, self.p))  # upper triangles
         self._R = np.zeros((self.blocks, self.p, dim))
         self._updates = 0
         self.coef = np.zeros((self.blocks, self.p, dim))
-        self._eye = np.eye(self.p)
-        self.per_class = features in ("class", "quadratic")
+        self._f = np.empty(self.p)
+        self._work = np.empty((self.p, self.p))
 
     # features ---------------------------------------------------------------------------------
     def design(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Feature rows phi(X, y), shape (m, p); for ``class`` the block is chosen by ``y``."""
+        """Feature rows phi(X, y), shape (m, p) (for ``class``/``quadratic`` the block is chosen
+        by ``y``); for inspection and tests, the kernels build them row by row."""
         m = X.shape[0]
         F = np.empty((m, self.p))
         if self.features == "label":
@@ -89,56 +90,37 @@ class BoundaryRegression:
             F[:, 0] = 1.0
             F[:, 1 : 1 + self.dim] = X
             if self.features == "quadratic":
-                F[:, 1 + self.dim :] = X[:, self._iu[0]] * X[:, self._iu[1]]
+                iu = np.triu_indices(self.dim)
+                F[:, 1 + self.dim :] = X[:, iu[0]] * X[:, iu[1]]
         return F
-
-    def _contribution(self, X, y, P) -> tuple[np.ndarray, np.ndarray]:
-        F = self.design(X, y)
-        m, p, C = X.shape[0], self.p, self.blocks
-        if self.per_class and C <= _VECTOR_CLASSES:
-            # one GEMM over all classes: rows of the other classes are zeroed (C times the
-            # flops of the per-class products, but a single call -- faster for few classes)
-            Fw = (F[:, None, :] * (y[:, None] == np.arange(C))[:, :, None]).reshape(m, C * p)
-            G = (Fw.T @ F).reshape(C, p, p)
-            R = (Fw.T @ P).reshape(C, p, self.dim)
-            return G, R
-        G = np.zeros((C, p, p))
-        R = np.zeros((C, p, self.dim))
-        if self.per_class:
-            for c in range(self.n_classes):
-                rows = y == c
-                if rows.any():
-                    Fc = F[rows]
-                    G[c] = Fc.T @ Fc
-                    R[c] = Fc.T @ P[rows]
-        else:
-            G[0] = F.T @ F
-            R[0] = F.T @ P
-        return G, R
 
     # observations ------------------------------------------------------------------------------
     def add(self, X: np.ndarray, y: np.ndarray, P: np.ndarray) -> None:
         """Add one batch of observations (X(s), P(s)) with labels y; drops the oldest batch when
         the window is full. Call :meth:`fit` to use them."""
-        X = np.array(X, dtype=np.float64, copy=True)
-        P = np.array(P, dtype=np.float64, copy=True)
+        X = np.array(X, dtype=np.float64, order="C", copy=True)
+        P = np.array(P, dtype=np.float64, order="C", copy=True)
         y = np.array(y, dtype=np.int64, copy=True)
-        if X.shape != P.shape or X.shape[1] != self.dim or y.shape != (X.shape[0],):
+        if X.shape != P.shape or X.ndim != 2 or X.shape[1] != self.dim \
+                or y.shape != (X.shape[0],):
             raise ValueError(f"observation shapes X {X.shape}, y {y.shape}, P {P.shape} do not "
                              f"match dim {self.dim}")
+        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+            raise ValueError(f"labels must be in [0, {self.n_classes}), got {y.min()}..{y.max()}")
         if self.window and len(self.obs) == self.window:
-            G_old, R_old = self._gram[0]
-            self._G -= G_old
-            self._R -= R_old
+            Xo, yo, Po = self.obs[0]
+            K.gram_update(Xo, yo, Po, self.kind, -1.0, self._G, self._R, self._f)
         self.obs.append((X, y, P))
-        G, R = self._contribution(X, y, P)
-        self._gram.append((G, R))
-        self._G += G
-        self._R += R
+        K.gram_update(X, y, P, self.kind, 1.0, self._G, self._R, self._f)
         self._updates += 1
         if self.window and self._updates % self.window == 0:
-            self._G = sum(g for g, _ in self._gram)
-            self._R = sum(r for _, r in self._gram)
+            self._resum()
+
+    def _resum(self) -> None:
+        self._G[...] = 0.0
+        self._R[...] = 0.0
+        for X, y, P in self.obs:
+            K.gram_update(X, y, P, self.kind, 1.0, self._G, self._R, self._f)
 
     @property
     def n_batches(self) -> int:
@@ -146,40 +128,43 @@ class BoundaryRegression:
 
     def fit(self) -> None:
         """Solve the ridge-regularised normal equations of (6) over the current window."""
-        if not self._gram:
-            self.coef[:] = 0.0
-            return
-        G, R, p = self._G, self._R, self.p
-        tr = np.trace(G, axis1=1, axis2=2)
-        seen = tr > 0.0  # a class without observations predicts zero
-        lam = np.maximum(self.ridge * tr / p, 1e-12 * tr)
-        A = G + lam[:, None, None] * self._eye
-        A[~seen] = self._eye
-        B = np.where(seen[:, None, None], R, 0.0)
-        if p <= 64:  # small blocks: one batched LAPACK call beats per-block Cholesky
-            self.coef[...] = np.linalg.solve(A, B)
-            return
-        for c in range(self.blocks):  # symmetric positive definite: Cholesky, half of LU
-            try:
-                self.coef[c] = cho_solve(cho_factor(A[c], check_finite=False), B[c],
-                                         check_finite=False)
-            except LinAlgError:  # pragma: no cover - only with ridge = 0 and too few rows
-                self.coef[c] = np.linalg.lstsq(A[c], B[c], rcond=None)[0]
+        if self.p > _LAPACK_FROM:
+            failed = self._fit_lapack()
+        else:
+            failed = K.ridge_fit(self._G, self._R, self.ridge, self.coef, self._work)
+        if failed:  # only with ridge = 0 and fewer rows than features: minimum-norm solution
+            for b in range(self.blocks):
+                if np.isnan(self.coef[b]).any():
+                    G = np.triu(self._G[b]) + np.triu(self._G[b], 1).T
+                    self.coef[b] = np.linalg.lstsq(G, self._R[b], rcond=None)[0]
 
-    def predict(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Predicted co-states (m, dim) for states X (m, dim) with labels y."""
-        F = self.design(X, y)
-        if not self.per_class:
-            return F @ self.coef[0]
-        m, C = X.shape[0], self.blocks
-        if C <= _VECTOR_CLASSES:  # every class's model on every row, then pick the row's own
-            allc = (F @ self.coef.transpose(1, 0, 2).reshape(self.p, C * self.dim))
-            return allc.reshape(m, C, self.dim)[np.arange(m), y]
-        out = np.empty((m, self.dim))
-        for c in range(C):
-            rows = y == c
-            if rows.any():
-                out[rows] = F[rows] @ self.coef[c]
+    def _fit_lapack(self) -> int:
+        """:func:`~pintopt.kernels.regression.ridge_fit` by LAPACK's blocked Cholesky (faster
+        for large blocks: quadratic features have p = 153 at Verlet width 8)."""
+        failed = 0
+        for b in range(self.blocks):
+            A = self._G[b].copy()  # upper triangle is all potrf reads with lower=False
+            tr = float(np.trace(A))
+            if not tr > 0.0:
+                self.coef[b] = 0.0
+                continue
+            A[np.diag_indices(self.p)] += max(self.ridge * tr / self.p, 1e-12 * tr)
+            try:
+                fac = cho_factor(A, lower=False, overwrite_a=True, check_finite=False)
+                self.coef[b] = cho_solve(fac, self._R[b], check_finite=False)
+            except LinAlgError:
+                self.coef[b] = np.nan
+                failed += 1
+        return failed
+
+    def predict(self, X: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Predicted co-states (m, dim) for states X (m, dim) with labels y (into ``out`` if
+        given)."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        if out is None:
+            out = np.empty((X.shape[0], self.dim))
+        K.predict(X, y, self.kind, self.coef, self._f, out)
         return out
 
     # checkpoints -------------------------------------------------------------------------------
@@ -202,7 +187,6 @@ class BoundaryRegression:
         """Replace the window by :meth:`arrays` output (``X``, ``y``, ``P`` are enough: the sums
         are then recomputed and the model refitted)."""
         self.obs.clear()
-        self._gram.clear()
         self._G[:] = 0.0
         self._R[:] = 0.0
         self._updates = 0
