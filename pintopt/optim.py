@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pintopt.kernels import updates
+
+_F64 = np.dtype(np.float64)
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "invtime", "step")
 
@@ -77,24 +80,39 @@ class Optimizer:
             self._init_slots(params)
         lr = self.current_lr()
         self.k += 1
+        wd = float(self.weight_decay)
+        c1 = 1 - self.beta1**self.k
+        c2 = 1 - self.beta2**self.k
+        kind = self.kind
         for i, (p, g) in enumerate(zip(params, grads)):
-            if self.weight_decay:
-                g = g + self.weight_decay * p  # R(U) = wd/2 ||U||^2 of eq. (1)
+            slots = self.slots[2 * i : 2 * i + 2] if kind == "adam" else \
+                self.slots[i : i + 1] if kind == "momentum" else ()
+            if p.flags.c_contiguous and g.flags.c_contiguous and p.dtype == g.dtype == _F64 \
+                    and all(s.flags.c_contiguous for s in slots):
+                # fused kernels: one pass instead of a dozen NumPy calls (bitwise the same)
+                if kind == "adam":
+                    updates.adam(p, g, slots[0], slots[1], lr / c1, self.beta1, self.beta2, c2,
+                                 self.eps, wd)
+                elif kind == "sgd":
+                    updates.sgd(p, g, lr, wd)
+                else:
+                    updates.momentum(p, g, slots[0], lr, self.momentum, wd)
+                continue
+            if wd:
+                g = g + wd * p  # R(U) = wd/2 ||U||^2 of eq. (1)
             if self.kind == "sgd":
                 p -= lr * g
             elif self.kind == "momentum":
-                v = self.slots[i]
+                v = slots[0]
                 v *= self.momentum
                 v += g
                 p -= lr * v
             else:
-                m, v = self.slots[2 * i], self.slots[2 * i + 1]
+                m, v = slots
                 m *= self.beta1
                 m += (1 - self.beta1) * g
                 v *= self.beta2
                 v += (1 - self.beta2) * g * g
-                c1 = 1 - self.beta1**self.k
-                c2 = 1 - self.beta2**self.k
                 p -= (lr / c1) * m / (np.sqrt(v / c2) + self.eps)
 
     def state_dict(self) -> dict:
