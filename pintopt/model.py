@@ -127,6 +127,13 @@ class _Trajectory:
             return self.Xs[j]
         return np.stack([self.Xs[j], self.Zs[j]])
 
+    def state_view(self, j: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`state` without the copy: for Verlet the pair ``(Y, Z)`` of views (enough
+        for :meth:`ResNet.head`, which reads ``state[0]``)."""
+        if self.Zs is None:
+            return self.Xs[j]
+        return self.Xs[j], self.Zs[j]
+
 
 class ResNet:
     """Forward and backward solves of a ResNet-as-ODE, blockwise over layers.
@@ -161,10 +168,12 @@ class ResNet:
     # opening layer ----------------------------------------------------------------------------
     def open(self, params: Params, x: np.ndarray) -> np.ndarray:
         """Initial state X_0 from a batch of features."""
-        X0 = x @ params.W_in + params.b_in
-        if self.verlet:
-            return np.stack([X0, np.zeros_like(X0)])
-        return X0
+        if self.verlet:  # [Y, Z] with Z_0 = 0, written in place (no stacking copy)
+            out = np.zeros((2, x.shape[0], self.spec.width))
+            np.dot(x, params.W_in, out=out[0])
+            out[0] += params.b_in
+            return out
+        return x @ params.W_in + params.b_in
 
     def open_backward(self, params: Params, x: np.ndarray, P0: np.ndarray, grads: Params) -> None:
         """Gradient of the opening layer's parameters from the co-state at t = 0."""
@@ -257,9 +266,11 @@ class ResNet:
             return loss, logits, None
         np.dot(Y.T, G, out=grads.W_out)
         grads.b_out[:] = G.sum(axis=0)
-        PY = G @ params.W_out.T
-        P_T = np.stack([PY, np.zeros_like(PY)]) if self.verlet else PY
-        return loss, logits, P_T
+        if self.verlet:  # the classifier reads Y only: the Z half of P_T is zero
+            P_T = np.zeros((2,) + Y.shape)
+            np.dot(G, params.W_out.T, out=P_T[0])
+            return loss, logits, P_T
+        return loss, logits, G @ params.W_out.T
 
     # whole network ---------------------------------------------------------------------------
     def loss_and_grad(
@@ -267,7 +278,7 @@ class ResNet:
     ) -> tuple[float, np.ndarray]:
         """Serial-in-time gradient (Algorithm 3 without the update): returns (loss, logits)."""
         traj = self.forward(params, self.open(params, x), 0, self.spec.depth)
-        loss, logits, P_T = self.head(params, traj.state(traj.hi - traj.lo), y, grads)
+        loss, logits, P_T = self.head(params, traj.state_view(traj.hi - traj.lo), y, grads)
         P0 = self.backward(params, traj, P_T, grads)
         self.open_backward(params, x, P0, grads)
         return loss, logits
@@ -278,7 +289,7 @@ class ResNet:
         for s in range(0, x.shape[0], chunk):
             xs = x[s : s + chunk]
             traj = self.forward(params, self.open(params, xs), 0, self.spec.depth, reuse=False)
-            out[s : s + chunk] = self.logits(params, traj.state(traj.hi - traj.lo))
+            out[s : s + chunk] = self.logits(params, traj.state_view(traj.hi - traj.lo))
         return out
 
     def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

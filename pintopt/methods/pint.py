@@ -613,7 +613,7 @@ class PintTrainer(Trainer):
         tj = self.traj
         # 1. co-state at the right boundary
         if self.last:
-            loss, _, P_end = model.head(p, tj.state(L), y, g)
+            loss, _, P_end = model.head(p, tj.state_view(L), y, g)
             self.known[k] = float(loss)
         elif o.oracle:
             P_end = self._recv_costate()
