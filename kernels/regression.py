@@ -48,6 +48,19 @@ def n_blocks(kind, n_classes):
     return n_classes if kind >= CLASS else 1
 
 
+@numba.njit(cache=True)
+def _labels_ok(y, kind, nb, p, dim):
+    """Labels index blocks (per-class kinds) or one-hot columns (``LABEL``): check the range
+    first, as the loops do not bounds-check (``STATE`` ignores them)."""
+    if kind == STATE:
+        return True
+    n = p - dim if kind == LABEL else nb
+    for i in range(y.shape[0]):
+        if y[i] < 0 or y[i] >= n:
+            return False
+    return True
+
+
 @numba.njit(cache=True, inline="always")
 def _features(x, c, kind, f):
     """Fill ``f`` with phi(x, c); returns the block index of the row."""
@@ -78,10 +91,13 @@ def gram_update(X, y, P, kind, sign, G, R, f):
 
     ``G`` (blocks, p, p): upper triangles of ``sum phi phi^T``; ``R`` (blocks, p, dim):
     ``sum phi P_i^T``. ``sign = -1`` removes a batch that leaves the observation window.
+    Returns False (and changes nothing) when a label is out of range.
     """
     m = X.shape[0]
     p = f.shape[0]
     dim = P.shape[1]
+    if not _labels_ok(y, kind, G.shape[0], p, X.shape[1]):
+        return False
     for i in range(m):
         b = _features(X[i], y[i], kind, f)
         Gb = G[b]
@@ -97,6 +113,7 @@ def gram_update(X, y, P, kind, sign, G, R, f):
             Ra = Rb[a]
             for j in range(dim):
                 Ra[j] += fa * Pi[j]
+    return True
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
@@ -174,10 +191,13 @@ def ridge_fit(G, R, ridge, coef, work):
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def predict(X, y, kind, coef, f, out):
-    """``out[i] = phi(X[i], y[i])^T coef[b(i)]``: the predicted co-state of every row."""
+    """``out[i] = phi(X[i], y[i])^T coef[b(i)]``: the predicted co-state of every row. Returns
+    False (``out`` untouched) when a label is out of range."""
     m = X.shape[0]
     p = f.shape[0]
     dim = out.shape[1]
+    if not _labels_ok(y, kind, coef.shape[0], p, X.shape[1]):
+        return False
     for i in range(m):
         b = _features(X[i], y[i], kind, f)
         C = coef[b]
@@ -190,3 +210,4 @@ def predict(X, y, kind, coef, f, out):
             Ca = C[a]
             for j in range(dim):
                 o[j] += fa * Ca[j]
+    return True

@@ -117,3 +117,20 @@ def test_boundary_regression_rejects_labels_out_of_range():
     reg = BoundaryRegression(2, 3, "class")
     with pytest.raises(ValueError, match="labels"):
         reg.add(np.zeros((2, 3)), np.array([0, 2]), np.zeros((2, 3)))
+    assert reg.n_batches == 0
+    with pytest.raises(ValueError, match="labels"):
+        reg.predict(np.zeros((2, 3)), np.array([-1, 0]))
+
+
+@pytest.mark.parametrize("kind", ["label", "class", "quadratic"])
+def test_out_of_range_labels_are_refused_before_anything_is_written(kind):
+    code, dim, C = KINDS[kind], 3, 2
+    p, nb = K.n_features(code, dim, C), K.n_blocks(code, C)
+    G, R, f = np.zeros((nb, p, p)), np.zeros((nb, p, dim)), np.empty(p)
+    X, P = np.ones((3, dim)), np.ones((3, dim))
+    for bad in (np.array([0, 1, 2]), np.array([0, -1, 1])):
+        assert not K.gram_update(X, bad, P, code, 1.0, G, R, f)
+        assert not G.any() and not R.any()
+        out = np.full((3, dim), 5.0)
+        assert not K.predict(X, bad, code, np.ones((nb, p, dim)), f, out)
+        assert (out == 5.0).all()

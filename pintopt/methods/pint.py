@@ -368,7 +368,12 @@ class PintTrainer(Trainer):
         n = int(np.prod(shape))
         self._pbuf_out = np.empty(n + 2)
         self._pbuf_in = np.empty(n + 2)
-        self._P_hat: np.ndarray | None = None
+        # row-layout buffers of the boundary regression (m, dim): state, prediction, true
+        # co-state; and the predicted co-state in model layout
+        self._xr = np.empty((self.batch_size, self.dim))
+        self._phat = np.empty((self.batch_size, self.dim))
+        self._ptrue = np.empty((self.batch_size, self.dim))
+        self._pend = np.empty(shape)
         self._err_avg = 1.0  # running mean of the relative co-state error (pint.damping)
         #: per-iteration regression error at this rank's right boundary: (iteration, MSE, relative)
         self.mse_trace: list[tuple[int, float, float]] = []
@@ -471,10 +476,23 @@ class PintTrainer(Trainer):
         self._send_p = self.comm.isend(self._pbuf_out, self.rank - 1, TAG_COSTATE)
 
     def _recv_costate(self) -> np.ndarray:
+        """The left-boundary co-state of rank r+1, a view of the receive buffer (valid until the
+        next receive)."""
         self._recv(self._pbuf_in, self.rank + 1, TAG_COSTATE)
         n = self._pbuf_in.size - 2
         self.known[int(self._pbuf_in[n])] = float(self._pbuf_in[n + 1])
-        return self._pbuf_in[:n].reshape(self._xbuf_in.shape).copy()
+        return self._pbuf_in[:n].reshape(self._xbuf_in.shape)
+
+    @staticmethod
+    def _rows_into(first: np.ndarray, second: np.ndarray | None, out: np.ndarray) -> None:
+        """Model layout -> rows: ``[Y | Z]`` per sample for Verlet, the state itself for Euler
+        (:func:`to_rows` without allocating)."""
+        if second is None:
+            out[...] = first
+            return
+        w = first.shape[1]
+        out[:, :w] = first
+        out[:, w:] = second
 
     # global prediction ---------------------------------------------------------------------------
     def _global_prediction(self) -> None:
@@ -618,10 +636,17 @@ class PintTrainer(Trainer):
         elif o.oracle:
             P_end = self._recv_costate()
         else:
-            X_right = np.concatenate([tj.Xs[L], tj.Zs[L]], axis=1) if self.verlet else \
-                tj.Xs[L].copy()
-            P_end = from_rows(self.regression.predict(X_right, y), self.verlet)
-            self._P_hat = P_end
+            # rows [Y | Z] of the boundary state; kept (the trajectory buffer is reused by the
+            # next forward solve) for the observation added in step 5
+            X_right, P_hat, P_end = self._xr, self._phat, self._pend
+            self._rows_into(tj.Xs[L], tj.Zs[L] if self.verlet else None, X_right)
+            self.regression.predict(X_right, y, out=P_hat)
+            if self.verlet:
+                w = self.model.spec.width
+                P_end[0] = P_hat[:, :w]
+                P_end[1] = P_hat[:, w:]
+            else:
+                P_end[...] = P_hat
         t1 = time.perf_counter()
         # 2. backward solve, co-state observation to the left neighbour
         P_lo = model.backward(p, self.traj, P_end, g)
@@ -655,16 +680,19 @@ class PintTrainer(Trainer):
         t5 = time.perf_counter()
         # 5. the observation of batch k from the right neighbour; refit
         if self.regression is not None:
-            P_true = self._recv_costate()
+            P_recv = self._recv_costate()
             t6 = time.perf_counter()
-            d = (self._P_hat - P_true).ravel()
+            P_true = self._ptrue
+            self._rows_into(P_recv[0] if self.verlet else P_recv,
+                            P_recv[1] if self.verlet else None, P_true)
+            d = (self._phat - P_true).ravel()
             err, ref = float(d @ d), float(P_true.ravel() @ P_true.ravel())
             mse, rel = err / P_true.size, err / max(ref, 1e-300)
             self.mse_trace.append((k, mse, rel))
             w = 1.0 / o.damping if o.damping else 1.0
             self._err_avg = rel if len(self.mse_trace) == 1 else (1 - w) * self._err_avg + w * rel
             self._mse_since_eval.append((mse, rel))
-            self.regression.add(X_right, y, to_rows(P_true))
+            self.regression.add(X_right, y, P_true)
             if self.iteration % o.refit_every == 0:
                 self.regression.fit()
             tm["regression"] += time.perf_counter() - t6

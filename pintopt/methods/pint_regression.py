@@ -97,7 +97,7 @@ class BoundaryRegression:
     # observations ------------------------------------------------------------------------------
     def add(self, X: np.ndarray, y: np.ndarray, P: np.ndarray) -> None:
         """Add one batch of observations (X(s), P(s)) with labels y; drops the oldest batch when
-        the window is full. Call :meth:`fit` to use them."""
+        the window is full. Call :meth:`fit` to use them. The arrays are copied."""
         X = np.array(X, dtype=np.float64, order="C", copy=True)
         P = np.array(P, dtype=np.float64, order="C", copy=True)
         y = np.array(y, dtype=np.int64, copy=True)
@@ -105,13 +105,12 @@ class BoundaryRegression:
                 or y.shape != (X.shape[0],):
             raise ValueError(f"observation shapes X {X.shape}, y {y.shape}, P {P.shape} do not "
                              f"match dim {self.dim}")
-        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+        if not K.gram_update(X, y, P, self.kind, 1.0, self._G, self._R, self._f):
             raise ValueError(f"labels must be in [0, {self.n_classes}), got {y.min()}..{y.max()}")
         if self.window and len(self.obs) == self.window:
             Xo, yo, Po = self.obs[0]
             K.gram_update(Xo, yo, Po, self.kind, -1.0, self._G, self._R, self._f)
         self.obs.append((X, y, P))
-        K.gram_update(X, y, P, self.kind, 1.0, self._G, self._R, self._f)
         self._updates += 1
         if self.window and self._updates % self.window == 0:
             self._resum()
@@ -164,7 +163,8 @@ class BoundaryRegression:
         y = np.ascontiguousarray(y, dtype=np.int64)
         if out is None:
             out = np.empty((X.shape[0], self.dim))
-        K.predict(X, y, self.kind, self.coef, self._f, out)
+        if not K.predict(X, y, self.kind, self.coef, self._f, out):
+            raise ValueError(f"labels must be in [0, {self.n_classes})")
         return out
 
     # checkpoints -------------------------------------------------------------------------------
