@@ -69,8 +69,9 @@ DEFAULT_JOB: dict[str, dict[str, Any]] = {
         "levels": 2,
         "coarsen": 4,
         "coarse_iterations": 1200,
+        "coarse_check_every": 16,
         "features": "class",
-        "balance_layers": 32,
+        "balance_layers": 10,
     },
 }
 

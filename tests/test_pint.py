@@ -72,6 +72,62 @@ def test_one_rank_multilevel_is_coarse_then_fine_serial():
     assert t.coarse_time > 0
 
 
+class _CountingResNet(ResNet):
+    """Counts correct predictions on the training batches (before each update)."""
+
+    hits = seen = 0
+
+    def loss_and_grad(self, params, x, y, grads):
+        loss, logits = super().loss_and_grad(params, x, y, grads)
+        self.hits += int((logits.argmax(axis=1) == y).sum())
+        self.seen += len(y)
+        return loss, logits
+
+
+@pytest.mark.parametrize("depth, coarsen", [(64, 4), (32, 2)])
+def test_coarse_check_ends_the_global_prediction_at_the_target(depth, coarsen):
+    """``coarse_check_every``: the coarse phase ends at a check where the coarse model reaches
+    the target on its recent training batches and on the validation set (reference: serial
+    Algorithm 3 on the coarse model, run for the same number of iterations: same parameters),
+    well before the budget; the training loop then evaluates the fine model at once
+    (iteration 1, not eval_every)."""
+    target, check = 0.9, 10
+    raw = {"model": {"depth": depth},
+           "train": {"method": "pint", "iterations": 400, "eval_every": 50,
+                     "target_accuracy": target},
+           "pint": {"levels": 2, "coarsen": coarsen, "coarse_iterations": 3000,
+                    "coarse_check_every": check, "prolong_optimizer": False}}
+    t = build(raw)
+    t.opt.lr = 1e-300  # the first fine step keeps the prolongated parameters
+    t.step()
+    n = t.coarse_steps
+    assert 0 < n < 3000 and n % check == 0
+    assert t.evaluation_requested() and not t.evaluation_requested()  # reading clears it
+    coarse = build({"model": {"depth": depth // coarsen},
+                    "train": {"iterations": n, "seed": 1000}})
+    coarse.model = counting = _CountingResNet(coarse.model.spec)
+    for i in range(n):
+        if i == n - check:
+            counting.hits = counting.seen = 0
+        coarse.step()
+    np.testing.assert_array_equal(t.params.K, prolong_params(coarse.params, coarsen).K)
+    assert counting.hits >= target * counting.seen
+    assert counting.evaluate(coarse.params, coarse.data.x_val, coarse.data.y_val)[1] >= target
+    # through the training loop: evaluated at iteration 1
+    result = train(build(raw))
+    assert result.history["iteration"][0] == 1
+
+
+def test_coarse_check_without_a_target_runs_the_whole_budget():
+    raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
+           "pint": {"levels": 3, "coarse_iterations": 30, "coarse_check_every": 10}}
+    t = build(raw)
+    t.step()
+    assert t.coarse_steps == 60 and not t.evaluation_requested()
+    with pytest.raises(ValueError, match="coarse_check_every"):
+        build({"train": {"method": "pint"}, "pint": {"coarse_check_every": -1}})
+
+
 # ---------------------------------------------------------------------------------------------
 # prolongation
 

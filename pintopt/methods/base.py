@@ -169,16 +169,27 @@ class Trainer:
         raise NotImplementedError
 
     def warmup(self) -> None:
-        """Load (or JIT-compile) the kernels before the clock starts: one gradient and one
-        evaluation of a throwaway model on two samples. Local to this rank, no messages."""
+        """Load (or JIT-compile) the kernels before the clock starts: one gradient, one update by
+        each of the method's optimiser kinds and one evaluation of a throwaway model on two
+        samples. Local to this rank, no messages."""
         params = self.model.init_params(0)
+        grads = params.zeros_like()
         x, y = self.data.x_train[:2], self.data.y_train[:2]
-        self.model.loss_and_grad(params, x, y, params.zeros_like())
+        self.model.loss_and_grad(params, x, y, grads)
+        for opt in self.optimizers():
+            Optimizer(opt.kind, lr=1e-3, weight_decay=opt.weight_decay).step(
+                params.arrays(), grads.arrays())
         self.model.evaluate(params, x, y)
 
     def history_columns(self) -> dict[str, float]:
         """Method-specific values to record at each evaluation (e.g. regression MSE)."""
         return {}
+
+    def evaluation_requested(self) -> bool:
+        """True when the last step asks :func:`train` for an evaluation now, off the
+        ``eval_every`` schedule (the same answer on every rank; e.g. pint after a global
+        prediction that reached the target accuracy). Reading it clears the request."""
+        return False
 
     def scale_lr(self, factor: float) -> None:
         for opt in self.optimizers():
@@ -300,6 +311,8 @@ def train(
     pending: tuple[int, int] | None = None  # (cause code, iteration) seen here, not yet agreed
     ck_due = getattr(callback, "checkpoint_due", None)
     trainer.warmup()  # first-call kernel loading/compilation is not training time
+    # ... nor is waiting for a rank still loading its kernels: start the clocks together
+    comm.barrier()
     while trainer.iteration < total:
         if faults.ACTIVE:
             faults.iteration = trainer.iteration
@@ -314,7 +327,7 @@ def train(
         evaluated = False
         it = trainer.iteration
         last = it >= total
-        due = it % eval_every == 0 or last
+        due = it % eval_every == 0 or last or trainer.evaluation_requested()
         if pending is None:
             code = 0 if math.isfinite(loss) else 1
             if not code and getattr(comm, "nonfinite", None):

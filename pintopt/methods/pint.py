@@ -90,6 +90,16 @@ class PintOptions:
     coarse_iterations: int = opt(
         200, "iterations of serial Algorithm 3 on each coarse level (global prediction)", low=0
     )
+    coarse_check_every: int = opt(
+        0,
+        "every this many iterations, check whether the coarse model reaches "
+        "train.target_accuracy on the validation set and if so end its level there "
+        "(coarse_iterations is then a maximum; checked only when its accuracy on the recent "
+        "training batches reaches the target, backing off after a miss; counts as training "
+        "time); the training loop then evaluates the fine model after its first iteration. "
+        "0 = always run coarse_iterations",
+        low=0,
+    )
     coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
     prolong_optimizer: bool = opt(
         True,
@@ -271,8 +281,18 @@ class _RecordingResNet(ResNet):
         super().__init__(spec)
         self.at = at
         self.records: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=keep)
+        #: correct predictions / samples of the training batches since the last reset (before
+        #: each update: free, the logits are computed anyway) -- the gate of the target check
+        self.hits = 0
+        self.seen = 0
 
     def loss_and_grad(self, params, x, y, grads):
+        loss, logits = self._loss_and_grad(params, x, y, grads)
+        self.hits += int(np.count_nonzero(logits.argmax(axis=1) == y))
+        self.seen += len(y)
+        return loss, logits
+
+    def _loss_and_grad(self, params, x, y, grads):
         if self.at is None:
             return super().loss_and_grad(params, x, y, grads)
         D = self.spec.depth
@@ -300,6 +320,36 @@ class _RecordingResNet(ResNet):
         P_s = (1.0 - theta) * costates[c0] + theta * costates[c1]
         self.records.append((to_rows(X_s), np.array(y, copy=True), to_rows(P_s)))
         return loss, logits
+
+
+class _TargetCheck:
+    """The target check of a coarse level (``pint.coarse_check_every``), called every ``check``
+    iterations, in two gates: the accuracy of the coarse model on the training batches it saw
+    since the last check (counted before each update: free, a little behind), then on the
+    validation set, must reach ``train.target_accuracy``. The fine model is not evaluated here:
+    the training loop evaluates it right after the first fine iteration
+    (:meth:`PintTrainer.evaluation_requested`) and trains on if the prolongation is not yet at
+    the target (with large coarse steps it can be behind the coarse model). After a failed
+    validation check the next one waits twice as long."""
+
+    def __init__(self, trainer: PintTrainer, check: int) -> None:
+        self.trainer, self.check = trainer, check
+        self.next_eval = 0
+        self.backoff = check
+
+    def __call__(self, model: ResNet, params: Params, iteration: int, seen: tuple[int, int] |
+                 None = None) -> bool:
+        """``seen``: (correct, samples) of the recent training batches (None: no batch gate)."""
+        target, data = self.trainer.cfg.train.target_accuracy, self.trainer.data
+        if seen is not None and seen[0] < target * max(seen[1], 1):
+            return False
+        if iteration < self.next_eval:
+            return False
+        if model.evaluate(params, data.x_val, data.y_val)[1] >= target:
+            return True
+        self.next_eval = iteration + self.backoff
+        self.backoff *= 2
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,6 +404,10 @@ class PintTrainer(Trainer):
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
         self.coarse_time = 0.0
         self.coarse_loss = float("nan")
+        #: iterations of the global prediction, all levels (fewer than the budget when
+        #: ``coarse_check_every`` ended a level at the target)
+        self.coarse_steps = 0
+        self._eval_request = False
         # pipeline: trajectory of the current batch, its indices, pending sends, known losses
         self.traj: Any = None
         self.cur_idx: np.ndarray | None = None
@@ -508,6 +562,8 @@ class PintTrainer(Trainer):
         params: Params | None = None
         slots: list[Params] = []
         k_opt = 0
+        check = o.coarse_check_every if tr.target_accuracy > 0 else 0
+        done = False
         keep = o.window if o.window > 0 else None
         records: list = []
         for level in range(o.levels - 1, 0, -1):
@@ -528,13 +584,23 @@ class PintTrainer(Trainer):
                     fine = prolong_slots(slots, o.coarsen, o.prolong, coarse.opt.kind)
                     coarse.opt.load_state_dict({"k": k_opt, "slots": [
                         sp.arrays()[i] for i in range(6) for sp in fine]})
-            record_from = o.coarse_iterations - (keep or o.coarse_iterations)
+            # only the last `window` observations are kept: record only those (the blockwise
+            # solve with state copies costs more than the plain one); with target checks the
+            # level may end at any check, so record throughout
+            record_from = 0 if check else o.coarse_iterations - (keep or o.coarse_iterations)
             losses = []
+            gate = _TargetCheck(self, check)
+            done = False
             for i in range(o.coarse_iterations):
-                # only the last `window` observations are kept: record only those (the
-                # blockwise solve with state copies costs more than the plain one)
                 model.at = at if i >= record_from else None
                 losses.append(coarse.step())
+                self.coarse_steps += 1
+                if check and (i + 1) % check == 0:
+                    seen = (model.hits, model.seen)
+                    model.hits = model.seen = 0
+                    if gate(model, coarse.params, i + 1, seen):
+                        done = True
+                        break
             params = coarse.params
             slots, k_opt = optimizer_slots(coarse.opt, params), coarse.opt.k
             records.extend(model.records)
@@ -549,7 +615,25 @@ class PintTrainer(Trainer):
                 self.regression.add(X, y, P)
             self.regression.fit()
         self.predicted = True
+        self._eval_request = bool(done)
         self.coarse_time = time.perf_counter() - t0
+
+    def warmup(self) -> None:
+        """The base warm-up plus the regression kernels (their first call would otherwise load
+        them inside the first timed step)."""
+        super().warmup()
+        if self.regression is not None:
+            r = self.regression
+            reg = BoundaryRegression(r.n_classes, r.dim, r.features, r.window, r.ridge)
+            X, y = np.zeros((1, r.dim)), np.zeros(1, dtype=np.int64)
+            reg.add(X, y, X)
+            reg.fit()
+            reg.predict(X, y, out=np.empty((1, r.dim)))
+
+    def evaluation_requested(self) -> bool:
+        """After a global prediction that reached the target: evaluate the fine model now."""
+        req, self._eval_request = self._eval_request, False
+        return req
 
     def _parallel_global_prediction(self, ccounts: list[int]) -> None:
         """The global prediction trained by this method on all ranks (``coarse_parallel``): the
@@ -561,13 +645,24 @@ class PintTrainer(Trainer):
             self.cfg,
             train=dataclasses.replace(
                 tr, lr=o.coarse_lr or tr.lr, seed=tr.seed + 1000, iterations=0,
-                target_accuracy=0.0,
             ),
             method=dataclasses.replace(o, levels=o.levels - 1),
         )
         cmodel = ResNet(self.model.spec.coarsened(o.coarsen))
         coarse = PintTrainer(Problem(cmodel, self.data), ccfg, self.comm, counts=ccounts)
-        losses = [coarse.step() for _ in range(o.coarse_iterations)]
+        check = o.coarse_check_every if tr.target_accuracy > 0 else 0
+        losses = []
+        gate = _TargetCheck(self, check)
+        for i in range(o.coarse_iterations):
+            losses.append(coarse.step())
+            self.coarse_steps += 1
+            # global_params is collective: every rank checks at the same iterations (no batch
+            # accuracy gate here, the validation check with its back-off decides)
+            if check and (i + 1) % check == 0 and i + 1 >= gate.next_eval and \
+                    gate(cmodel, coarse.global_params(), i + 1):
+                self._eval_request = True
+                break
+        self.coarse_steps += coarse.coarse_steps
         self.coarse_loss = float(np.mean(losses[-10:])) if losses else float("nan")
         self.params = prolong_params(coarse.global_params(), o.coarsen, o.prolong)
         self.grads = self.params.zeros_like()
