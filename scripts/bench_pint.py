@@ -125,6 +125,7 @@ def run(raw: dict, comm, data) -> dict:
     }
     if hasattr(trainer, "coarse_time"):
         out["coarse_time"] = comm.allreduce(trainer.coarse_time, op="max")
+        out["coarse_steps"] = trainer.coarse_steps
         out["wait"] = comm.allgather(trainer.wait_time)
         out["counts"] = trainer.counts
     return out
@@ -296,12 +297,18 @@ def speedup_one(comm, a, ds, data, depth) -> dict:
         return raw_config(method, ds, depth, a, pint, seed=seed, **extra)
 
     def summarise(name, results):
+        """``results``: a list of runs (to the highest target), or {target: runs} when the runs
+        depend on the target (pint with ``coarse_check_every``)."""
+        by = results if isinstance(results, dict) else {tg: results for tg in row["targets"]}
         out = {}
         for tg in row["targets"]:
-            hits = [time_to(r["history"], tg) for r in results]
+            hits = [time_to(r["history"], tg) for r in by[tg]]
             out[f"{tg:.3f}"] = {"time": median([h[0] for h in hits]),
                                 "iters": median([h[1] for h in hits]),
-                                "fails": sum(h[0] is None for h in hits)}
+                                "fails": sum(h[0] is None for h in hits),
+                                "coarse_time": median([r.get("coarse_time") for r in by[tg]]),
+                                "coarse_steps": median([r.get("coarse_steps") for r in by[tg]])}
+        results = by[max(row["targets"])]
         row[name] = {"by_target": out,
                      "per_iteration": median([(r["wall"] - r.get("coarse_time", 0.0))
                                               / max(r["iterations"], 1) for r in results]),
@@ -342,9 +349,17 @@ def speedup_one(comm, a, ds, data, depth) -> dict:
             res.append(clean_runs(one, [0]))
         return comm.bcast(res)
 
-    def together(method, pint=None):
-        return [clean_runs(lambda s=s: run(cfg(method, s, pint, target), comm, data),
+    def together(method, pint=None, tg=None):
+        tg = target if tg is None else tg
+        return [clean_runs(lambda s=s: run(cfg(method, s, pint, tg), comm, data),
                            list(range(S))) for s in range(a.seeds)]
+
+    def per_target(runs, pint):
+        """With ``coarse_check_every`` the global prediction stops at the run's target, so each
+        target gets its own runs; otherwise one set of runs to the highest target serves all."""
+        if pint and pint.get("coarse_check_every"):
+            return {tg: runs(tg) for tg in row["targets"]}
+        return runs(target)
 
     top = max(a.targets)
     ser = alone("serial", target=top)
@@ -353,8 +368,8 @@ def speedup_one(comm, a, ds, data, depth) -> dict:
     target = max(row["targets"])  # every other run stops here
     summarise("serial", ser)
     summarise("dataparallel", together("dataparallel"))
-    summarise("pint", together("pint", tuned))
-    summarise("pint_1", alone("pint", tuned, target))
+    summarise("pint", per_target(lambda tg: together("pint", tuned, tg), tuned))
+    summarise("pint_1", per_target(lambda tg: alone("pint", tuned, tg), tuned))
     summarise("pint_paper", together("pint", {"levels": 2, "coarse_iterations": 200}))
     summarise("pint_single", together("pint", {"levels": 1}))
     if "torch" in a.parts:
@@ -406,7 +421,7 @@ def part_mse(comm, a, out):
     data = dataset("swissroll")
     res = {}
     tuned = json.loads(a.pint)
-    for feat in (a.features, "state"):
+    for feat in a.mse_features.split(","):
         for name, pint, clear in (("single-level", {"levels": 1}, False),
                                   ("multilevel", {**tuned, "levels": 2}, False),
                                   ("multilevel, no coarse obs.", {**tuned, "levels": 2}, True)):
@@ -556,7 +571,8 @@ def report(paths: list[str]) -> str:
         sel = [r for r in rows if tg in r["targets"]]
         key = f"{tg:.3f}"
         lines += ["", f"Time to {100 * tg:.1f}% validation accuracy (s, median over seeds; "
-                  "in brackets: fine iterations; coarse-phase seconds):", "",
+                  "in brackets: fine iterations; coarse iterations, coarse-phase seconds):",
+                  "",
                   "| dataset | depth | serial | data-par. | pint | pint 1 proc | pint paper | "
                   "single-level | torch | torch DDP | pint vs serial | vs 1 proc | paper vs "
                   "serial | pint vs best torch |",
@@ -575,8 +591,10 @@ def report(paths: list[str]) -> str:
                 extra = []
                 if its and b.get("iters") is not None:
                     extra.append(f"{b['iters']:.0f}")
-                if coarse and x.get("coarse_time"):
-                    extra.append(f"{x['coarse_time']:.2f}")
+                ct = b.get("coarse_time", x.get("coarse_time"))
+                if coarse and ct:
+                    cs = b.get("coarse_steps")
+                    extra.append((f"{cs:.0f}, " if cs is not None else "") + f"{ct:.2f} s")
                 if b.get("estimated"):
                     extra.append("est.")
                 if b.get("fails"):
@@ -680,6 +698,8 @@ def main() -> None:
     p.add_argument("--mnist-target", type=float, default=0.90)
     p.add_argument("--mse-depth", type=int, default=512)
     p.add_argument("--mse-iterations", type=int, default=100)
+    p.add_argument("--mse-features", default="class,state,quadratic",
+                   help="regression features compared in the mse part")
     p.add_argument("--model-depths", default="64,256,512")
     p.add_argument("--model-serial-depths", default="8,16,32,64,128,256,512,1024,2048,4096")
     p.add_argument("--out", default=None, help="write all results as JSON here (rank 0)")
