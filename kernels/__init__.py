@@ -2,6 +2,6 @@
 
 Submodules: activations, dense, residual, losses, krylov, fista, admm, updates (fused optimiser
 steps), regression (the co-state regression of the parallel-in-time method). Import the one you
-need, e.g. ``from pintopt.kernels import residual``; this package does not import them eagerly so that
-``import pintopt`` stays cheap.
+need, e.g. ``from pintopt.kernels import residual``; this package does not import them eagerly so
+that ``import pintopt`` stays cheap.
 """

@@ -12,6 +12,10 @@ Exit status (the same on every rank; ``docs/reliability.md`` lists every case te
   reaches the error alone prints its own line and aborts the job;
 - 3: training diverged (NaN/Inf loss, parameters or message): one line naming what, where and
   when, and the last good checkpoint, which is kept;
+- 4: interrupted by SIGTERM or SIGINT (a batch system's time limit, Ctrl-C): the ranks agree to
+  stop at the same iteration (within 10 iterations of the signal), evaluate, write the final
+  checkpoint if checkpointing is on, and say where to resume; a second signal ends the process
+  at once;
 - 1 (or the launcher's status): any other failure. An uncaught exception on any rank aborts the
   whole job with a line naming the rank and the cause; a watchdog aborts a job that stops making
   progress (a stopped or deadlocked rank); MPICH's launcher ends every rank when one dies.
@@ -88,7 +92,48 @@ RESUME_TRAIN_OVERRIDES = (
 )
 
 #: Exit statuses.
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
+
+
+class _StopOnSignal:
+    """SIGTERM / SIGINT ask the training loop to stop cleanly (it polls :meth:`requested` at its
+    decision points, agreed across ranks); a second signal restores the default action and
+    re-delivers itself, so an impatient user or batch system still ends the process at once."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.signum is not None:  # second signal: default action now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
 
 
 class UsageError(Exception):
@@ -530,15 +575,17 @@ def _run(
     if watchdog is not None:
         watchdog.start()
     try:
-        result = train(
-            trainer,
-            progress,
-            history=history,
-            wall_offset=wall,
-            log=lambda line: _say(comm, f"pintopt: {line}", err=True),
-        )
-        if cfg.checkpoint.checkpoint:
-            progress.write(trainer, result.history)
+        with _StopOnSignal() as stopper:
+            result = train(
+                trainer,
+                progress,
+                history=history,
+                wall_offset=wall,
+                log=lambda line: _say(comm, f"pintopt: {line}", err=True),
+                should_stop=stopper.requested,
+            )
+            if cfg.checkpoint.checkpoint and progress.last_saved != trainer.iteration:
+                progress.write(trainer, result.history)
     except Divergence as exc:
         raise _Diverged(_divergence_message(exc, cfg, progress)) from None
     finally:
@@ -554,6 +601,19 @@ def _run(
         + (f", {n_rb} rollback(s)" if n_rb else "")
         + ")",
     )
+    if result.stopped == "interrupted":
+        path = cfg.checkpoint.checkpoint
+        _say(
+            comm,
+            "pintopt: interrupted by a signal; "
+            + (
+                f"checkpoint of iteration {trainer.iteration} written to {path} "
+                f"(continue with `pintopt resume {path}`)"
+                if path
+                else "no checkpoint written (checkpoint.checkpoint is not set)"
+            ),
+            err=True,
+        )
     return result
 
 
@@ -635,7 +695,8 @@ def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 bad input, 3 diverged, 1 failure)."""
+    """Entry point; returns the exit status (0 ok, 2 bad input, 3 diverged, 4 interrupted,
+    1 failure)."""
     from pintopt import faults
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import Watchdog, abort_on_exception, world
@@ -663,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             cfg = make_config(DEFAULT_JOB)
             result = _run(cfg, comm, quiet=False, watchdog=watchdog)
+            if result.stopped == "interrupted":
+                return EXIT_INTERRUPTED
             if args.compare_serial:
                 _compare_serial(cfg, comm, result)
             return EXIT_OK
@@ -673,10 +736,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             cfg = make_config(_raw_config(args, {}))
             result = _run(cfg, comm, args.quiet, watchdog=watchdog)
+            if result.stopped == "interrupted":
+                return EXIT_INTERRUPTED
             if args.compare_serial:
                 _compare_serial(cfg, comm, result)
         elif args.command == "resume":
-            _resume(args, comm, watchdog)
+            if _resume(args, comm, watchdog).stopped == "interrupted":
+                return EXIT_INTERRUPTED
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
         return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
@@ -705,7 +771,7 @@ def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
     )
 
 
-def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> None:
+def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> Any:
     from pintopt import checkpoint
 
     ck: Any = None
@@ -753,4 +819,4 @@ def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> None:
         comm,
         f"resuming {args.path} at iteration {ck['iteration']} (written by {ck['ranks']} rank(s))",
     )
-    _run(cfg, comm, args.quiet, resume=ck, watchdog=watchdog, lr_override=lr_override)
+    return _run(cfg, comm, args.quiet, resume=ck, watchdog=watchdog, lr_override=lr_override)

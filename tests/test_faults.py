@@ -292,3 +292,44 @@ def test_injection_is_off_without_the_variable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
                          timeout=60, cwd=Path(__file__).parent)  # fmt: skip
     assert out.stdout.split() == ["False", "[]"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_with_a_final_checkpoint(tmp_path, n, sig):
+    """A batch system's SIGTERM (or Ctrl-C's SIGINT) at the launcher: the ranks agree to stop,
+    write the final checkpoint and exit with status 4 within PROMPT seconds; ``resume``
+    continues from it. ``n = 1`` signals the process itself (no launcher)."""
+    ck = tmp_path / "ck.h5"
+    args = ["train", "--quiet", "--depth", "8", "--batch-size", "8", "--eval-every", "50",
+            "--iterations", "10000000", "--checkpoint", "ck.h5", "--checkpoint-every", "200"]
+    e = subprocess_env()
+    e.pop("PINTOPT_FAULT", None)
+    e["PINTOPT_WATCHDOG"] = "0"
+    pre = [] if n == 1 else [mpiexec_path(), "-n", str(n)]
+    proc = subprocess.Popen([*pre, sys.executable, "-m", "pintopt", *args], cwd=tmp_path, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + HARD_LIMIT
+        while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ck.exists(), proc.communicate(timeout=5)
+        first = checkpoint.load(ck)["iteration"]
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=HARD_LIMIT)
+        secs = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 4 and secs < PROMPT, (proc.returncode, out, err)
+    assert "interrupted by a signal" in err and "Traceback" not in err, err
+    assert err.count("interrupted by a signal") == 1
+    ck_data = checkpoint.load(ck)
+    last = ck_data["iteration"]
+    assert last > first
+    assert ck_data["history"]["iteration"][-1] == last  # evaluated where it stopped
+    assert main(["resume", str(ck), "--iterations", str(last + 20), "--quiet"]) == 0
+    assert checkpoint.load(ck)["iteration"] == last + 20

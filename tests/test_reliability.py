@@ -40,6 +40,30 @@ def trainer_for(raw):
 RAW = {"model": {"depth": 4}, "train": {"batch_size": 8, "iterations": 30, "eval_every": 5}}
 
 
+# ---- stop requests (signals) -----------------------------------------------------------------
+
+
+def test_should_stop_ends_training_where_asked_and_evaluates_there():
+    """One process checks the stop request every iteration: it ends at the first one asked, with
+    an evaluation row there, and the parameters are those of an uninterrupted run at that
+    iteration (the stop changes nothing but the end)."""
+    raw = {**RAW, "train": {**RAW["train"], "iterations": 40, "eval_every": 10}}
+    t = trainer_for(raw)
+    result = train(t, should_stop=lambda: t.iteration >= 23)
+    assert result.stopped == "interrupted" and result.iterations == 23
+    assert result.history["iteration"] == [10, 20, 23]
+    ref = trainer_for({**raw, "train": {**raw["train"], "iterations": 23}})
+    full = train(ref)
+    for a, b in zip(result.params.arrays(), full.params.arrays()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_target_wins_over_a_simultaneous_stop_request():
+    raw = {**RAW, "train": {**RAW["train"], "target_accuracy": 1e-9}}
+    t = trainer_for(raw)
+    assert train(t, should_stop=lambda: True).stopped == "target"
+
+
 # ---- divergence ------------------------------------------------------------------------------
 
 

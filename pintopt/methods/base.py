@@ -66,7 +66,7 @@ class Result:
     history: dict[str, list]
     iterations: int
     wall_time: float
-    stopped: str  # "completed", "target" (target accuracy reached), "diverged"
+    stopped: str  # "completed", "target" (target accuracy reached), "interrupted" (should_stop)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -251,12 +251,13 @@ def empty_history() -> dict[str, list]:
     }
 
 
-def _agree(comm: Any, code: int, iteration: int) -> np.ndarray:
-    """Every rank's (code, iteration); a comm without ``agree`` (a duck-typed stub) is serial."""
+def _agree(comm: Any, code: int, iteration: int, *more: int) -> np.ndarray:
+    """Every rank's (code, iteration, *more); a comm without ``agree`` (a duck-typed stub) is
+    serial."""
     agree = getattr(comm, "agree", None)
     if agree is None:
-        return np.asarray([[code, iteration]], dtype=np.int64)
-    return agree([code, iteration])
+        return np.asarray([[code, iteration, *more]], dtype=np.int64)
+    return agree([code, iteration, *more])
 
 
 def describe_divergence(verdict: np.ndarray) -> str:
@@ -279,8 +280,13 @@ def train(
     history: dict[str, list] | None = None,
     wall_offset: float = 0.0,
     log: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Result:
     """Run ``trainer`` to its iteration budget (or target accuracy); collective on all ranks.
+
+    ``should_stop()`` (e.g. a signal flag) is polled at the decision points below; when it is
+    true on any rank, every rank evaluates, calls ``callback`` and returns with ``stopped =
+    "interrupted"`` at the same iteration.
 
     ``callback(trainer, history, evaluated)`` is called after every iteration on every rank (the
     CLI writes checkpoints and progress lines there). ``history``/``wall_offset`` continue a
@@ -343,9 +349,14 @@ def train(
         # Decision points are the same iterations on every rank, so a rank that alone sees a
         # problem reports it at the next one instead of waiting for ranks that are busy in the
         # method's own collectives; on one process there is nobody to wait for.
-        if due or checkpoint_due or it % check_every == 0 or (comm.size == 1 and pending):
-            verdict = _agree(comm, *(pending or (0, it)))
+        stop_here = bool(should_stop is not None and should_stop())
+        interrupt = False
+        if due or checkpoint_due or it % check_every == 0 or (
+            comm.size == 1 and (pending or stop_here)
+        ):
+            verdict = _agree(comm, *(pending or (0, it)), int(stop_here))
             pending = None
+            interrupt = bool(verdict[:, 2].any())
             if verdict[:, 0].any():
                 what = describe_divergence(verdict)
                 if rollback and len(rollbacks) < tr.max_rollbacks:
@@ -377,6 +388,9 @@ def train(
                     iteration=int(verdict[:, 1].min()),
                     last_good=good_iteration,
                 )
+        if interrupt and not due:  # every rank agreed to stop: evaluate where we are
+            due = True
+            params = trainer.global_params()
         if due:
             val_loss, val_acc = model.evaluate(params, data.x_val, data.y_val)
             _, train_acc = model.evaluate(params, data.x_train, data.y_train)
@@ -402,9 +416,11 @@ def train(
             good_iteration = trainer.iteration
             if tr.target_accuracy and val_acc >= tr.target_accuracy:
                 stopped = "target"
+        if interrupt and stopped != "target":
+            stopped = "interrupted"
         if callback is not None:
             callback(trainer, history, evaluated)
-        if stopped == "target":
+        if stopped in ("target", "interrupted"):
             break
     return Result(
         trainer.global_params(),
