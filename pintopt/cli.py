@@ -70,12 +70,14 @@ DEFAULT_JOB: dict[str, dict[str, Any]] = {
         "target_accuracy": 0.99,
     },
     "pint": {
-        "levels": 2,
+        "levels": 4,
         "coarsen": 4,
-        "coarse_iterations": 1200,
+        "coarse_iterations": 600,
         "coarse_check_every": 16,
-        "features": "class",
-        "balance_layers": 10,
+        "features": "quadratic",
+        "refit_every": 4,
+        "window": 40,
+        "balance_layers": 64,
     },
 }
 

@@ -127,6 +127,19 @@ class _Trajectory:
             return self.Xs[j]
         return np.stack([self.Xs[j], self.Zs[j]])
 
+    def block(self, a: int, b: int) -> _Trajectory:
+        """The part of this trajectory for global layers ``[a, b)`` (``lo <= a < b <= hi``), as
+        views: its backward solve gives the co-state at layer ``a``."""
+        if not self.lo <= a < b <= self.hi:
+            raise ValueError(f"block [{a}, {b}) is not inside [{self.lo}, {self.hi})")
+        out = object.__new__(_Trajectory)
+        i, j = a - self.lo, b - self.lo
+        out.lo, out.hi = a, b
+        out.Xs, out.D = self.Xs[i : j + 1], self.D[i:j]
+        out.Zs = None if self.Zs is None else self.Zs[i : j + 1]
+        out.DY = None if self.DY is None else self.DY[i:j]
+        return out
+
     def state_view(self, j: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Like :meth:`state` without the copy: for Verlet the pair ``(Y, Z)`` of views (enough
         for :meth:`ResNet.head`, which reads ``state[0]``)."""

@@ -298,27 +298,24 @@ class _RecordingResNet(ResNet):
         D = self.spec.depth
         c0, c1 = math.floor(self.at), math.ceil(self.at)
         theta = self.at - c0
-        cuts = sorted({0, c0, c1, D})
-        states: dict[int, np.ndarray] = {}
-        trajs = []
-        state = self.open(params, x)
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if a in (c0, c1):
-                states[a] = np.array(state, copy=True)
-            traj = self.forward(params, state, a, b)
-            trajs.append(traj)
-            state = traj.state(b - a)
-        if D in (c0, c1):
-            states[D] = np.array(state, copy=True)
-        loss, logits, P = self.head(params, state, y, grads)
+        # one forward solve (the trajectory keeps every state); the backward solve in blocks
+        # cut at c0 and c1, whose first co-states are the ones at the boundary
+        traj = self.forward(params, self.open(params, x), 0, D)
+        loss, logits, P = self.head(params, traj.state_view(D), y, grads)
         costates = {D: P}
-        for traj in reversed(trajs):
-            P = self.backward(params, traj, P, grads)
-            costates[traj.lo] = P
+        cuts = sorted({0, c0, c1, D})
+        for a, b in reversed(list(zip(cuts[:-1], cuts[1:]))):
+            P = self.backward(params, traj.block(a, b), P, grads)
+            costates[a] = P
         self.open_backward(params, x, P, grads)
-        X_s = (1.0 - theta) * states[c0] + theta * states[c1]
-        P_s = (1.0 - theta) * costates[c0] + theta * costates[c1]
-        self.records.append((to_rows(X_s), np.array(y, copy=True), to_rows(P_s)))
+
+        def rows(c: int, arr: np.ndarray, second: np.ndarray | None) -> np.ndarray:
+            return np.concatenate([arr[c], second[c]], axis=1) if second is not None else arr[c]
+
+        Zs = traj.Zs
+        X_s = (1.0 - theta) * rows(c0, traj.Xs, Zs) + theta * rows(c1, traj.Xs, Zs)
+        P_s = (1.0 - theta) * to_rows(costates[c0]) + theta * to_rows(costates[c1])
+        self.records.append((X_s, np.array(y, copy=True), P_s))
         return loss, logits
 
 
