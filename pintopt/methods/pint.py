@@ -565,7 +565,10 @@ class PintTrainer(Trainer):
         records: list = []
         for level in range(o.levels - 1, 0, -1):
             factor = o.coarsen**level
-            at = None if self.boundary is None or o.oracle else self.boundary / factor
+            # observations only on the finest coarse level: the regression keeps the last
+            # `window` batches, and the coarser levels' would be older and less accurate
+            at = None if self.boundary is None or o.oracle or level != 1 else \
+                self.boundary / factor
             model = _RecordingResNet(spec.coarsened(factor), at, keep)
             ccfg = dataclasses.replace(
                 self.cfg,
@@ -581,9 +584,9 @@ class PintTrainer(Trainer):
                     fine = prolong_slots(slots, o.coarsen, o.prolong, coarse.opt.kind)
                     coarse.opt.load_state_dict({"k": k_opt, "slots": [
                         sp.arrays()[i] for i in range(6) for sp in fine]})
-            # only the last `window` observations are kept: record only those (the blockwise
-            # solve with state copies costs more than the plain one); with target checks the
-            # level may end at any check, so record throughout
+            # only the last `window` observations are kept: record only those (the cut backward
+            # solve costs more than the plain one); with target checks the level may end at
+            # any check, so record throughout
             record_from = 0 if check else o.coarse_iterations - (keep or o.coarse_iterations)
             losses = []
             gate = _TargetCheck(self, check)
