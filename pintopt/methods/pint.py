@@ -13,7 +13,10 @@ optimiser continues the coarse one (:func:`prolong_slots`), and the coarse traje
 first co-state observations ``(X(s), P(s))`` at every slice boundary ``s`` (interpolated linearly
 in time where ``s`` falls between coarse steps). Every rank runs the same coarse computation (it
 is serial by nature), so no message is needed; ``coarse_parallel`` trains the coarse model with
-this method on all ranks instead.
+this method on all ranks instead. With ``coarse_check_every`` a level ends as soon as its model
+reaches ``train.target_accuracy`` (:class:`_TargetCheck`), so ``coarse_iterations`` is a maximum
+and a hierarchy of levels works as nested iteration: each level trains only until it is as good
+as asked, and the next, finer one starts from its prolongation.
 With ``levels = 1`` (single level) the fine model starts from its random initialisation and the
 regressions from zero observations (``P_hat = 0`` until the first observation arrives).
 
