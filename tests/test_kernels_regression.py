@@ -24,16 +24,22 @@ def _blocks(y, kind, C):
     return [(c, y == c) for c in range(C)] if kind in ("class", "quadratic") else [(0, y >= 0)]
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_gram_update_adds_and_removes_the_normal_equations(kind):
-    rng = np.random.default_rng(0)
-    m, dim, C = 23, 5, 3
+def _accumulated(rng, kind, m, dim, C):
+    """Random rows and the normal equations the kernel accumulates from them."""
     code = KINDS[kind]
     p, nb = K.n_features(code, dim, C), K.n_blocks(code, C)
     X, P = rng.standard_normal((m, dim)), rng.standard_normal((m, dim))
     y = rng.integers(0, C, m)
     G, R, f = np.zeros((nb, p, p)), np.zeros((nb, p, dim)), np.empty(p)
-    K.gram_update(X, y, P, code, 1.0, G, R, f)
+    assert K.gram_update(X, y, P, code, 1.0, G, R, f)
+    return code, p, nb, X, y, P, G, R, f
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_gram_update_adds_and_removes_the_normal_equations(kind):
+    rng = np.random.default_rng(0)
+    m, dim, C = 23, 5, 3
+    code, p, nb, X, y, P, G, R, f = _accumulated(rng, kind, m, dim, C)
     F = _phi(X, y, kind, C)
     assert F.shape[1] == p
     for b, rows in _blocks(y, kind, C):
@@ -49,12 +55,7 @@ def test_gram_update_adds_and_removes_the_normal_equations(kind):
 def test_ridge_fit_and_predict_match_numpy_solve(kind):
     rng = np.random.default_rng(1)
     m, dim, C, ridge = 200, 4, 3, 0.05
-    code = KINDS[kind]
-    p, nb = K.n_features(code, dim, C), K.n_blocks(code, C)
-    X, P = rng.standard_normal((m, dim)), rng.standard_normal((m, dim))
-    y = rng.integers(0, C, m)
-    G, R, f = np.zeros((nb, p, p)), np.zeros((nb, p, dim)), np.empty(p)
-    K.gram_update(X, y, P, code, 1.0, G, R, f)
+    code, p, nb, X, y, P, G, R, f = _accumulated(rng, kind, m, dim, C)
     coef, work = np.empty((nb, p, dim)), np.empty((p, p))
     assert K.ridge_fit(G, R, ridge, coef, work) == 0
     F = _phi(X, y, kind, C)
