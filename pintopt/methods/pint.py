@@ -333,7 +333,7 @@ class _TargetCheck:
     validation check the next one waits twice as long."""
 
     def __init__(self, trainer: PintTrainer, check: int) -> None:
-        self.trainer, self.check = trainer, check
+        self.trainer = trainer
         self.next_eval = 0
         self.backoff = check
 
