@@ -384,7 +384,7 @@ def _load_data(cfg: Config, comm: Any):
 
 
 def _one_line(exc: BaseException) -> str:
-    from pintopt.comm import describe
+    from pintopt.guards import describe
 
     return describe(exc)
 
@@ -701,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     1 failure)."""
     from pintopt import faults
     from pintopt.checkpoint import CheckpointError
-    from pintopt.comm import Watchdog, abort_on_exception, world
+    from pintopt.comm import world
+    from pintopt.guards import Watchdog, abort_on_exception
 
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = world()

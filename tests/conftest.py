@@ -40,8 +40,12 @@ def mpiexec() -> str:
 
 
 def subprocess_env() -> dict[str, str]:
+    """Environment of a ``python -m pintopt`` subprocess: one thread, unbuffered, and the checkout
+    under test first on the path (a subprocess started in a scratch folder would otherwise import
+    whatever pintopt is installed, not the code under test)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
