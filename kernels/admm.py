@@ -18,7 +18,8 @@ and the dual u (Eq. 7), then forms the residuals ``r_l = p_{l+1} - q_l``.
 Layout: rows are samples, as in the other kernels (:mod:`.dense`): ``z_l = p_l @ W_l + b_l`` with
 ``p_l`` (m, n_{l-1}), ``W_l`` (n_{l-1}, n_l), ``b_l`` (n_l,), and ``z_l, q_l, u_l`` (m, n_l).
 The paper's column form ``W_l p_l`` is the transpose of this; every formula is the same.
-All arrays float64 and C-contiguous; outputs are caller-provided; no allocation.
+All arrays float64 and C-contiguous; outputs are caller-provided; no allocation. The public
+functions check their arguments and call the compiled ``*_jit`` kernels (for numba code).
 
 Compared with the authors' code (``xianggebenben/pdADMM``: ``serial_pdADMM/pdADMM/common.py`` and
 ``parallel_pdADMM/code/common.py``, TensorFlow, functions ``update_p``, ``update_W``,
@@ -31,14 +32,15 @@ noted at each function.
 import numba
 import numpy as np
 
-from .activations import sigma
+from . import _checks as chk
+from .activations import check_code, sigma
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 
 
 @numba.njit(cache=True)
-def linear_residual(p, W, b, z, res):
+def linear_residual_jit(p, W, b, z, res):
     """``res = p @ W + b - z`` (the residual of the linear constraint ``z_l = W_l p_l + b_l``).
 
     Returns ``||res||^2``. ``res`` must not alias ``p``, ``W`` or ``z``.
@@ -55,7 +57,7 @@ def linear_residual(p, W, b, z, res):
 
 
 @numba.njit(cache=True)
-def affine(p, W, b, out):
+def affine_jit(p, W, b, out):
     """``out = p @ W + b``: the ``a = W_l p_l + b_l`` that the z updates need (row layout)."""
     np.dot(p, W, out)
     m, n = out.shape
@@ -65,12 +67,12 @@ def affine(p, W, b, out):
 
 
 @numba.njit(cache=True)
-def phi(p, W, b, z, q_prev, u_prev, nu, rho, res):
+def phi_jit(p, W, b, z, q_prev, u_prev, nu, rho, res):
     """Value of the paper's ``phi(p_l, W_l, b_l, z_l, q_{l-1}, u_{l-1})`` (Section III-A), l >= 2.
 
     ``res`` is an (m, n_l) scratch array (receives ``p @ W + b - z``).
     """
-    val = 0.5 * nu * linear_residual(p, W, b, z, res)
+    val = 0.5 * nu * linear_residual_jit(p, W, b, z, res)
     m, n = p.shape
     s = 0.0
     t = 0.0
@@ -96,7 +98,7 @@ def _smallest_power_above(t0, eta, kappa):
 
 
 @numba.njit(cache=True)
-def p_update(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad):
+def p_update_jit(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad):
     """pdADMM p update, Equation (1) (Wang et al. 2020, Section III-B.1), layers 2 <= l <= L.
 
     ``p_l`` is coupled with ``W_l`` in ``phi``, so the exact minimiser needs a linear solve with
@@ -120,7 +122,7 @@ def p_update(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad):
     (m, n_{l-1}) are scratch (``grad`` returns the gradient). Returns ``tau``.
     A zero gradient returns ``tau0`` and ``out = p``.
     """
-    linear_residual(p, W, b, z, res)
+    linear_residual_jit(p, W, b, z, res)
     np.dot(res, W.T, grad)
     m, n = p.shape
     gg = 0.0
@@ -153,7 +155,7 @@ def p_update(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad):
 
 
 @numba.njit(cache=True)
-def W_update(p, W, b, z, nu, theta0, eta, out, res, grad):
+def W_update_jit(p, W, b, z, nu, theta0, eta, out, res, grad):
     """pdADMM W update, Equation (2) (Section III-B.2), any layer 1 <= l <= L.
 
     Linearised step ``W^{k+1} = W^k - grad_W phi / theta`` on ``phi``'s only W-dependent term
@@ -166,7 +168,7 @@ def W_update(p, W, b, z, nu, theta0, eta, out, res, grad):
     (may not alias W); ``res`` (m, n_l) and ``grad`` (n_{l-1}, n_l) are scratch (``grad`` returns
     the gradient). Returns ``theta``; a zero gradient returns ``theta0`` and ``out = W``.
     """
-    linear_residual(p, W, b, z, res)
+    linear_residual_jit(p, W, b, z, res)
     np.dot(p.T, res, grad)
     r, c = W.shape
     gg = 0.0
@@ -198,7 +200,7 @@ def W_update(p, W, b, z, nu, theta0, eta, out, res, grad):
 
 
 @numba.njit(cache=True)
-def b_update(p, W, z, out, res):
+def b_update_jit(p, W, z, out, res):
     """pdADMM b update, Equation (3) (Section III-B.3): ``b^{k+1} = mean_i (z_i - p_i W)``.
 
     This is the exact minimiser of ``phi`` over ``b``. The paper writes the linearised step
@@ -233,7 +235,7 @@ def _relu_z_objective(z, a, q, zk):
 
 
 @numba.njit(cache=True)
-def z_update_relu(a, q, zk, out):
+def z_update_relu_jit(a, q, zk, out):
     """pdADMM z update for ReLU layers l < L, Equation (4) (Section III-B.4), in closed form.
 
     Derivation (Equation (4) is missing from our copy of the paper). ``z_l`` enters ``L_rho``
@@ -281,7 +283,7 @@ def z_update_relu(a, q, zk, out):
 
 
 @numba.njit(cache=True)
-def q_update(p_next, u, z, act, nu, rho, out):
+def q_update_jit(p_next, u, z, act, nu, rho, out):
     """pdADMM q update, Equation (6) (Section III-B.5), in closed form.
 
     ``q_l`` appears in ``nu/2 ||q_l - f_l(z_l)||^2 - u_l^T q_l + rho/2 ||p_{l+1} - q_l||^2``;
@@ -308,7 +310,7 @@ def q_update(p_next, u, z, act, nu, rho, out):
 
 
 @numba.njit(cache=True)
-def u_update(u, p_next, q, rho):
+def u_update_jit(u, p_next, q, rho):
     """pdADMM dual update, Equation (7): ``u_l^{k+1} = u_l^k + rho (p_{l+1}^{k+1} - q_l^{k+1})``.
 
     In place on ``u``. Returns the primal residual norm ``||r_l|| = ||p_{l+1}^{k+1} -
@@ -327,7 +329,7 @@ def u_update(u, p_next, q, rho):
 
 
 @numba.njit(cache=True)
-def residuals(p_next, q, q_old, rho):
+def residuals_jit(p_next, q, q_old, rho):
     """Primal and dual residual norms of the coupling ``p_{l+1} = q_l`` (Boyd et al. 2011, 3.3).
 
     ``primal = ||p_{l+1}^{k+1} - q_l^{k+1}||`` (Algorithm 1's ``r_l``) and ``dual = rho ||q_l^{k+1}
@@ -347,3 +349,164 @@ def residuals(p_next, q, q_old, rho):
         sp += r * r
         sd += d * d
     return np.sqrt(sp), rho * np.sqrt(sd)
+
+
+# ----------------------------------------------------------------------------------------------
+# checked entry points (float64 only)
+
+_MK, _KN, _MN, _N = ("m", "k"), ("k", "n"), ("m", "n"), ("n",)
+
+
+def _spec(fn: str, arrays: list, outputs: tuple[str, ...]) -> chk.Spec:
+    return chk.Spec(f"admm.{fn}", arrays, outputs=outputs, dtypes=chk.F64_ONLY)
+
+
+_LR = _spec("linear_residual", [("p", _MK), ("W", _KN), ("b", _N), ("z", _MN), ("res", _MN)],
+            ("res",))
+_AFF = _spec("affine", [("p", _MK), ("W", _KN), ("b", _N), ("out", _MN)], ("out",))
+_PHI = _spec("phi", [("p", _MK), ("W", _KN), ("b", _N), ("z", _MN), ("q_prev", _MK),
+                     ("u_prev", _MK), ("res", _MN)], ("res",))
+_PU = _spec("p_update", [("p", _MK), ("W", _KN), ("b", _N), ("z", _MN), ("q_prev", _MK),
+                         ("u_prev", _MK), ("out", _MK), ("res", _MN), ("grad", _MK)],
+            ("out", "res", "grad"))
+_WU = _spec("W_update", [("p", _MK), ("W", _KN), ("b", _N), ("z", _MN), ("out", _KN),
+                         ("res", _MN), ("grad", _KN)], ("out", "res", "grad"))
+_BU = _spec("b_update", [("p", _MK), ("W", _KN), ("z", _MN), ("out", _N), ("res", _MN)],
+            ("out", "res"))
+_ZU = _spec("z_update_relu", [("a", None), ("q", None), ("zk", None), ("out", None)], ("out",))
+_QU = _spec("q_update", [("p_next", None), ("u", None), ("z", None), ("out", None)], ("out",))
+_UU = _spec("u_update", [("u", None), ("p_next", None), ("q", None)], ("u",))
+_RES = _spec("residuals", [("p_next", None), ("q", None), ("q_old", None)], ())
+
+
+def _layer(spec: chk.Spec, p: object, W: object) -> tuple[int, int, int]:
+    m, k = chk.shape_of(spec, 0, p)
+    n = chk.shape_of(spec, 1, W)[1]
+    return m, k, n
+
+
+def _same_shape(spec: chk.Spec, arrays: tuple) -> None:
+    a0 = arrays[0]
+    if a0.__class__ is not np.ndarray:
+        chk.diagnose(spec, (a0,), (None,))
+    chk.arrays(spec, arrays, (a0.shape,) * len(arrays))
+
+
+def _step(fn: str, t0: object, eta: object, name: str) -> tuple[float, float]:
+    # the doubling search t0 * eta^j would never end with eta <= 1 or t0 <= 0
+    t0 = chk.positive(fn, name, t0)
+    eta = chk.real(fn, "eta", eta)
+    if not eta > 1.0:
+        raise ValueError(f"{fn}: eta must be > 1 (the search factor), got {eta}")
+    return t0, eta
+
+
+def linear_residual(p: np.ndarray, W: np.ndarray, b: np.ndarray, z: np.ndarray,
+                    res: np.ndarray) -> float:
+    """``res = p @ W + b - z``; returns ``||res||^2``. ``res`` apart from p and z."""
+    m, k, n = _layer(_LR, p, W)
+    chk.arrays(_LR, (p, W, b, z, res), ((m, k), (k, n), (n,), (m, n), (m, n)))
+    chk.distinct(_LR.fn, "res", res, (("p", p), ("z", z)))
+    return linear_residual_jit(p, W, b, z, res)
+
+
+def affine(p: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = p @ W + b`` (row layout); ``out`` apart from p."""
+    m, k, n = _layer(_AFF, p, W)
+    chk.arrays(_AFF, (p, W, b, out), ((m, k), (k, n), (n,), (m, n)))
+    chk.distinct(_AFF.fn, "out", out, (("p", p),))
+    affine_jit(p, W, b, out)
+
+
+def phi(p: np.ndarray, W: np.ndarray, b: np.ndarray, z: np.ndarray, q_prev: np.ndarray,
+        u_prev: np.ndarray, nu: float, rho: float, res: np.ndarray) -> float:
+    """Value of the paper's ``phi(p_l, W_l, b_l, z_l, q_{l-1}, u_{l-1})``; ``res`` scratch."""
+    fn = _PHI.fn
+    m, k, n = _layer(_PHI, p, W)
+    chk.arrays(_PHI, (p, W, b, z, q_prev, u_prev, res),
+               ((m, k), (k, n), (n,), (m, n), (m, k), (m, k), (m, n)))
+    chk.distinct(fn, "res", res, (("p", p), ("z", z)))
+    return phi_jit(p, W, b, z, q_prev, u_prev, chk.real(fn, "nu", nu), chk.real(fn, "rho", rho),
+                   res)
+
+
+def p_update(p: np.ndarray, W: np.ndarray, b: np.ndarray, z: np.ndarray, q_prev: np.ndarray,
+             u_prev: np.ndarray, nu: float, rho: float, tau0: float, eta: float,
+             out: np.ndarray, res: np.ndarray, grad: np.ndarray) -> float:
+    """pdADMM p update, Equation (1); see :func:`p_update_jit`. Returns ``tau``."""
+    fn = _PU.fn
+    m, k, n = _layer(_PU, p, W)
+    chk.arrays(_PU, (p, W, b, z, q_prev, u_prev, out, res, grad),
+               ((m, k), (k, n), (n,), (m, n), (m, k), (m, k), (m, k), (m, n), (m, k)))
+    chk.distinct(fn, "out", out, (("p", p),))
+    chk.distinct(fn, "grad", grad, (("p", p), ("q_prev", q_prev), ("u_prev", u_prev)))
+    chk.distinct(fn, "res", res, (("z", z),))
+    tau0, eta = _step(fn, tau0, eta, "tau0")
+    return p_update_jit(p, W, b, z, q_prev, u_prev, chk.positive(fn, "nu", nu),
+                        chk.positive(fn, "rho", rho, strict=False), tau0, eta, out, res, grad)
+
+
+def W_update(p: np.ndarray, W: np.ndarray, b: np.ndarray, z: np.ndarray, nu: float,
+             theta0: float, eta: float, out: np.ndarray, res: np.ndarray,
+             grad: np.ndarray) -> float:
+    """pdADMM W update, Equation (2); see :func:`W_update_jit`. Returns ``theta``."""
+    fn = _WU.fn
+    m, k, n = _layer(_WU, p, W)
+    chk.arrays(_WU, (p, W, b, z, out, res, grad),
+               ((m, k), (k, n), (n,), (m, n), (k, n), (m, n), (k, n)))
+    chk.distinct(fn, "out", out, (("W", W),))
+    chk.distinct(fn, "grad", grad, (("W", W),))
+    chk.distinct(fn, "res", res, (("z", z),))
+    theta0, eta = _step(fn, theta0, eta, "theta0")
+    return W_update_jit(p, W, b, z, chk.positive(fn, "nu", nu), theta0, eta, out, res, grad)
+
+
+def b_update(p: np.ndarray, W: np.ndarray, z: np.ndarray, out: np.ndarray,
+             res: np.ndarray) -> None:
+    """pdADMM b update, Equation (3): ``out = mean_i (z_i - p_i W)``; ``res`` scratch."""
+    m, k, n = _layer(_BU, p, W)
+    chk.arrays(_BU, (p, W, z, out, res), ((m, k), (k, n), (m, n), (n,), (m, n)))
+    if m == 0:
+        raise ValueError(f"{_BU.fn}: empty batch (p has shape {(m, k)})")
+    chk.distinct(_BU.fn, "res", res, (("z", z),))
+    b_update_jit(p, W, z, out, res)
+
+
+def z_update_relu(a: np.ndarray, q: np.ndarray, zk: np.ndarray, out: np.ndarray) -> None:
+    """pdADMM z update for ReLU layers, Equation (4), closed form; arrays of one shape, ``out``
+    may alias any input."""
+    _same_shape(_ZU, (a, q, zk, out))
+    z_update_relu_jit(a, q, zk, out)
+
+
+def q_update(p_next: np.ndarray, u: np.ndarray, z: np.ndarray, act: int, nu: float, rho: float,
+             out: np.ndarray) -> None:
+    """pdADMM q update, Equation (6); arrays of one shape, ``out`` may alias p_next or u."""
+    fn = _QU.fn
+    act = check_code(fn, act)
+    _same_shape(_QU, (p_next, u, z, out))
+    nu, rho = chk.real(fn, "nu", nu), chk.real(fn, "rho", rho)
+    if not nu + rho > 0.0:
+        raise ValueError(f"{fn}: nu + rho must be > 0, got {nu} + {rho}")
+    q_update_jit(p_next, u, z, act, nu, rho, out)
+
+
+def u_update(u: np.ndarray, p_next: np.ndarray, q: np.ndarray, rho: float) -> float:
+    """pdADMM dual update, Equation (7), in place on ``u``; returns the primal residual norm."""
+    _same_shape(_UU, (u, p_next, q))
+    return u_update_jit(u, p_next, q, chk.real(_UU.fn, "rho", rho))
+
+
+def residuals(p_next: np.ndarray, q: np.ndarray, q_old: np.ndarray,
+              rho: float) -> tuple[float, float]:
+    """Primal and dual residual norms of the coupling ``p_{l+1} = q_l`` (Boyd et al. 2011)."""
+    _same_shape(_RES, (p_next, q, q_old))
+    return residuals_jit(p_next, q, q_old, chk.real(_RES.fn, "rho", rho))
+
+
+for _f, _j in ((linear_residual, linear_residual_jit), (affine, affine_jit), (phi, phi_jit),
+               (p_update, p_update_jit), (W_update, W_update_jit), (b_update, b_update_jit),
+               (z_update_relu, z_update_relu_jit), (q_update, q_update_jit),
+               (u_update, u_update_jit), (residuals, residuals_jit)):
+    chk.jit_twin(_f, _j)
+del _f, _j

@@ -44,14 +44,15 @@ The authors' ``update_zl`` is this same forward-backward step with a fixed step 
 import numba
 import numpy as np
 
-from .losses import softmax_xent
+from . import _checks as chk
+from .losses import softmax_xent_jit as softmax_xent
 
 # Backtracking gives up after this many increases of L (f returning inf/nan would loop forever).
 _MAX_BACKTRACK = 200
 
 
 @numba.njit(cache=True, inline="always")
-def fista(f_and_grad, prox, args, z, L0, eta, maxiter, tol, monotone, restart, work, hist):
+def fista_jit(f_and_grad, prox, args, z, L0, eta, maxiter, tol, monotone, restart, work, hist):
     """FISTA with backtracking, Beck & Teboulle (2009), SIAM J. Imaging Sci. 2(1), Section 4.
 
     Minimises ``F(x) = f(x) + g(x)``, ``f`` convex with Lipschitz gradient, ``g`` convex with a
@@ -178,7 +179,7 @@ def fista(f_and_grad, prox, args, z, L0, eta, maxiter, tol, monotone, restart, w
 
 
 @numba.njit(cache=True)
-def soft_threshold(v, thresh, out):
+def soft_threshold_jit(v, thresh, out):
     """``out = sign(v) max(|v| - thresh, 0)``: the prox of ``thresh * ||.||_1`` (B&T 2009, ISTA).
 
     Returns ``||out||_1``. ``out`` may alias ``v``.
@@ -228,7 +229,7 @@ def _zl_prox(v, step, args, out):
 
 
 @numba.njit(cache=True)
-def fista_zL(a, zk, y, nu, mu, z, maxiter, tol, work):
+def fista_zL_jit(a, zk, y, nu, mu, z, maxiter, tol, work):
     """pdADMM last-layer update (Wang et al. 2020, Section III-B.4, Equation (5)) by FISTA.
 
     Solves ``z_L^{k+1} = argmin_z R(z; y) + nu/2 ||z - a||^2 + mu/2 ||z - z_L^k||^2`` with ``R``
@@ -257,7 +258,7 @@ def fista_zL(a, zk, y, nu, mu, z, maxiter, tol, work):
     par[0] = nu
     par[1] = mu
     hist = np.empty(0)
-    it, _, _ = fista(
+    it, _, _ = fista_jit(
         _zl_f_and_grad, _zl_prox, (a, zk, y, par), z, 0.0625, 2.0, maxiter, tol, True, True,
         work, hist,
     )
@@ -265,7 +266,7 @@ def fista_zL(a, zk, y, nu, mu, z, maxiter, tol, work):
 
 
 @numba.njit(cache=True)
-def zL_objective(a, zk, y, nu, mu, z, work):
+def zL_objective_jit(a, zk, y, nu, mu, z, work):
     """Objective of pdADMM's Equation (5): ``R(z; y) + nu/2||z - a||^2 + mu/2||z - zk||^2``.
 
     ``R`` is the summed softmax cross-entropy; ``work`` is an (m, C) scratch array (receives the
@@ -280,3 +281,85 @@ def zL_objective(a, zk, y, nu, mu, z, work):
             dz = z[i, j] - zk[i, j]
             q += nu * da * da + mu * dz * dz
     return val + 0.5 * q
+
+
+# ----------------------------------------------------------------------------------------------
+# checked entry points (float64 only)
+
+_FISTA = chk.Spec("fista.fista", [("z", None), ("work", ("rows>=4", "n")), ("hist", ("k",))],
+                  outputs=("z", "work", "hist"), dtypes=chk.F64_ONLY)
+_SOFT = chk.Spec("fista.soft_threshold", [("v", ("n",)), ("out", ("n",))], outputs=("out",),
+                 dtypes=chk.F64_ONLY)
+_MC = ("m", "C")
+_ZL = chk.Spec("fista.fista_zL", [("a", _MC), ("zk", _MC), ("z", _MC),
+                                  ("work", ("rows>=4", "m*C"))],
+               outputs=("z", "work"), dtypes=chk.F64_ONLY)
+_ZLO = chk.Spec("fista.zL_objective", [("a", _MC), ("zk", _MC), ("z", _MC), ("work", _MC)],
+                outputs=("work",), dtypes=chk.F64_ONLY)
+
+
+def fista(f_and_grad, prox, args: tuple, z: np.ndarray, L0: float, eta: float, maxiter: int,
+          tol: float, monotone: bool, restart: bool, work: np.ndarray,
+          hist: np.ndarray) -> tuple[int, float, float]:
+    """FISTA with backtracking (Beck & Teboulle 2009); see :func:`fista_jit`. z any shape
+    (n entries), work (>= 4, n), hist 1-D; L0 > 0, eta > 1."""
+    fn = _FISTA.fn
+    chk.jitted(fn, "f_and_grad", f_and_grad)
+    chk.jitted(fn, "prox", prox)
+    chk.args_tuple(fn, args)
+    if z.__class__ is not np.ndarray:
+        chk.diagnose(_FISTA, (z,), (None,))
+    n = z.size
+    h = hist.shape if isinstance(hist, np.ndarray) and hist.ndim == 1 else (0,)
+    chk.arrays(_FISTA, (z, work, hist), (z.shape, chk.rows_at_least(work, 4, n), h))
+    chk.distinct(fn, "z", z, (("work", work),))
+    eta = chk.real(fn, "eta", eta)
+    if not eta > 1.0:
+        raise ValueError(f"{fn}: eta must be > 1 (the backtracking factor), got {eta}")
+    return fista_jit(f_and_grad, prox, args, z, chk.positive(fn, "L0", L0), eta,
+                     chk.integer(fn, "maxiter", maxiter, 0),
+                     chk.positive(fn, "tol", tol, strict=False), bool(monotone), bool(restart),
+                     work, hist)
+
+
+def soft_threshold(v: np.ndarray, thresh: float, out: np.ndarray) -> float:
+    """``out = sign(v) max(|v| - thresh, 0)``, the prox of ``thresh ||.||_1``; returns
+    ``||out||_1``. v, out (n,); ``out`` may be ``v``."""
+    n = chk.shape_of(_SOFT, 0, v)[0]
+    chk.arrays(_SOFT, (v, out), ((n,), (n,)))
+    return soft_threshold_jit(v, chk.positive(_SOFT.fn, "thresh", thresh, strict=False), out)
+
+
+def _zl_checks(spec: chk.Spec, a: object, zk: object, y: object, nu: object, mu: object,
+               z: object, work: object) -> tuple[float, float]:
+    m, C = chk.shape_of(spec, 0, a)
+    chk.labels(spec.fn, y, m)
+    wshape = chk.rows_at_least(work, 4, m * C) if spec is _ZL else (m, C)
+    chk.arrays(spec, (a, zk, z, work), ((m, C), (m, C), (m, C), wshape))
+    if y.size and (y.min() < 0 or y.max() >= C):
+        raise ValueError(f"{spec.fn}: labels must lie in [0, {C}), got {y.min()}..{y.max()}")
+    return chk.positive(spec.fn, "nu", nu), chk.positive(spec.fn, "mu", mu, strict=False)
+
+
+def fista_zL(a: np.ndarray, zk: np.ndarray, y: np.ndarray, nu: float, mu: float, z: np.ndarray,
+             maxiter: int, tol: float, work: np.ndarray) -> int:
+    """pdADMM last-layer update (Wang et al. 2020, Eq. (5)) by FISTA; see :func:`fista_zL_jit`.
+    a, zk, z (m, C), y (m,) labels in [0, C), work (>= 4, m*C); nu > 0, mu >= 0."""
+    nu, mu = _zl_checks(_ZL, a, zk, y, nu, mu, z, work)
+    chk.distinct(_ZL.fn, "z", z, (("a", a), ("zk", zk)))
+    return fista_zL_jit(a, zk, y, nu, mu, z, chk.integer(_ZL.fn, "maxiter", maxiter, 0),
+                        chk.positive(_ZL.fn, "tol", tol, strict=False), work)
+
+
+def zL_objective(a: np.ndarray, zk: np.ndarray, y: np.ndarray, nu: float, mu: float,
+                 z: np.ndarray, work: np.ndarray) -> float:
+    """Objective of pdADMM's Equation (5); see :func:`zL_objective_jit`. work (m, C) scratch."""
+    nu, mu = _zl_checks(_ZLO, a, zk, y, nu, mu, z, work)
+    return zL_objective_jit(a, zk, y, nu, mu, z, work)
+
+
+chk.jit_twin(fista, fista_jit, inline="always")
+for _f, _j in ((soft_threshold, soft_threshold_jit), (fista_zL, fista_zL_jit),
+               (zL_objective, zL_objective_jit)):
+    chk.jit_twin(_f, _j)
+del _f, _j

@@ -33,11 +33,15 @@ solver is inlined into the wrapper and the wrapper *is* cached like any other ke
 (scalars go into ``args`` as small arrays, e.g. ``delta_arr = np.array([delta])``).
 
 All kernels are float64, allocate nothing inside their iteration loops (scratch space is passed in
-as ``work``) and overwrite their in/out arguments as documented.
+as ``work``) and overwrite their in/out arguments as documented. The public functions check their
+arguments (called from Python) and run the compiled ``*_jit`` kernels; inside numba code the
+public names compile to the ``*_jit`` kernels directly (inlined, as above).
 """
 
 import numba
 import numpy as np
+
+from . import _checks as chk
 
 #: ``cg`` status: the relative residual tolerance was met.
 CG_CONVERGED = 0
@@ -62,7 +66,7 @@ def _dot(a, b):
 
 
 @numba.njit(cache=True, inline="always")
-def cg(matvec, args, b, x, tol, maxiter, work):
+def cg_jit(matvec, args, b, x, tol, maxiter, work):
     """Matrix-free conjugate gradient (Hestenes & Stiefel 1952) for SM's quadratic local losses.
 
     Solves ``A x = b`` for symmetric positive (semi)definite ``A`` (SM, Asad et al. 2023, Section 4
@@ -141,7 +145,7 @@ def dense_matvec(v, args, out):
 
 
 @numba.njit(cache=True)
-def cg_dense(A, b, x, tol, maxiter):
+def cg_dense_jit(A, b, x, tol, maxiter):
     """Conjugate gradient on a dense symmetric positive (semi)definite matrix ``A``.
 
     Convenience wrapper of :func:`cg` (same algorithm, same return value
@@ -149,7 +153,7 @@ def cg_dense(A, b, x, tol, maxiter):
     ``x`` is the initial guess and is overwritten with the solution.
     """
     work = np.empty((3, b.shape[0]))
-    return cg(dense_matvec, (A,), b, x, tol, maxiter, work)
+    return cg_jit(dense_matvec, (A,), b, x, tol, maxiter, work)
 
 
 @numba.njit(cache=True, inline="always")
@@ -163,7 +167,7 @@ def _normalize(v):
 
 
 @numba.njit(cache=True, inline="always")
-def fd_hvp(grad, args, w, v, eps, out, work):
+def fd_hvp_jit(grad, args, w, v, eps, out, work):
     """Central finite-difference Hessian-vector product, as SM Appendix A computes ``H_zz v``.
 
     ``out = (grad(w + h v) - grad(w - h v)) / (2 h)`` with ``h = eps / ||v||``, so the probe points
@@ -211,7 +215,7 @@ def _power_core(matvec, grad, args, w, eps, use_fd, v, shift, maxiter, tol, work
     lam = 0.0
     for k in range(maxiter):
         if use_fd:
-            fd_hvp(grad, args, w, v, eps, av, work[1:3])
+            fd_hvp_jit(grad, args, w, v, eps, av, work[1:3])
         else:
             matvec(v, args, av)
         for i in range(n):
@@ -265,7 +269,7 @@ def _power_driver(matvec, grad, args, w, eps, use_fd, v0, maxiter, tol, work):
 
 
 @numba.njit(cache=True, inline="always")
-def power_iteration(matvec, args, v0, maxiter, tol, work):
+def power_iteration_jit(matvec, args, v0, maxiter, tol, work):
     """Largest eigenvalue of a symmetric operator by the power method (SM, Appendix A: ``L_z``).
 
     Iterates ``v <- A v / ||A v||`` with Rayleigh quotient ``lambda = v^T A v`` and stops when two
@@ -294,7 +298,7 @@ def power_iteration(matvec, args, v0, maxiter, tol, work):
 
 
 @numba.njit(cache=True, inline="always")
-def power_iteration_fd(grad, args, w, v0, eps, maxiter, tol, work):
+def power_iteration_fd_jit(grad, args, w, v0, eps, maxiter, tol, work):
     """Power method on finite-difference Hessian-vector products (SM, Asad et al. 2023, App. A).
 
     Same as :func:`power_iteration` with ``A v`` replaced by :func:`fd_hvp` ``(grad, args, w, v,
@@ -307,3 +311,97 @@ def power_iteration_fd(grad, args, w, v0, eps, maxiter, tol, work):
     Returns ``(lambda_max, iterations)``.
     """
     return _power_driver(grad, grad, args, w, eps, True, v0, maxiter, tol, work)
+
+
+# ----------------------------------------------------------------------------------------------
+# checked entry points (float64 only)
+
+_N = ("n",)
+_CG = chk.Spec("krylov.cg", [("b", _N), ("x", _N), ("work", ("rows>=3", "n"))],
+               outputs=("x", "work"), dtypes=chk.F64_ONLY)
+_CGD = chk.Spec("krylov.cg_dense", [("b", _N), ("A", ("n", "n")), ("x", _N)], outputs=("x",),
+                dtypes=chk.F64_ONLY)
+_PI = chk.Spec("krylov.power_iteration", [("v0", _N), ("work", ("rows>=4", "n"))],
+               outputs=("v0", "work"), dtypes=chk.F64_ONLY)
+_FD = chk.Spec("krylov.fd_hvp", [("w", _N), ("v", _N), ("out", _N), ("work", ("rows>=2", "n"))],
+               outputs=("out", "work"), dtypes=chk.F64_ONLY)
+_PFD = chk.Spec("krylov.power_iteration_fd", [("w", _N), ("v0", _N), ("work", ("rows>=4", "n"))],
+                outputs=("v0", "work"), dtypes=chk.F64_ONLY)
+
+
+def _solver_scalars(fn: str, tol: object, maxiter: object) -> tuple[float, int]:
+    return chk.positive(fn, "tol", tol, strict=False), chk.integer(fn, "maxiter", maxiter, 0)
+
+
+def cg(matvec, args: tuple, b: np.ndarray, x: np.ndarray, tol: float, maxiter: int,
+       work: np.ndarray) -> tuple[int, float, int]:
+    """Matrix-free conjugate gradient for ``A x = b`` (SM, Asad et al. 2023, Section 4); see
+    :func:`cg_jit`. ``matvec`` a jitted ``matvec(v, args, out)``, b and x (n,), work (>= 3, n).
+    Returns ``(iterations, residual_norm, status)``."""
+    fn = _CG.fn
+    chk.jitted(fn, "matvec", matvec)
+    chk.args_tuple(fn, args)
+    n = chk.shape_of(_CG, 0, b)[0]
+    chk.arrays(_CG, (b, x, work), ((n,), (n,), chk.rows_at_least(work, 3, n)))
+    chk.distinct(fn, "x", x, (("b", b), ("work", work)))
+    tol, maxiter = _solver_scalars(fn, tol, maxiter)
+    return cg_jit(matvec, args, b, x, tol, maxiter, work)
+
+
+def cg_dense(A: np.ndarray, b: np.ndarray, x: np.ndarray, tol: float,
+             maxiter: int) -> tuple[int, float, int]:
+    """Conjugate gradient on a dense symmetric positive (semi)definite ``A`` (n, n); see
+    :func:`cg_dense_jit`."""
+    fn = _CGD.fn
+    n = chk.shape_of(_CGD, 0, b)[0]
+    chk.arrays(_CGD, (b, A, x), ((n,), (n, n), (n,)))
+    chk.distinct(fn, "x", x, (("b", b),))
+    tol, maxiter = _solver_scalars(fn, tol, maxiter)
+    return cg_dense_jit(A, b, x, tol, maxiter)
+
+
+def power_iteration(matvec, args: tuple, v0: np.ndarray, maxiter: int, tol: float,
+                    work: np.ndarray) -> tuple[float, int]:
+    """Largest eigenvalue of a symmetric operator by the power method (SM, Appendix A); see
+    :func:`power_iteration_jit`. v0 (n,), work (>= 4, n)."""
+    fn = _PI.fn
+    chk.jitted(fn, "matvec", matvec)
+    chk.args_tuple(fn, args)
+    n = chk.shape_of(_PI, 0, v0)[0]
+    chk.arrays(_PI, (v0, work), ((n,), chk.rows_at_least(work, 4, n)))
+    tol, maxiter = _solver_scalars(fn, tol, maxiter)
+    return power_iteration_jit(matvec, args, v0, maxiter, tol, work)
+
+
+def fd_hvp(grad, args: tuple, w: np.ndarray, v: np.ndarray, eps: float, out: np.ndarray,
+           work: np.ndarray) -> None:
+    """Central finite-difference Hessian-vector product (SM, Appendix A); see
+    :func:`fd_hvp_jit`. w, v, out (n,), work (>= 2, n); out apart from w and v."""
+    fn = _FD.fn
+    chk.jitted(fn, "grad", grad)
+    chk.args_tuple(fn, args)
+    n = chk.shape_of(_FD, 0, w)[0]
+    chk.arrays(_FD, (w, v, out, work), ((n,), (n,), (n,), chk.rows_at_least(work, 2, n)))
+    chk.distinct(fn, "out", out, (("w", w), ("v", v), ("work", work)))
+    fd_hvp_jit(grad, args, w, v, chk.positive(fn, "eps", eps), out, work)
+
+
+def power_iteration_fd(grad, args: tuple, w: np.ndarray, v0: np.ndarray, eps: float,
+                       maxiter: int, tol: float, work: np.ndarray) -> tuple[float, int]:
+    """Power method on finite-difference Hessian-vector products (SM, App. A); see
+    :func:`power_iteration_fd_jit`. w, v0 (n,), work (>= 4, n)."""
+    fn = _PFD.fn
+    chk.jitted(fn, "grad", grad)
+    chk.args_tuple(fn, args)
+    n = chk.shape_of(_PFD, 0, w)[0]
+    chk.arrays(_PFD, (w, v0, work), ((n,), (n,), chk.rows_at_least(work, 4, n)))
+    tol, maxiter = _solver_scalars(fn, tol, maxiter)
+    return power_iteration_fd_jit(grad, args, w, v0, chk.positive(fn, "eps", eps), maxiter, tol,
+                                  work)
+
+
+chk.jit_twin(cg_dense, cg_dense_jit)
+for _f, _j in ((cg, cg_jit), (power_iteration, power_iteration_jit), (fd_hvp, fd_hvp_jit),
+               (power_iteration_fd, power_iteration_fd_jit)):
+    chk.jit_twin(_f, _j, inline="always")
+del _f, _j

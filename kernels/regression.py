@@ -21,10 +21,19 @@ Feature maps (``kind``), one row per sample, ``x`` of length ``dim``:
 
 Only the upper triangle of each ``G_b`` is accumulated and read. No allocation: the caller passes
 the feature vector ``f`` (length ``p``) and the factor workspace ``work`` (``p x p``).
+
+Precision (issue 15): the data arrays of a call (``X``, ``P``, ``out``) share one dtype, the
+normal equations and coefficients (``G``, ``R``, ``coef``, ``f``, ``work``) another; allowed are
+float64/float64, float32 data with float64 normal equations (the features are formed and
+accumulated in float64), and float32/float32. Measured in ``docs/kernels.md``: which to use for
+float32 training. The public functions check their arguments and call the compiled ``*_jit``
+kernels (for numba code).
 """
 
 import numba
 import numpy as np
+
+from . import _checks as chk
 
 STATE, LABEL, CLASS, QUADRATIC = 0, 1, 2, 3
 
@@ -33,7 +42,7 @@ _FM = {"contract"}
 
 
 @numba.njit(cache=True)
-def n_features(kind, dim, n_classes):
+def n_features_jit(kind, dim, n_classes):
     """Number of features ``p`` of one row for feature map ``kind``."""
     if kind == LABEL:
         return dim + n_classes
@@ -43,7 +52,7 @@ def n_features(kind, dim, n_classes):
 
 
 @numba.njit(cache=True)
-def n_blocks(kind, n_classes):
+def n_blocks_jit(kind, n_classes):
     """Number of independent regressions: one per class for ``CLASS`` and ``QUADRATIC``."""
     return n_classes if kind >= CLASS else 1
 
@@ -76,17 +85,18 @@ def _features(x, c, kind, f):
     for j in range(dim):
         f[1 + j] = x[j]
     if kind == QUADRATIC:
+        # products in f's precision (float32 states: formed in float64 when f is float64)
         q = 1 + dim
         for a in range(dim):
-            xa = x[a]
+            xa = f[1 + a]
             for b in range(a, dim):
-                f[q] = xa * x[b]
+                f[q] = xa * f[1 + b]
                 q += 1
     return c if kind >= CLASS else 0
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
-def gram_update(X, y, P, kind, sign, G, R, f):
+def gram_update_jit(X, y, P, kind, sign, G, R, f):
     """Add ``sign`` times the rows ``(X[i], y[i], P[i])`` to the normal equations of eq. (6).
 
     ``G`` (blocks, p, p): upper triangles of ``sum phi phi^T``; ``R`` (blocks, p, dim):
@@ -98,13 +108,14 @@ def gram_update(X, y, P, kind, sign, G, R, f):
     dim = P.shape[1]
     if not _labels_ok(y, kind, G.shape[0], p, X.shape[1]):
         return False
+    sg = G.dtype.type(sign)
     for i in range(m):
         b = _features(X[i], y[i], kind, f)
         Gb = G[b]
         Rb = R[b]
         Pi = P[i]
         for a in range(p):
-            fa = sign * f[a]
+            fa = sg * f[a]
             if fa == 0.0:  # one-hot and product features are often exactly zero
                 continue
             Ga = Gb[a]
@@ -117,7 +128,7 @@ def gram_update(X, y, P, kind, sign, G, R, f):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
-def ridge_fit(G, R, ridge, coef, work):
+def ridge_fit_jit(G, R, ridge, coef, work):
     """Solve ``(G_b + lam_b I) C_b = R_b`` for every block ``b`` into ``coef`` (blocks, p, dim).
 
     ``lam_b = max(ridge * trace(G_b) / p, 1e-12 * trace(G_b))`` (relative, so the fit does not
@@ -128,6 +139,7 @@ def ridge_fit(G, R, ridge, coef, work):
     caller to refit by a least-squares solver.
     """
     nb, p, dim = R.shape
+    one = work.dtype.type(1.0)
     failed = 0
     for b in range(nb):
         Gb = G[b]
@@ -151,7 +163,7 @@ def ridge_fit(G, R, ridge, coef, work):
                 ok = False
                 break
             d = np.sqrt(d)
-            inv = 1.0 / d
+            inv = one / d
             work[k, k] = d
             for j in range(k + 1, p):
                 work[k, j] *= inv
@@ -169,7 +181,7 @@ def ridge_fit(G, R, ridge, coef, work):
             for j in range(dim):
                 C[a, j] = R[b, a, j]
         for k in range(p):
-            inv = 1.0 / work[k, k]
+            inv = one / work[k, k]
             for j in range(dim):
                 C[k, j] *= inv
             for i in range(k + 1, p):
@@ -183,14 +195,14 @@ def ridge_fit(G, R, ridge, coef, work):
                 if u != 0.0:
                     for j in range(dim):
                         C[k, j] -= u * C[i, j]
-            inv = 1.0 / work[k, k]
+            inv = one / work[k, k]
             for j in range(dim):
                 C[k, j] *= inv
     return failed
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
-def predict(X, y, kind, coef, f, out):
+def predict_jit(X, y, kind, coef, f, out):
     """``out[i] = phi(X[i], y[i])^T coef[b(i)]``: the predicted co-state of every row. Returns
     False (``out`` untouched) when a label is out of range."""
     m = X.shape[0]
@@ -211,3 +223,127 @@ def predict(X, y, kind, coef, f, out):
             for j in range(dim):
                 o[j] += fa * Ca[j]
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# checked entry points (one check per call, then the compiled kernel)
+
+KINDS = {"state": STATE, "label": LABEL, "class": CLASS, "quadratic": QUADRATIC}
+_KIND_NAMES = {v: k for k, v in KINDS.items()}
+
+
+def _kind(fn: str, kind: object) -> int:
+    if kind.__class__ is int and kind in _KIND_NAMES:
+        return kind
+    k = chk.integer(fn, "kind", kind)
+    if k not in _KIND_NAMES:
+        valid = ", ".join(f"{c} ({n})" for c, n in _KIND_NAMES.items())
+        raise ValueError(f"{fn}: unknown feature map kind {kind!r}; valid kinds: {valid}")
+    return k
+
+
+def _expected_p(fn: str, kind: int, dim: int, p: int, nb: int) -> None:
+    """The feature count ``p`` (from f) and the block count (from G/coef) must fit the kind."""
+    if kind == LABEL:
+        ok, want = p > dim, f"dim + n_classes > {dim}"
+    else:
+        want_p = 1 + dim + dim * (dim + 1) // 2 if kind == QUADRATIC else dim + 1
+        ok, want = p == want_p, str(want_p)
+    if not ok:
+        raise ValueError(f"{fn}: feature map {_KIND_NAMES[kind]!r} of states with {dim} columns "
+                         f"has p = {want} features, but f has {p} entries")
+    if kind < CLASS and nb != 1:
+        raise ValueError(f"{fn}: feature map {_KIND_NAMES[kind]!r} has one block, got {nb}")
+
+
+def _precisions(fn: str, data: np.dtype, acc: np.dtype) -> None:
+    if data is chk.F64 and acc is chk.F32:
+        raise TypeError(f"{fn}: float64 states with float32 normal equations would lose the "
+                        f"states' precision; use float64 G, R, coef, f and work")
+
+
+_GU_DATA = chk.Spec("regression.gram_update", [("X", ("m", "dim")), ("P", ("m", "dim"))])
+_GU_ACC = chk.Spec("regression.gram_update", [("G", ("blocks", "p", "p")),
+                                              ("R", ("blocks", "p", "dim")), ("f", ("p",))],
+                   outputs=("G", "R", "f"))
+_RF = chk.Spec("regression.ridge_fit", [("R", ("blocks", "p", "dim")),
+                                        ("G", ("blocks", "p", "p")),
+                                        ("coef", ("blocks", "p", "dim")), ("work", ("p", "p"))],
+               outputs=("coef", "work"))
+_PR_DATA = chk.Spec("regression.predict", [("X", ("m", "dim")), ("out", ("m", "dim"))],
+                    outputs=("out",))
+_PR_ACC = chk.Spec("regression.predict", [("coef", ("blocks", "p", "dim")), ("f", ("p",))],
+                   outputs=("f",))
+
+
+def n_features(kind: int, dim: int, n_classes: int) -> int:
+    """Number of features ``p`` of one row for feature map ``kind`` (states of ``dim``
+    columns)."""
+    fn = "regression.n_features"
+    return n_features_jit(_kind(fn, kind), chk.integer(fn, "dim", dim, 1),
+                          chk.integer(fn, "n_classes", n_classes, 1))
+
+
+def n_blocks(kind: int, n_classes: int) -> int:
+    """Number of independent regressions: one per class for ``CLASS`` and ``QUADRATIC``."""
+    fn = "regression.n_blocks"
+    return n_blocks_jit(_kind(fn, kind), chk.integer(fn, "n_classes", n_classes, 1))
+
+
+def gram_update(X: np.ndarray, y: np.ndarray, P: np.ndarray, kind: int, sign: float,
+                G: np.ndarray, R: np.ndarray, f: np.ndarray) -> bool:
+    """Add ``sign`` times the rows ``(X[i], y[i], P[i])`` to the normal equations of eq. (6):
+    ``G`` (blocks, p, p) upper triangles of ``sum phi phi^T``, ``R`` (blocks, p, dim)
+    ``sum phi P_i^T``; ``f`` (p,) is scratch. Returns False (and changes nothing) when a label
+    is out of range. See the module docstring for the dtypes."""
+    fn = _GU_DATA.fn
+    kind = _kind(fn, kind)
+    m, dim = chk.shape_of(_GU_DATA, 0, X)
+    p = chk.shape_of(_GU_ACC, 2, f)[0]
+    nb = chk.shape_of(_GU_ACC, 0, G)[0]
+    chk.labels(fn, y, m)
+    dd = chk.arrays(_GU_DATA, (X, P), ((m, dim), (m, dim)))
+    da = chk.arrays(_GU_ACC, (G, R, f), ((nb, p, p), (nb, p, dim), (p,)))
+    _precisions(fn, dd, da)
+    _expected_p(fn, kind, dim, p, nb)
+    return gram_update_jit(X, y, P, kind, chk.real(fn, "sign", sign), G, R, f)
+
+
+def ridge_fit(G: np.ndarray, R: np.ndarray, ridge: float, coef: np.ndarray,
+              work: np.ndarray) -> int:
+    """Solve ``(G_b + lam_b I) C_b = R_b`` for every block into ``coef`` (blocks, p, dim), with
+    ``lam_b = max(ridge trace(G_b)/p, 1e-12 trace(G_b))``; ``work`` (p, p) is scratch. Returns
+    the number of blocks that were not positive definite (their coefficients are NaN). See
+    :func:`ridge_fit_jit`."""
+    fn = _RF.fn
+    nb, p, dim = chk.shape_of(_RF, 0, R)
+    chk.arrays(_RF, (R, G, coef, work), ((nb, p, dim), (nb, p, p), (nb, p, dim), (p, p)))
+    chk.distinct(fn, "coef", coef, (("R", R),))
+    ridge = chk.real(fn, "ridge", ridge)
+    if not ridge >= 0.0:
+        raise ValueError(f"{fn}: ridge must be >= 0, got {ridge}")
+    return ridge_fit_jit(G, R, ridge, coef, work)
+
+
+def predict(X: np.ndarray, y: np.ndarray, kind: int, coef: np.ndarray, f: np.ndarray,
+            out: np.ndarray) -> bool:
+    """``out[i] = phi(X[i], y[i])^T coef[b(i)]``, the predicted co-state of every row; ``f``
+    (p,) is scratch. Returns False (``out`` untouched) when a label is out of range."""
+    fn = _PR_DATA.fn
+    kind = _kind(fn, kind)
+    m, dim = chk.shape_of(_PR_DATA, 0, X)
+    nb, p, _ = chk.shape_of(_PR_ACC, 0, coef)
+    chk.labels(fn, y, m)
+    dd = chk.arrays(_PR_DATA, (X, out), ((m, dim), (m, dim)))
+    da = chk.arrays(_PR_ACC, (coef, f), ((nb, p, dim), (p,)))
+    _precisions(fn, dd, da)
+    _expected_p(fn, kind, dim, p, nb)
+    chk.distinct(fn, "out", out, (("X", X),))
+    return predict_jit(X, y, kind, coef, f, out)
+
+
+for _f, _j in ((n_features, n_features_jit), (n_blocks, n_blocks_jit),
+               (gram_update, gram_update_jit), (ridge_fit, ridge_fit_jit),
+               (predict, predict_jit)):
+    chk.jit_twin(_f, _j)
+del _f, _j

@@ -9,8 +9,12 @@ Implements the discrete optimal-control model (4) of Parpas & Muir (2019) with i
 
 Conventions: a state is a row-major batch ``X`` of shape (m, n) (m samples, n width); K has shape
 (L, n, n), b shape (L, n); ``act`` is an activation code from :mod:`pintopt.kernels.activations`.
-All arrays are float64 and C-contiguous. The ``*_forward``/``*_backward`` kernels write into
-caller-provided outputs; the ``*_block``/``*_block_adjoint`` wrappers allocate them.
+All arrays of a call are float64, or all float32 (computed in float32 throughout: sgemm, float32
+activation passes; the step ``h`` is cast to the arrays' type once), and C-contiguous. The
+``*_forward``/``*_backward`` kernels write into caller-provided outputs and check their arguments
+first; ``*_forward_jit``/``*_backward_jit`` are the compiled kernels (for numba code, which may
+also call the checked names: they compile to the same kernels). The ``*_block``/
+``*_block_adjoint`` wrappers allocate the outputs.
 
 The forward kernels also store the activation derivative sigma' at every layer (D, DZ, DY), so the
 adjoint needs no transcendental function and no second activation pass.
@@ -21,8 +25,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .activations import LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH, fused
-from .dense import gemm
+from . import _checks as chk
+from ._dtypes import by_dtype
+from .activations import F32, F64, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH, check_code
+from .dense import gemm_jit as gemm
 
 # Elementwise passes: only FMA contraction is enabled (no reassociation), and numpy's error model
 # (no zero-division checks) so that the loops vectorise.
@@ -74,23 +80,56 @@ def _tile_len(n):
     return max(1, 64 // n) * n
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy", fastmath=_FM)
-def _step_tiles(Xf, Af, Df, b, tile, hs, n, act):
-    """Body of :func:`_step_act` on flattened arrays. Inlined at call sites that pass a constant
-    ``act``, so the activation switch folds away and LLVM vectorises the tile loop."""
-    T = _tile_len(n)
-    size = Xf.size
-    nfull = size // T
-    for c in range(nfull):
-        o = c * T
+def _passes(F):
+    """The fused activation pass (:func:`_step_act`) on the scalar functions ``F`` of one dtype
+    (``activations.F64`` or ``F32``)."""
+    fused = F.fused
+
+    @numba.njit(inline="always", error_model="numpy", fastmath=_FM)
+    def step_tiles(Xf, Af, Df, b, tile, hs, n, act):
+        # Body of step_act on flattened arrays. Inlined at call sites that pass a constant
+        # ``act``, so the activation switch folds away and LLVM vectorises the tile loop.
+        T = _tile_len(n)
+        size = Xf.size
+        nfull = size // T
+        for c in range(nfull):
+            o = c * T
+            for t in range(T):
+                s, d = fused(Af[o + t] + tile[t], act)
+                Af[o + t] = Xf[o + t] + hs * s
+                Df[o + t] = d
+        for e in range(nfull * T, size):
+            s, d = fused(Af[e] + b[e % n], act)
+            Af[e] = Xf[e] + hs * s
+            Df[e] = d
+
+    def step_act(X, b, hs, act, Xn, D, tile):
+        m, n = X.shape
+        T = _tile_len(n)
         for t in range(T):
-            s, d = fused(Af[o + t] + tile[t], act)
-            Af[o + t] = Xf[o + t] + hs * s
-            Df[o + t] = d
-    for e in range(nfull * T, size):
-        s, d = fused(Af[e] + b[e % n], act)
-        Af[e] = Xf[e] + hs * s
-        Df[e] = d
+            tile[t] = b[t % n]
+        Xf = X.reshape(m * n)
+        Af = Xn.reshape(m * n)
+        Df = D.reshape(m * n)
+        if act == TANH:
+            step_tiles(Xf, Af, Df, b, tile, hs, n, TANH)
+        elif act == RELU:
+            step_tiles(Xf, Af, Df, b, tile, hs, n, RELU)
+        elif act == LEAKY_RELU:
+            step_tiles(Xf, Af, Df, b, tile, hs, n, LEAKY_RELU)
+        elif act == SIGMOID:
+            step_tiles(Xf, Af, Df, b, tile, hs, n, SIGMOID)
+        elif act == SOFTPLUS:
+            step_tiles(Xf, Af, Df, b, tile, hs, n, SOFTPLUS)
+        elif act == IDENTITY:
+            step_tiles(Xf, Af, Df, b, tile, hs, n, IDENTITY)
+        else:
+            raise ValueError("residual: unknown activation code")
+
+    return step_act
+
+
+_step_act_d = by_dtype(_passes(F64), _passes(F32), 0, error_model="numpy", fastmath=_FM)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
@@ -100,35 +139,19 @@ def _step_act(X, b, hs, act, Xn, D, tile):
     Used for Euler (hs = h), the Verlet Z update (hs = -h) and the Verlet Y update (hs = h).
     Reading and writing the same array at the same index lets LLVM vectorise without a runtime
     overlap check (a separate input array aliasing Xn would send it to the scalar loop).
-    ``tile`` is scratch of length >= _tile_len(n). For tanh, sigma' comes from the value
-    (``fused``): one transcendental per entry for both outputs.
+    ``tile`` is scratch of length >= _tile_len(n), ``hs`` of the arrays' type. For tanh, sigma'
+    comes from the value (``fused``): one transcendental per entry for both outputs. The
+    kernels call the per-dtype pass ``_step_act_d`` directly; this is its Python-callable form.
     """
-    m, n = X.shape
-    T = _tile_len(n)
-    for t in range(T):
-        tile[t] = b[t % n]
-    Xf = X.reshape(m * n)
-    Af = Xn.reshape(m * n)
-    Df = D.reshape(m * n)
-    if act == TANH:
-        _step_tiles(Xf, Af, Df, b, tile, hs, n, TANH)
-    elif act == RELU:
-        _step_tiles(Xf, Af, Df, b, tile, hs, n, RELU)
-    elif act == LEAKY_RELU:
-        _step_tiles(Xf, Af, Df, b, tile, hs, n, LEAKY_RELU)
-    elif act == SIGMOID:
-        _step_tiles(Xf, Af, Df, b, tile, hs, n, SIGMOID)
-    elif act == SOFTPLUS:
-        _step_tiles(Xf, Af, Df, b, tile, hs, n, SOFTPLUS)
-    else:
-        _step_tiles(Xf, Af, Df, b, tile, hs, n, act)
+    _step_act_d(X, b, hs, act, Xn, D, tile)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=_FM)
 def _gate(D, P, G, hs, db, accumulate, tile):
     """G = D * P elementwise and db (+)= hs * sum_rows(G), in one pass.
 
-    ``tile`` (length >= _tile_len(n)) holds per-tile partial column sums.
+    ``tile`` (length >= _tile_len(n)) holds per-tile partial column sums; ``hs`` is of the
+    arrays' type.
     """
     m, n = D.shape
     T = _tile_len(n)
@@ -160,7 +183,7 @@ def _gate(D, P, G, hs, db, accumulate, tile):
 
 
 @numba.njit(cache=True)
-def euler_forward(X0, K, b, h, act, Xs, D):
+def euler_forward_jit(X0, K, b, h, act, Xs, D):
     """Forward solve (Parpas & Muir 2019, Algorithm 1) of the explicit-Euler ResNet, eq. (4).
 
     ``Xs[0] = X0`` and ``Xs[j+1] = Xs[j] + h * sigma(Xs[j] @ K[j] + b[j])`` for j < L;
@@ -171,17 +194,18 @@ def euler_forward(X0, K, b, h, act, Xs, D):
     """
     _check_block(K, b, X0, Xs, D)
     L = K.shape[0]
-    tile = np.empty(_tile_len(X0.shape[1]))
+    hs = Xs.dtype.type(h)
+    tile = np.empty(_tile_len(X0.shape[1]), Xs.dtype)
     Xs[0, :, :] = X0
     for j in range(L):
         Xn = Xs[j + 1]
         # The product goes straight into the next state's memory; the fused pass reads it there.
         gemm(False, False, 1.0, Xs[j], K[j], 0.0, Xn)
-        _step_act(Xs[j], b[j], h, act, Xn, D[j], tile)
+        _step_act_d(Xs[j], b[j], hs, act, Xn, D[j], tile)
 
 
 @numba.njit(cache=True)
-def euler_backward(Xs, D, K, h, PL, P0, dK, db):
+def euler_backward_jit(Xs, D, K, h, PL, P0, dK, db):
     """Backward (co-state) solve (Parpas & Muir 2019, Algorithm 2) of the explicit-Euler ResNet.
 
     With ``G_j = h * D[j] * P_{j+1}`` (elementwise), runs
@@ -199,13 +223,14 @@ def euler_backward(Xs, D, K, h, PL, P0, dK, db):
     _check_state(P0, m, n)
     _check_grads(K, dK, db)
     L = K.shape[0]
-    G = np.empty((m, n))
-    tile = np.empty(_tile_len(n))
+    hs = P0.dtype.type(h)
+    G = np.empty((m, n), P0.dtype)
+    tile = np.empty(_tile_len(n), P0.dtype)
     P0[:, :] = PL
     for j in range(L - 1, -1, -1):
-        _gate(D[j], P0, G, h, db[j], False, tile)
-        gemm(True, False, h, Xs[j], G, 0.0, dK[j])
-        gemm(False, True, h, G, K[j], 1.0, P0)
+        _gate(D[j], P0, G, hs, db[j], False, tile)
+        gemm(True, False, hs, Xs[j], G, 0.0, dK[j])
+        gemm(False, True, hs, G, K[j], 1.0, P0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +238,7 @@ def euler_backward(Xs, D, K, h, PL, P0, dK, db):
 
 
 @numba.njit(cache=True)
-def verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
+def verlet_forward_jit(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
     """Forward solve of the Verlet (leapfrog) Hamiltonian network of Haber & Ruthotto (2018).
 
     Meganet's ``integrators/HamiltonianNN.m`` writes, for column-vector states,
@@ -233,20 +258,21 @@ def verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY):
     _check_block(K, b, Y0, Zs, DY)
     _check_state(Z0, Y0.shape[0], Y0.shape[1])
     L = K.shape[0]
-    tile = np.empty(_tile_len(Y0.shape[1]))
+    hs = Ys.dtype.type(h)
+    tile = np.empty(_tile_len(Y0.shape[1]), Ys.dtype)
     Ys[0, :, :] = Y0
     Zs[0, :, :] = Z0
     for j in range(L):
         Zn = Zs[j + 1]
         gemm(False, False, 1.0, Ys[j], K[j], 0.0, Zn)
-        _step_act(Zs[j], b[j], -h, act, Zn, DZ[j], tile)
+        _step_act_d(Zs[j], b[j], -hs, act, Zn, DZ[j], tile)
         Yn = Ys[j + 1]
         gemm(False, True, 1.0, Zn, K[j], 0.0, Yn)
-        _step_act(Ys[j], b[j], h, act, Yn, DY[j], tile)
+        _step_act_d(Ys[j], b[j], hs, act, Yn, DY[j], tile)
 
 
 @numba.njit(cache=True)
-def verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
+def verlet_backward_jit(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
     """Adjoint (co-state) solve of :func:`verlet_forward`, exact gradient of the discrete map.
 
     Given ``PYL = dJ/dYs[L]`` and ``PZL = dJ/dZs[L]``, per layer j = L-1, ..., 0 (row-major form):
@@ -268,39 +294,147 @@ def verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db):
         _check_state(P, m, n)
     _check_grads(K, dK, db)
     L = K.shape[0]
-    GA = np.empty((m, n))
-    GB = np.empty((m, n))
-    tile = np.empty(_tile_len(n))
+    hs = PY0.dtype.type(h)
+    GA = np.empty((m, n), PY0.dtype)
+    GB = np.empty((m, n), PY0.dtype)
+    tile = np.empty(_tile_len(n), PY0.dtype)
     PY0[:, :] = PYL
     PZ0[:, :] = PZL
     for j in range(L - 1, -1, -1):
         # GB and GA are stored without their factors +-h, which go into the GEMMs' alpha.
-        _gate(DY[j], PY0, GB, h, db[j], False, tile)
-        gemm(False, False, h, GB, K[j], 1.0, PZ0)
-        _gate(DZ[j], PZ0, GA, -h, db[j], True, tile)
-        gemm(False, True, -h, GA, K[j], 1.0, PY0)
-        gemm(True, False, -h, Ys[j], GA, 0.0, dK[j])
-        gemm(True, False, h, GB, Zs[j + 1], 1.0, dK[j])
+        _gate(DY[j], PY0, GB, hs, db[j], False, tile)
+        gemm(False, False, hs, GB, K[j], 1.0, PZ0)
+        _gate(DZ[j], PZ0, GA, -hs, db[j], True, tile)
+        gemm(False, True, -hs, GA, K[j], 1.0, PY0)
+        gemm(True, False, -hs, Ys[j], GA, 0.0, dK[j])
+        gemm(True, False, hs, GB, Zs[j + 1], 1.0, dK[j])
+
+
+# ----------------------------------------------------------------------------------------------
+# checked entry points (plain Python: one check per call, then the compiled kernel)
+
+_MN, _LNN, _LN = ("m", "n"), ("L", "n", "n"), ("L", "n")
+_TRAJ, _STORE = ("L+1", "m", "n"), ("L", "m", "n")
+_EF = chk.Spec("residual.euler_forward", [("X0", _MN), ("K", _LNN), ("b", _LN), ("Xs", _TRAJ),
+                                          ("D", _STORE)], outputs=("Xs", "D"))
+_EB = chk.Spec("residual.euler_backward", [("PL", _MN), ("K", _LNN), ("Xs", _TRAJ),
+                                           ("D", _STORE), ("P0", _MN), ("dK", _LNN),
+                                           ("db", _LN)], outputs=("P0", "dK", "db"))
+_VF = chk.Spec("residual.verlet_forward", [("Y0", _MN), ("K", _LNN), ("Z0", _MN), ("b", _LN),
+                                           ("Ys", _TRAJ), ("Zs", _TRAJ), ("DZ", _STORE),
+                                           ("DY", _STORE)], outputs=("Ys", "Zs", "DZ", "DY"))
+_VB = chk.Spec("residual.verlet_backward", [("PYL", _MN), ("K", _LNN), ("PZL", _MN),
+                                            ("Ys", _TRAJ), ("Zs", _TRAJ), ("DZ", _STORE),
+                                            ("DY", _STORE), ("PY0", _MN), ("PZ0", _MN),
+                                            ("dK", _LNN), ("db", _LN)],
+               outputs=("PY0", "PZ0", "dK", "db"))
+
+
+def euler_forward(X0: np.ndarray, K: np.ndarray, b: np.ndarray, h: float, act: int,
+                  Xs: np.ndarray, D: np.ndarray) -> None:
+    """Forward solve (Parpas & Muir 2019, Algorithm 1) of the explicit-Euler ResNet, eq. (4):
+    ``Xs[0] = X0``, ``Xs[j+1] = Xs[j] + h sigma(Xs[j] @ K[j] + b[j])``,
+    ``D[j] = sigma'(Xs[j] @ K[j] + b[j])``. Shapes X0 (m, n), K (L, n, n), b (L, n), outputs
+    Xs (L+1, m, n), D (L, m, n); all float64 or all float32, C-contiguous. See
+    :func:`euler_forward_jit`."""
+    fn = _EF.fn
+    act = check_code(fn, act)
+    h = chk.real(fn, "h", h)
+    m, n = chk.shape_of(_EF, 0, X0)
+    L = chk.shape_of(_EF, 1, K)[0]
+    chk.arrays(_EF, (X0, K, b, Xs, D), ((m, n), (L, n, n), (L, n), (L + 1, m, n), (L, m, n)))
+    euler_forward_jit(X0, K, b, h, act, Xs, D)
+
+
+def euler_backward(Xs: np.ndarray, D: np.ndarray, K: np.ndarray, h: float, PL: np.ndarray,
+                   P0: np.ndarray, dK: np.ndarray, db: np.ndarray) -> None:
+    """Backward (co-state) solve (Parpas & Muir 2019, Algorithm 2) of the explicit-Euler ResNet:
+    from ``PL = dJ/dXs[L]`` writes ``P0 = dJ/dX0`` and overwrites ``dK = dJ/dK``,
+    ``db = dJ/db``. ``P0`` must not share memory with PL, Xs or D; ``dK`` not with K. See
+    :func:`euler_backward_jit`."""
+    fn = _EB.fn
+    h = chk.real(fn, "h", h)
+    m, n = chk.shape_of(_EB, 0, PL)
+    L = chk.shape_of(_EB, 1, K)[0]
+    chk.arrays(_EB, (PL, K, Xs, D, P0, dK, db),
+               ((m, n), (L, n, n), (L + 1, m, n), (L, m, n), (m, n), (L, n, n), (L, n)))
+    chk.distinct(fn, "P0", P0, (("PL", PL), ("Xs", Xs), ("D", D)))
+    chk.distinct(fn, "dK", dK, (("K", K),))
+    euler_backward_jit(Xs, D, K, h, PL, P0, dK, db)
+
+
+def verlet_forward(Y0: np.ndarray, Z0: np.ndarray, K: np.ndarray, b: np.ndarray, h: float,
+                   act: int, Ys: np.ndarray, Zs: np.ndarray, DZ: np.ndarray,
+                   DY: np.ndarray) -> None:
+    """Forward solve of the Verlet (leapfrog) Hamiltonian network of Haber & Ruthotto (2018);
+    see :func:`verlet_forward_jit`. Y0, Z0 (m, n); K (L, n, n); b (L, n); outputs Ys, Zs
+    (L+1, m, n), DZ, DY (L, m, n), pairwise apart; one dtype, C-contiguous."""
+    fn = _VF.fn
+    act = check_code(fn, act)
+    h = chk.real(fn, "h", h)
+    m, n = chk.shape_of(_VF, 0, Y0)
+    L = chk.shape_of(_VF, 1, K)[0]
+    chk.arrays(_VF, (Y0, K, Z0, b, Ys, Zs, DZ, DY),
+               ((m, n), (L, n, n), (m, n), (L, n), (L + 1, m, n), (L + 1, m, n), (L, m, n),
+                (L, m, n)))
+    chk.distinct(fn, "Zs", Zs, (("Ys", Ys),))
+    chk.distinct(fn, "DY", DY, (("DZ", DZ),))
+    verlet_forward_jit(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY)
+
+
+def verlet_backward(Ys: np.ndarray, Zs: np.ndarray, DZ: np.ndarray, DY: np.ndarray,
+                    K: np.ndarray, h: float, PYL: np.ndarray, PZL: np.ndarray, PY0: np.ndarray,
+                    PZ0: np.ndarray, dK: np.ndarray, db: np.ndarray) -> None:
+    """Adjoint (co-state) solve of :func:`verlet_forward`, exact gradient of the discrete map;
+    see :func:`verlet_backward_jit`. PY0 and PZ0 must not share memory with each other, PYL or
+    PZL; dK not with K."""
+    fn = _VB.fn
+    h = chk.real(fn, "h", h)
+    m, n = chk.shape_of(_VB, 0, PYL)
+    L = chk.shape_of(_VB, 1, K)[0]
+    chk.arrays(_VB, (PYL, K, PZL, Ys, Zs, DZ, DY, PY0, PZ0, dK, db),
+               ((m, n), (L, n, n), (m, n), (L + 1, m, n), (L + 1, m, n), (L, m, n), (L, m, n),
+                (m, n), (m, n), (L, n, n), (L, n)))
+    chk.distinct(fn, "PY0", PY0, (("PYL", PYL), ("PZL", PZL), ("PZ0", PZ0)))
+    chk.distinct(fn, "PZ0", PZ0, (("PYL", PYL), ("PZL", PZL)))
+    chk.distinct(fn, "dK", dK, (("K", K),))
+    verlet_backward_jit(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db)
+
+
+for _f, _j in ((euler_forward, euler_forward_jit), (euler_backward, euler_backward_jit),
+               (verlet_forward, verlet_forward_jit), (verlet_backward, verlet_backward_jit)):
+    chk.jit_twin(_f, _j)
+del _f, _j
 
 
 # ----------------------------------------------------------------------------------------------
 # allocating convenience wrappers (plain Python)
 
 
-def _as_f64(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
+def _as_arrays(fn: str, *arrays: object) -> list[np.ndarray]:
+    """The arguments as C-contiguous arrays of one floating dtype: float32 if the float arrays
+    among them are float32, float64 otherwise (lists and integer arrays are converted); a mix
+    of float32 and float64 arrays is refused, as the kernels do."""
+    dts = {a.dtype for a in arrays if isinstance(a, np.ndarray) and a.dtype in chk.FLOATS}
+    if len(dts) > 1:
+        raise TypeError(f"{fn}: float32 and float64 arrays mixed; pass all arrays in one dtype "
+                        f"(no mixed precision)")
+    dt = dts.pop() if dts else chk.F64
+    return [np.ascontiguousarray(a, dtype=dt) for a in arrays]
 
 
 def euler_block(
     X0: np.ndarray, K: np.ndarray, b: np.ndarray, h: float, act: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Allocate and run :func:`euler_forward`; returns (Xs (L+1, m, n), D (L, m, n))."""
-    X0, K, b = _as_f64(X0), _as_f64(K), _as_f64(b)
+    """Allocate and run :func:`euler_forward`; returns (Xs (L+1, m, n), D (L, m, n)) in the
+    inputs' dtype (float32 if they are float32, float64 otherwise)."""
+    check_code("residual.euler_block", act)
+    X0, K, b = _as_arrays("residual.euler_block", X0, K, b)
     L = K.shape[0]
     m, n = X0.shape
-    Xs = np.empty((L + 1, m, n))
-    D = np.empty((L, m, n))
-    euler_forward(X0, K, b, float(h), int(act), Xs, D)
+    Xs = np.empty((L + 1, m, n), X0.dtype)
+    D = np.empty((L, m, n), X0.dtype)
+    euler_forward(X0, K, b, h, act, Xs, D)
     return Xs, D
 
 
@@ -308,12 +442,12 @@ def euler_block_adjoint(
     Xs: np.ndarray, D: np.ndarray, K: np.ndarray, h: float, PL: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Allocate and run :func:`euler_backward`; returns (P0 (m, n), dK (L, n, n), db (L, n))."""
-    Xs, D, K, PL = _as_f64(Xs), _as_f64(D), _as_f64(K), _as_f64(PL)
+    Xs, D, K, PL = _as_arrays("residual.euler_block_adjoint", Xs, D, K, PL)
     L, n = K.shape[0], K.shape[1]
     P0 = np.empty_like(PL)
-    dK = np.empty((L, n, n))
-    db = np.empty((L, n))
-    euler_backward(Xs, D, K, float(h), PL, P0, dK, db)
+    dK = np.empty((L, n, n), PL.dtype)
+    db = np.empty((L, n), PL.dtype)
+    euler_backward(Xs, D, K, h, PL, P0, dK, db)
     return P0, dK, db
 
 
@@ -321,14 +455,15 @@ def verlet_block(
     Y0: np.ndarray, Z0: np.ndarray, K: np.ndarray, b: np.ndarray, h: float, act: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Allocate and run :func:`verlet_forward`; returns (Ys, Zs, DZ, DY)."""
-    Y0, Z0, K, b = _as_f64(Y0), _as_f64(Z0), _as_f64(K), _as_f64(b)
+    check_code("residual.verlet_block", act)
+    Y0, Z0, K, b = _as_arrays("residual.verlet_block", Y0, Z0, K, b)
     L = K.shape[0]
     m, n = Y0.shape
-    Ys = np.empty((L + 1, m, n))
-    Zs = np.empty((L + 1, m, n))
-    DZ = np.empty((L, m, n))
-    DY = np.empty((L, m, n))
-    verlet_forward(Y0, Z0, K, b, float(h), int(act), Ys, Zs, DZ, DY)
+    Ys = np.empty((L + 1, m, n), Y0.dtype)
+    Zs = np.empty((L + 1, m, n), Y0.dtype)
+    DZ = np.empty((L, m, n), Y0.dtype)
+    DY = np.empty((L, m, n), Y0.dtype)
+    verlet_forward(Y0, Z0, K, b, h, act, Ys, Zs, DZ, DY)
     return Ys, Zs, DZ, DY
 
 
@@ -343,12 +478,12 @@ def verlet_block_adjoint(
     PZL: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Allocate and run :func:`verlet_backward`; returns (PY0, PZ0, dK, db)."""
-    Ys, Zs, DZ, DY = _as_f64(Ys), _as_f64(Zs), _as_f64(DZ), _as_f64(DY)
-    K, PYL, PZL = _as_f64(K), _as_f64(PYL), _as_f64(PZL)
+    Ys, Zs, DZ, DY, K, PYL, PZL = _as_arrays("residual.verlet_block_adjoint", Ys, Zs, DZ, DY, K,
+                                             PYL, PZL)
     L, n = K.shape[0], K.shape[1]
     PY0 = np.empty_like(PYL)
     PZ0 = np.empty_like(PZL)
-    dK = np.empty((L, n, n))
-    db = np.empty((L, n))
-    verlet_backward(Ys, Zs, DZ, DY, K, float(h), PYL, PZL, PY0, PZ0, dK, db)
+    dK = np.empty((L, n, n), PYL.dtype)
+    db = np.empty((L, n), PYL.dtype)
+    verlet_backward(Ys, Zs, DZ, DY, K, h, PYL, PZL, PY0, PZ0, dK, db)
     return PY0, PZ0, dK, db
