@@ -29,3 +29,12 @@ def _map_source_kernels() -> None:
 
 
 _map_source_kernels()
+
+
+def __getattr__(name: str):
+    # ``pintopt.run`` without importing the methods (and numba) at ``import pintopt``
+    if name == "run":
+        from pintopt.api import run
+
+        return run
+    raise AttributeError(f"module 'pintopt' has no attribute {name!r}")

@@ -70,7 +70,8 @@ def _checksum(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> str:
 
 
 #: Attributes covered by the checksum (the ones a resume depends on).
-_SUMMED = ("method", "ranks", "iteration", "wall_time", "config", "model", "meta", "history")
+_SUMMED = ("method", "ranks", "iteration", "train_time", "wall_time", "config", "model", "meta",
+           "history")
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -94,13 +95,16 @@ def save(
     history: dict[str, list],
     wall_time: float,
     ranks: int,
+    train_time: float | None = None,
     keep_last: int = 1,
     _fail_after_arrays: bool = False,
 ) -> None:
     """Write a checkpoint atomically (call on rank 0 only).
 
-    ``state`` is a trainer's ``{"arrays": {name: ndarray}, "meta": {...}}``. ``keep_last > 1``
-    keeps older checkpoints as ``path.1``, ``path.2``, ...
+    ``state`` is a method's ``{"arrays": {name: ndarray}, "meta": {...}}``; ``train_time`` and
+    ``wall_time`` are the run's seconds so far (``pintopt.loop``: training steps only; everything),
+    from which a resumed run continues (``train_time`` defaults to ``wall_time``). ``keep_last >
+    1`` keeps older checkpoints as ``path.1``, ``path.2``, ...
     """
     import h5py
 
@@ -116,6 +120,7 @@ def save(
             f.attrs["ranks"] = ranks
             f.attrs["iteration"] = int(state["meta"].get("iteration", -1))
             f.attrs["wall_time"] = float(wall_time)
+            f.attrs["train_time"] = float(wall_time if train_time is None else train_time)
             f.attrs["config"] = json.dumps(config)
             f.attrs["model"] = json.dumps(model)
             f.attrs["meta"] = json.dumps(state["meta"])
@@ -198,6 +203,7 @@ def load(
             "ranks": int(attrs["ranks"]),
             "iteration": int(attrs["iteration"]),
             "wall_time": float(attrs["wall_time"]),
+            "train_time": float(attrs.get("train_time", attrs["wall_time"])),
             "config": json.loads(attrs["config"]),
             "model": json.loads(attrs["model"]),
             "history": json.loads(attrs["history"]),

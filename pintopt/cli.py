@@ -33,13 +33,9 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
 import io  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from dataclasses import fields  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from pintopt import __version__  # noqa: E402
@@ -237,369 +233,26 @@ def _say(comm: Any, *lines: str, err: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# memory: refuse before allocating
-
-
-def _cgroup_limit() -> float | None:
-    """The memory limit of this process's cgroup (v2 or v1), if any: batch systems and containers
-    set one below the machine's memory."""
-    candidates = []
-    try:
-        with open("/proc/self/cgroup") as fh:
-            for line in fh:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                path = path.lstrip("/")
-                if controllers == "":  # v2 unified hierarchy
-                    candidates.append(Path("/sys/fs/cgroup", path, "memory.max"))
-                elif "memory" in controllers.split(","):
-                    candidates.append(Path("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
-    except (OSError, ValueError):
-        pass
-    candidates += [
-        Path("/sys/fs/cgroup/memory.max"),
-        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-    ]
-    limits = []
-    for f in candidates:
-        try:
-            text = f.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
-            limits.append(float(text))
-    return min(limits) if limits else None
-
-
-def _memory_budget(cfg: Config, comm: Any) -> tuple[float, str]:
-    """Bytes one rank may use, and where the figure comes from (collective: the smallest over
-    ranks, so every rank takes the same decision)."""
-    if cfg.train.memory_limit_gb:
-        return cfg.train.memory_limit_gb * 2**30, "train.memory_limit_gb"
-    node = comm.node_size()
-    try:
-        total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        total = math.inf
-    limit = _cgroup_limit()
-    mem = min(total, limit) if limit else total
-    budget = comm.allreduce(0.8 * mem / node, op="min")
-    where = "80% of the memory limit" if limit and limit < total else "80% of the machine's memory"
-    return budget, f"{where} shared by {node} rank(s) on a node"
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
-
-
-def _data_bytes_estimate(cfg: Config) -> tuple[int, str] | None:
-    """Peak bytes of generating a synthetic dataset (arrays, split and standardised copies, the
-    broadcast), from the options alone; None for file sources (their size is the file's)."""
-    d = cfg.data
-    if d.dataset == "swissroll":
-        n = d.n or 256
-        rows, cols = 2 * (2 * n + 1), 2
-    elif d.dataset == "ellipses":
-        n = d.n or 1000
-        rows, cols = 2 * n, 2
-    elif d.dataset == "overparam":
-        rows, cols = d.n or 80, d.n_features or 2000
-    else:
-        return None
-    return 8 * rows * (cols + 1) * 4, "data.n" if d.dataset != "overparam" else "data.n/n_features"
-
-
-def _check_data_memory(cfg: Config, comm: Any, budget: float, source: str) -> None:
-    est = _data_bytes_estimate(cfg)
-    if est is not None and est[0] > budget:
-        raise ConfigError(
-            f"option {est[1]}: dataset {cfg.data.dataset} would need about {_gib(est[0])} per "
-            f"rank, more than {_gib(budget)} ({source}); use a smaller {est[1]}"
-        )
-
-
-def memory_need(cfg: Config, spec: Any, data: Any, size: int) -> dict[str, int]:
-    """Bytes per rank, by item: the method's estimate (see ``Trainer.memory_estimate``) plus the
-    dataset every rank holds."""
-    from pintopt.methods import METHODS
-
-    cls = METHODS[cfg.train.method].trainer
-    need = dict(cls.memory_estimate(spec, cfg, size, data.m_train, data.m_val))
-    need["data"] = sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
-    return need
-
-
-def _memory_check(cfg: Config, spec: Any, data: Any, comm: Any, budget: float, source: str):
-    """Refuse, before allocating, a model and batch that cannot fit in memory on a rank."""
-    try:
-        need = memory_need(cfg, spec, data, comm.size)
-    except ValueError as exc:  # an estimate may validate the layout (more ranks than layers)
-        raise ConfigError(str(exc)) from None
-    total = sum(need.values())
-    if total > budget:
-        parts = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(need.items(), key=lambda kv: -kv[1]))
-        raise ConfigError(
-            f"options model.depth/model.width/train.batch_size: the run needs about "
-            f"{_gib(total)} per rank ({parts}), more than {_gib(budget)} ({source}); reduce "
-            "depth, width or batch_size, use more ranks or set train.memory_limit_gb"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# setup
-
-
-def _load_data(cfg: Config, comm: Any):
-    """Rank 0 reads the data; everyone gets it (or the same error)."""
-    from pintopt.data import DataError, load_dataset
-
-    d, seed = cfg.data, cfg.train.seed
-    result: Any
-    if comm.rank == 0:
-        where = d.path or d.data_dir or d.dataset
-        try:
-            result = load_dataset(
-                d.dataset,
-                data_dir=d.data_dir,
-                path=d.path,
-                n=d.n,
-                noise=d.noise,
-                val_fraction=d.val_fraction,
-                seed=seed,
-                standardize=d.standardize,
-                n_train=d.n_train,
-                n_features=d.n_features,
-            )
-        except (DataError, ValueError, OSError) as exc:
-            result = ConfigError(str(exc).splitlines()[0] if str(exc) else repr(exc))
-        except MemoryError:
-            result = ConfigError(f"data {where}: not enough memory to load it")
-        except Exception as exc:  # noqa: BLE001 - a malformed file must not crash the job
-            result = ConfigError(f"data {where}: cannot be loaded ({_one_line(exc)})")
-    else:
-        result = None
-    result = comm.bcast(result)
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
-def _one_line(exc: BaseException) -> str:
-    from pintopt.guards import describe
-
-    return describe(exc)
-
-
-def _setup(cfg: Config, comm: Any):
-    from pintopt.methods import METHODS
-    from pintopt.methods.base import Problem
-    from pintopt.model import build_model
-
-    budget, source = _memory_budget(cfg, comm)
-    _check_data_memory(cfg, comm, budget, source)
-    data = _load_data(cfg, comm)
-    if data.n_classes < 2:
-        raise ConfigError(
-            f"dataset {cfg.data.dataset}: the classifier needs at least two classes "
-            f"(found {data.n_classes}: a regression or single-class dataset)"
-        )
-    try:
-        model = build_model(cfg.model, data.n_features, data.n_classes)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    spec = model.spec
-    _memory_check(cfg, spec, data, comm, budget, source)
-    if cfg.checkpoint.checkpoint:
-        _check_checkpoint_target(cfg.checkpoint.checkpoint, comm)
-    try:
-        trainer = METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm)
-    except ValueError as exc:  # e.g. batch larger than the data, more ranks than layers
-        raise ConfigError(str(exc)) from None
-    return trainer, spec
-
-
-def _check_checkpoint_target(path: str, comm: Any) -> None:
-    from pintopt.checkpoint import CheckpointError, check_target
-
-    outcome: Any = None
-    if comm.rank == 0:
-        try:
-            check_target(path)
-        except CheckpointError as exc:
-            outcome = exc
-    outcome = comm.bcast(outcome)
-    if outcome is not None:
-        raise outcome
-
-
-# ---------------------------------------------------------------------------------------------
 # the run
 
 
-class _Progress:
-    """Per-iteration callback: progress lines, periodic checkpoints (rank 0 writes), watchdog."""
+def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = None,
+         watchdog: Any = None, lr_override: float | None = None) -> Any:
+    """:func:`pintopt.run` with the signal handler, progress on rank 0 and the closing lines."""
+    from pintopt.api import run
 
-    def __init__(
-        self,
-        cfg: Config,
-        comm: Any,
-        spec: Any,
-        quiet: bool,
-        wall_offset: float,
-        watchdog: Any = None,
-        last_saved: int | None = None,
-    ) -> None:
-        self.cfg, self.comm, self.spec, self.quiet = cfg, comm, spec, quiet
-        self.last_write = time.monotonic()
-        self.wall_offset = wall_offset
-        self.watchdog = watchdog
-        #: iteration of the last checkpoint written (or resumed from) in this run
-        self.last_saved = last_saved
-        self._due_at: tuple[int, bool] | None = None
-
-    def __call__(self, trainer: Any, history: dict[str, list], evaluated: bool) -> None:
-        if self.watchdog is not None:
-            self.watchdog.beat()
-        if evaluated and not self.quiet:
-            h = {k: v[-1] for k, v in history.items() if v}
-            _say(
-                self.comm,
-                f"it {h['iteration']:>6}/{trainer.total_iterations()}  "
-                f"epoch {h['epoch']:7.2f}  loss {h['loss']:.4f}  train {h['train_acc']:.3f}  "
-                f"val {h['val_acc']:.3f}  time {h['wall']:.1f}s",
-            )
-        if self.checkpoint_due(trainer):
-            self.write(trainer, history)
-
-    def checkpoint_due(self, trainer: Any) -> bool:
-        """Whether a checkpoint is written after this iteration: the same answer on every rank
-        (rank 0's clock decides ``checkpoint_seconds``); computed once per iteration, the
-        training loop asks first so that ranks agree on divergence before writing."""
-        if self._due_at is not None and self._due_at[0] == trainer.iteration:
-            return self._due_at[1]
-        c = self.cfg.checkpoint
-        due = False
-        if c.checkpoint:
-            due = bool(c.checkpoint_every) and trainer.iteration % c.checkpoint_every == 0
-            if c.checkpoint_seconds:
-                late = self.comm.bcast(time.monotonic() - self.last_write >= c.checkpoint_seconds)
-                due = due or late
-        self._due_at = (trainer.iteration, due)
-        return due
-
-    def write(self, trainer: Any, history: dict[str, list]) -> None:
-        """Gather the state (collective), check it is finite on every rank, rank 0 writes."""
-        from pintopt import checkpoint
-        from pintopt.methods.base import Divergence, _agree, describe_divergence, finite
-
-        if self.watchdog is not None:
-            self.watchdog.beat("checkpoint")
-        state = trainer.state()  # collective
-        ok = finite([a for a in state["arrays"].values() if a.dtype.kind == "f"])
-        verdict = _agree(self.comm, 0 if ok else 2, trainer.iteration)
-        if verdict[:, 0].any():
-            raise Divergence(
-                f"training diverged: {describe_divergence(verdict)} (found while writing the "
-                f"checkpoint of iteration {trainer.iteration}, which was not written)",
-                iteration=trainer.iteration,
-            )
-        if self.comm.rank == 0:
-            wall = history["wall"][-1] if history.get("wall") else self.wall_offset
-            checkpoint.save(
-                self.cfg.checkpoint.checkpoint,
-                state=state,
-                config=self.cfg.to_dict(),
-                method=self.cfg.train.method,
-                model=dataclasses.asdict(self.spec),
-                history=history,
-                wall_time=wall,
-                ranks=self.comm.size,
-                keep_last=self.cfg.checkpoint.keep_last,
-            )
-        self.last_write = time.monotonic()
-        self.last_saved = trainer.iteration
-        if self.watchdog is not None:
-            self.watchdog.beat()
-
-
-class _Diverged(Exception):
-    """Training diverged; the message names the cause and the checkpoint kept (every rank)."""
-
-
-def _run(
-    cfg: Config,
-    comm: Any,
-    quiet: bool,
-    resume: dict[str, Any] | None = None,
-    watchdog: Any = None,
-    lr_override: float | None = None,
-):
-    from pintopt.checkpoint import CheckpointError
-    from pintopt.methods.base import Divergence, train
-
-    trainer, spec = _setup(cfg, comm)
-    history, wall, last_saved = None, 0.0, None
-    if resume is not None:
-        where = f"checkpoint {resume['path']}"
-        if resume["model"] != dataclasses.asdict(spec):
-            diff = sorted(
-                k
-                for k in set(resume["model"]) | set(dataclasses.asdict(spec))
-                if resume["model"].get(k) != dataclasses.asdict(spec).get(k)
-            )
-            raise CheckpointError(
-                f"{where}: its model does not match the model its configuration builds now "
-                f"({', '.join(diff)} differ; did the data change?)"
-            )
-        if resume["ranks"] != comm.size and not trainer.resume_any_ranks:
-            raise CheckpointError(
-                f"{where}: written by {resume['ranks']} rank(s); method {cfg.train.method} "
-                f"resumes only on the same number of ranks (run with mpiexec -n "
-                f"{resume['ranks']})"
-            )
-        try:
-            trainer.load_state(resume["state"])
-        except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
-            raise CheckpointError(
-                f"{where}: its state does not fit method {cfg.train.method} and this model "
-                f"({_one_line(exc)})"
-            ) from None
-        if lr_override is not None:
-            for opt in trainer.optimizers():
-                opt.lr = lr_override
-        history, wall, last_saved = resume["history"], resume["wall_time"], resume["iteration"]
-    progress = _Progress(cfg, comm, spec, quiet, wall, watchdog, last_saved)
-    _say(
-        comm,
-        f"pintopt {__version__}: method {cfg.train.method}, {cfg.data.dataset}, "
-        f"{spec.depth} {getattr(spec, 'scheme', 'mlp')} layers of width {spec.width}, "
-        f"{comm.size} rank(s), {trainer.total_iterations()} iterations",
-    )
-    if watchdog is not None:
-        watchdog.start()
-    try:
-        with _StopOnSignal() as stopper:
-            result = train(
-                trainer,
-                progress,
-                history=history,
-                wall_offset=wall,
-                log=lambda line: _say(comm, f"pintopt: {line}", err=True),
-                should_stop=stopper.requested,
-            )
-            if cfg.checkpoint.checkpoint and progress.last_saved != trainer.iteration:
-                progress.write(trainer, result.history)
-    except Divergence as exc:
-        raise _Diverged(_divergence_message(exc, cfg, progress)) from None
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
+    with _StopOnSignal() as stopper:
+        result = run(cfg, comm, progress=lambda line: _say(comm, line), quiet=quiet,
+                     notes=lambda line: _say(comm, line, err=True),
+                     should_stop=stopper.requested, watchdog=watchdog, resume=resume,
+                     lr=lr_override)
     h = result.history
     n_rb = len(result.extras.get("rollbacks", []))
     _say(
         comm,
         f"final: validation accuracy {result.val_acc:.4f}, train accuracy "
-        f"{h['train_acc'][-1]:.4f}, loss {h['loss'][-1]:.4f}, {result.iterations} "
-        f"iterations, wall time {result.wall_time:.2f} s ({result.stopped}"
+        f"{h['train_acc'][-1]:.4f}, loss {h['batch_loss'][-1]:.4f}, {result.iterations} "
+        f"iterations, wall time {result.train_time:.2f} s ({result.stopped}"
         + (f", {n_rb} rollback(s)" if n_rb else "")
         + ")",
     )
@@ -609,7 +262,7 @@ def _run(
             comm,
             "pintopt: interrupted by a signal; "
             + (
-                f"checkpoint of iteration {trainer.iteration} written to {path} "
+                f"checkpoint of iteration {result.iterations} written to {path} "
                 f"(continue with `pintopt resume {path}`)"
                 if path
                 else "no checkpoint written (checkpoint.checkpoint is not set)"
@@ -617,20 +270,6 @@ def _run(
             err=True,
         )
     return result
-
-
-def _divergence_message(exc: Exception, cfg: Config, progress: _Progress) -> str:
-    path = cfg.checkpoint.checkpoint
-    if not path:
-        tail = "no checkpoint file was configured (--checkpoint)"
-    elif progress.last_saved is None:
-        tail = f"no checkpoint was written before (nothing at {path})"
-    else:
-        tail = (
-            f"the last good checkpoint {path} (iteration {progress.last_saved}) is kept; "
-            f"`pintopt resume {path} --lr <smaller>` or `--on-divergence rollback` continues"
-        )
-    return f"{exc}; {tail}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import world
     from pintopt.guards import Watchdog, abort_on_exception
+    from pintopt.loop import Divergence
 
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = world()
@@ -749,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
         return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
-    except _Diverged as exc:
+    except Divergence as exc:
         return _finish(comm, EXIT_DIVERGED, f"pintopt: error: {exc}")
 
 
@@ -767,10 +407,10 @@ def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
     )
     _say(
         comm,
-        f"serial: validation accuracy {serial.val_acc:.4f}, wall time {serial.wall_time:.2f} s; "
+        f"serial: validation accuracy {serial.val_acc:.4f}, wall time {serial.train_time:.2f} s; "
         f"{cfg.train.method}: validation accuracy {result.val_acc:.4f}, wall time "
-        f"{result.wall_time:.2f} s; speedup of {cfg.train.method} over serial ({basis}): "
-        f"{serial.wall_time / max(result.wall_time, 1e-12):.2f}x",
+        f"{result.train_time:.2f} s; speedup of {cfg.train.method} over serial ({basis}): "
+        f"{serial.train_time / max(result.train_time, 1e-12):.2f}x",
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import build_trainer as build
 
 from pintopt.comm import world
-from pintopt.methods.base import train
+from pintopt.loop import train
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -45,7 +45,7 @@ def test_oracle_costates_reproduce_serial_iterates(scheme, optimizer):
     assert comm.bytes_sent > 0
     for name, u, v in zip(serial.params.names, serial.params.arrays(), parallel.params.arrays()):
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-14, err_msg=name)
-    assert parallel.history["loss"] == pytest.approx(serial.history["loss"], rel=1e-12)
+    assert parallel.history["batch_loss"] == pytest.approx(serial.history["batch_loss"], rel=1e-12)
 
 
 @pytest.mark.parametrize("coarse_parallel", [False, True])
@@ -74,7 +74,7 @@ def test_trains_to_95_percent(dataset):
     assert result.stopped == "target", result.history["val_acc"]
     assert result.val_acc >= 0.95
     # the fine phase really ran on the regression: errors were recorded at every boundary
-    n_mse = comm.allgather(len(trainer.mse_trace))
+    n_mse = comm.allgather(trainer.diagnostics.observed)
     assert all(n == result.iterations for n in n_mse[:-1]) and n_mse[-1] == 0
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import build_trainer as build
 
 from pintopt.comm import world
-from pintopt.methods.base import train
+from pintopt.loop import train
 
 
 @pytest.mark.parametrize("dataset", ["swissroll", "ellipses"])
@@ -17,7 +17,7 @@ def test_default_settings_reach_95_percent(dataset):
     defaults of docs/options.md: Verlet, width 8, Adam lr 0.01, batch 16, 60 epochs) reaches
     >= 95% validation accuracy."""
     trainer = build({"data": {"dataset": dataset}})
-    assert trainer.cfg.train.method == "serial"
+    assert trainer.name == "serial"
     assert trainer.model.spec.depth == 16
     result = train(trainer)
     assert result.val_acc >= 0.95, result.history["val_acc"]
@@ -32,7 +32,7 @@ def test_armijo_full_batch_decreases_monotonically():
     raw = {"model": {"depth": 4}, "serial": {"line_search": True},
            "train": {"batch_size": 0, "iterations": 40, "lr": 1.0, "eval_every": 1}}
     result = train(build(raw))
-    loss = np.array(result.history["loss"])
+    loss = np.array(result.history["batch_loss"])
     assert np.all(np.diff(loss) <= 1e-14), loss
     assert loss[-1] < 0.9 * loss[0]
 

@@ -45,6 +45,33 @@ _LAPACK_FROM = 64
 _KIND = {"state": K.STATE, "label": K.LABEL, "class": K.CLASS, "quadratic": K.QUADRATIC}
 
 
+def to_rows(state: np.ndarray) -> np.ndarray:
+    """A state or co-state in model layout -> one row per sample ``(m, dim)``: ``[Y | Z]`` for
+    Verlet (a copy)."""
+    if state.ndim == 3:  # Verlet [Y, Z]
+        return np.concatenate([state[0], state[1]], axis=1)
+    return np.array(state, copy=True)
+
+
+def from_rows(rows: np.ndarray, verlet: bool) -> np.ndarray:
+    """Inverse of :func:`to_rows`."""
+    if verlet:
+        w = rows.shape[1] // 2
+        return np.ascontiguousarray(np.stack([rows[:, :w], rows[:, w:]]))
+    return np.ascontiguousarray(rows)
+
+
+def rows_into(first: np.ndarray, second: np.ndarray | None, out: np.ndarray) -> None:
+    """:func:`to_rows` into a preallocated ``out``: ``first`` is the state (Euler) or its ``Y``
+    half, ``second`` the ``Z`` half (Verlet) or None."""
+    if second is None:
+        out[...] = first
+        return
+    w = first.shape[1]
+    out[:, :w] = first
+    out[:, w:] = second
+
+
 class BoundaryRegression:
     """Least-squares predictor ``P_hat = A phi(X, y) + B`` of the co-state at one boundary.
 

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from pintopt.comm import partition
-from pintopt.config import opt
-from pintopt.methods.base import Problem, Trainer
-from pintopt.model import Params
+from pintopt.layout import block_range
+from pintopt.methods.base import Method, Problem
 from pintopt.optim import Optimizer
+from pintopt.options import opt
 
 
 @dataclass
@@ -41,16 +40,17 @@ class SerialOptions:
 
 
 @dataclass
-class DataParallelOptions:
-    pass
+class DataParallelOptions(SerialOptions):
+    """The serial options: the batch split over ranks changes nothing else (Armijo's trial losses
+    are data-parallel too)."""
 
 
-def make_optimizer(cfg: Any) -> Optimizer:
-    """The update mapping A configured by ``[train]`` (shared by every gradient method)."""
-    tr = cfg.train
+def make_optimizer(tr: Any, lr: float | None = None) -> Optimizer:
+    """The update mapping A configured by the ``[train]`` options ``tr`` (shared by every
+    gradient method); ``lr`` overrides ``tr.lr``."""
     return Optimizer(
         tr.optimizer,
-        lr=tr.lr,
+        lr=tr.lr if lr is None else lr,
         momentum=tr.momentum,
         weight_decay=tr.weight_decay,
         schedule=tr.schedule,
@@ -60,18 +60,18 @@ def make_optimizer(cfg: Any) -> Optimizer:
     )
 
 
-class SerialTrainer(Trainer):
+class SerialTrainer(Method):
     """Serial-in-time training (Algorithm 3); ``data_parallel`` splits the batch over ranks."""
 
     name = "serial"
+    Options = SerialOptions
     data_parallel = False
 
-    def __init__(self, problem: Problem, cfg: Any, comm: Any) -> None:
-        super().__init__(problem, cfg, comm)
-        self.params = self.model.init_params(cfg.train.seed)
+    def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
+        super().__init__(problem, train, options, comm)
+        self.params = self.model.init_params(train.seed)
         self.grads = self.params.zeros_like()
-        self.opt = make_optimizer(cfg)
-        self.options = cfg.method if isinstance(cfg.method, SerialOptions) else SerialOptions()
+        self.opt = make_optimizer(train)
 
     def optimizers(self) -> list[Optimizer]:
         return [self.opt]
@@ -80,10 +80,10 @@ class SerialTrainer(Trainer):
         """This rank's share of the global batch and its weight in the global mean."""
         if not self.data_parallel or self.comm.size == 1:
             return idx, 1.0
-        lo, hi = partition(idx.size, self.comm.size, self.comm.rank)
+        lo, hi = block_range(idx.size, self.comm.size, self.comm.rank)
         return idx[lo:hi], (hi - lo) / idx.size
 
-    def loss_and_grad(self, params: Params, idx: np.ndarray, grads: Params | None) -> float:
+    def loss_and_grad(self, params: Any, idx: np.ndarray, grads: Any | None) -> float:
         """Mean loss over the global batch ``idx`` and, with ``grads``, its gradient."""
         local, weight = self._local_batch(idx)
         x, y = self.data.x_train[local], self.data.y_train[local]
@@ -131,7 +131,7 @@ class SerialTrainer(Trainer):
         self.params = trial
         self.opt.k += 1
 
-    def global_params(self) -> Params:
+    def global_params(self) -> Any:
         return self.params
 
     def state(self) -> dict[str, Any]:
@@ -149,9 +149,10 @@ class SerialTrainer(Trainer):
 
     def load_state(self, state: dict[str, Any]) -> None:
         arrays, meta = state["arrays"], state["meta"]
-        self.params = type(self.params).from_dict(
+        self.params = self.model.params_from_dict(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("params/")}
         )
+        self.grads = self.params.zeros_like()
         self.opt.load_state_dict(
             {"k": meta["opt_k"], "slots": [arrays[f"opt/{i}"] for i in range(meta["n_slots"])]}
         )
@@ -164,4 +165,5 @@ class DataParallelTrainer(SerialTrainer):
     """Data-parallel SGD: Allreduce of gradients over ranks (the standard baseline)."""
 
     name = "dataparallel"
+    Options = DataParallelOptions
     data_parallel = True
