@@ -69,7 +69,7 @@ def load_data(cfg: Config, comm: Any) -> Any:
             result = load_dataset(
                 d.dataset, data_dir=d.data_dir, path=d.path, n=d.n, noise=d.noise,
                 val_fraction=d.val_fraction, seed=seed, standardize=d.standardize,
-                n_train=d.n_train, n_features=d.n_features,
+                n_train=d.n_train, n_features=d.n_features, pool=d.pool, pool_size=d.pool_size,
             )
         except (DataError, ValueError, OSError) as exc:
             result = ConfigError(str(exc).splitlines()[0] if str(exc) else repr(exc))

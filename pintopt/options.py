@@ -62,6 +62,13 @@ class DataOptions:
     n_features: int | None = opt(
         None, "overparam: number of features d (default 2000, must exceed the training set)", low=1
     )
+    pool: str = opt(
+        "none",
+        "downsample images by pool_size x pool_size windows: avg (mean, pdADMM's 14 x 14 MNIST) "
+        "or max (maximum; 2 x 2 max-pooling twice = pool_size 4); image datasets (mnist) only",
+        choices=("none", "avg", "max"),
+    )
+    pool_size: int = opt(2, "pooling window (and stride); must divide the image sides", low=2)
     standardize: bool | None = opt(
         None,
         "standardize features with training-set mean and std (default: per dataset, on for "
