@@ -295,13 +295,18 @@ def _info(comm: Any) -> None:
     except ImportError:
         lines.append("mpi4py: not installed (serial only)")
     lines.append(f"MPI: {comm.describe()}")
+    from pintopt.methods import METHODS
+
+    lines += [f"method {name}: {cls.summary}" for name, cls in METHODS.items()]
     lines.append(
         f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
         f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, numba threading "
         f"layer {numba.config.THREADING_LAYER}"
     )
     lines.append(
-        f"reliability: receive timeout {comm.default_timeout or 'none'} s "
+        "reliability: receive timeout "
+        + (f"{comm.default_timeout:g} s" if comm.default_timeout else "none (wait forever)")
+        + " "
         f"(PINTOPT_COMM_TIMEOUT), watchdog "
         f"{os.environ.get('PINTOPT_WATCHDOG') or 'adaptive'} (PINTOPT_WATCHDOG)"
     )

@@ -90,7 +90,7 @@ def test_deterministic_and_losses_agree_on_all_ranks():
         for _ in range(40):
             reported.append(t.step())
             if t.last:
-                true.append(t.known[t.iteration - 1])
+                true.append(t.pipe.known[t.iteration - 1])
         runs.append((t.global_params(), reported))
         true = comm.bcast(true, root=comm.size - 1)
         lag = max(comm.size - 2, 0)

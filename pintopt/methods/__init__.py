@@ -15,9 +15,3 @@ METHODS: dict[str, type[Method]] = {
     "dataparallel": DataParallelTrainer,
     "pint": PintTrainer,
 }
-
-
-def summary(name: str) -> str:
-    """One line on a method: the first line of its class docstring."""
-    doc = (METHODS[name].__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else name

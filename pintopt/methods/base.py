@@ -64,6 +64,8 @@ class Method:
     """
 
     name: ClassVar[str] = "base"
+    #: One line for ``pintopt info`` and the docs.
+    summary: ClassVar[str] = ""
     Options: ClassVar[type | None] = None
     shape: ClassVar[str] = LOCKSTEP
     #: What one ``step()`` is called in progress lines and the history.

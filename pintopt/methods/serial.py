@@ -64,6 +64,7 @@ class SerialTrainer(Method):
     """Serial-in-time training (Algorithm 3); ``data_parallel`` splits the batch over ranks."""
 
     name = "serial"
+    summary = "serial-in-time SGD/momentum/Adam or Armijo GD (PinT Algorithm 3)"
     Options = SerialOptions
     data_parallel = False
 
@@ -165,5 +166,6 @@ class DataParallelTrainer(SerialTrainer):
     """Data-parallel SGD: Allreduce of gradients over ranks (the standard baseline)."""
 
     name = "dataparallel"
+    summary = "data-parallel SGD: the batch split over ranks, gradients summed with Allreduce"
     Options = DataParallelOptions
     data_parallel = True
