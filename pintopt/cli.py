@@ -295,6 +295,9 @@ def _info(comm: Any) -> None:
     except ImportError:
         lines.append("mpi4py: not installed (serial only)")
     lines.append(f"MPI: {comm.describe()}")
+    import pintopt.kernels
+
+    lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
     from pintopt.methods import METHODS
 
     lines += [f"method {name}: {cls.summary}" for name, cls in METHODS.items()]
