@@ -4,6 +4,7 @@ The numerical kernels live in the top-level ``kernels/`` folder (the design card
 install as ``pintopt.kernels``. See ``docs/`` for the user guide.
 """
 
+import importlib as _importlib
 import importlib.util as _ilu
 import sys as _sys
 from pathlib import Path as _Path
@@ -45,9 +46,8 @@ _map_source_kernels()
 
 
 def __getattr__(name: str):
-    # ``pintopt.run`` without importing the methods (and numba) at ``import pintopt``
+    # ``pintopt.run`` is loaded on first use, so ``import pintopt`` stays cheap (no numba); by
+    # name, so the package root does not import the modules that import it
     if name == "run":
-        from pintopt.api import run
-
-        return run
+        return _importlib.import_module("pintopt.api").run
     raise AttributeError(f"module 'pintopt' has no attribute {name!r}")

@@ -288,12 +288,10 @@ def _info(comm: Any) -> None:
         f"numpy {numpy.__version__}, scipy {scipy.__version__}, numba {numba.__version__}, "
         f"h5py {h5py.__version__}",
     ]
-    try:
-        import mpi4py
+    from pintopt.comm.mpi import mpi4py_version
 
-        lines.append(f"mpi4py {mpi4py.__version__}")
-    except ImportError:
-        lines.append("mpi4py: not installed (serial only)")
+    version = mpi4py_version()
+    lines.append(f"mpi4py {version}" if version else "mpi4py: not installed (serial only)")
     lines.append(f"MPI: {comm.describe()}")
     import pintopt.kernels
 
