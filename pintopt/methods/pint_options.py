@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pintopt.methods.pint_regression import FEATURES
-from pintopt.options import opt
+from pintopt.options import ON, opt
 
 
 @dataclass
@@ -30,6 +30,7 @@ class PintOptions:
         "time); the training loop then evaluates the fine model after its first iteration. "
         "0 = always run coarse_iterations",
         low=0,
+        requires={"train.target_accuracy": ON},
     )
     coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
     prolong_optimizer: bool = opt(
