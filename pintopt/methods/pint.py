@@ -78,6 +78,8 @@ class PintTrainer(Method):
     summary = ("parallel-in-time: coarse global prediction, local correction with co-state "
                "regression on S = ranks slices (Parpas & Muir 2019, Algorithm 4)")
     Options = PintOptions
+    #: models it trains (pintopt.run refuses the others before estimating memory)
+    architectures = ("resnet",)
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any,
                  layout: LayerLayout | None = None) -> None:
