@@ -5,8 +5,9 @@ workers, the delay distribution, and the server's throughput against the workers
 
 Problem: the MNIST test set of ../shared/data/mnist (8000 training / 2000 validation images, 784
 pixels in [0, 1]), an MLP 784-64-64-10 with ReLU (55,050 parameters), plain SGD (the paper's
-server rule), mini-batch 32 per gradient, learning rate 0.1 (tuned for sequential SGD), the same
-for every rule; SSGD and SSGD-DC apply the sum of the M gradients (Section H's linear scaling).
+server rule), mini-batch 32 per gradient, learning rate 0.1 (tuned for sequential SGD) divided by
+10 after 6 of the 10 passes, the same for every rule; SSGD and SSGD-DC apply the sum of the M
+gradients (Section H's linear scaling). Lambdas: chosen by ``lambda`` (replays, tuning seed 100).
 
     python scripts/bench_dcasgd.py lambda --out lam.jsonl         # replay sweep: choose lambdas
     python scripts/bench_dcasgd.py accuracy --out acc.jsonl       # launches mpiexec for each run
@@ -63,13 +64,17 @@ def config(a: argparse.Namespace, rule: str, seed: int, workers: int = 1,
                   "lr": a.lr, "batch_size": b, "seed": seed,
                   "eval_every": max(int(updates_per_pass * a.eval_every), 1)},
     }
+    if a.decay_at:  # the step size drops by gamma after decay_at passes (in updates of the rule)
+        cfg["train"].update(schedule="step", gamma=a.gamma,
+                            step_size=max(int(round(a.decay_at * updates_per_pass)), 1))
     if a.iterations:
         cfg["train"]["iterations"] = a.iterations
         cfg["train"]["eval_every"] = a.iterations
     else:
         cfg["train"]["epochs"] = a.epochs
     if rule != "serial":
-        cfg["dcasgd"] = {"rule": rule, "lam": a.lam, "lam0": a.lam0, "timeout": a.wait}
+        cfg["dcasgd"] = {"rule": rule, "lam": a.lam_sync if rule == "ssgd_dc" else a.lam,
+                         "lam0": a.lam0, "timeout": a.wait}
         if replay is not None:
             cfg["dcasgd"].update(mode="replay", delays=replay, replay_workers=workers)
     return cfg
@@ -93,8 +98,8 @@ def run_one(a: argparse.Namespace) -> None:
     h = result.history
     row = {
         "kind": a.kind, "rule": a.rule, "seed": a.seed, "workers": a.workers,
-        "replay": a.replay, "lam": a.lam, "lam0": a.lam0, "lr": a.lr, "batch": a.batch,
-        "wait": a.wait,
+        "replay": a.replay, "lam": a.lam_sync if a.rule == "ssgd_dc" else a.lam, "lam0": a.lam0,
+        "lr": a.lr, "batch": a.batch, "wait": a.wait, "decay_at": a.decay_at, "gamma": a.gamma,
         "iterations": result.iterations, "train_time": result.train_time, "wall": wall,
         "load_before": load0, "load_after": loadavg(), "ranks": comm.size,
         "history": {k: v for k, v in h.items()},
@@ -108,7 +113,9 @@ def launch(a: argparse.Namespace, kind: str, rule: str, seed: int, workers: int,
     """``timeout mpiexec -n workers+1 python this one ...`` (serial and replay: one process)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "one", "--kind", kind, "--rule", rule,
            "--seed", str(seed), "--workers", str(workers), "--out", str(a.out),
-           "--lr", str(a.lr), "--lam", str(a.lam), "--lam0", str(a.lam0), "--batch", str(a.batch),
+           "--lr", str(a.lr), "--lam", str(a.lam), "--lam0", str(a.lam0),
+           "--lam-sync", str(a.lam_sync), "--decay-at", str(a.decay_at), "--gamma", str(a.gamma),
+           "--batch", str(a.batch),
            "--width", str(a.width), "--depth", str(a.depth), "--epochs", str(a.epochs),
            "--iterations", str(a.iterations), "--eval-every", str(a.eval_every),
            "--data-dir", str(a.data_dir), "--wait", str(a.wait), *(extra or [])]
@@ -128,7 +135,7 @@ def part_lambda(a: argparse.Namespace) -> None:
     for M in a.workers:
         for lam in a.lam_grid:
             for rule in ("dcasgd_c", "ssgd_dc"):
-                b = argparse.Namespace(**{**vars(a), "lam": lam})
+                b = argparse.Namespace(**{**vars(a), "lam": lam, "lam_sync": lam})
                 launch(b, "lambda", rule, a.tune_seed, M, ["--replay", str(M - 1)])
         for lam0 in a.lam0_grid:
             b = argparse.Namespace(**{**vars(a), "lam0": lam0})
@@ -169,6 +176,15 @@ def final(row: dict, key: str = "val_acc") -> float:
     return float(row["history"][key][-1])
 
 
+def tail(row: dict, passes: float = 2.0) -> float:
+    """Mean validation accuracy over the evaluations of the last ``passes`` passes (less noisy
+    than the final one)."""
+    h = row["history"]
+    x = np.asarray(h["passes"] if "passes" in h else h["epoch"])
+    y = np.asarray(h["val_acc"])
+    return float(y[x > x[-1] - passes - 1e-9].mean())
+
+
 def mean_sd(xs: list[float]) -> str:
     if not xs:
         return "-"
@@ -206,11 +222,13 @@ def report(a: argparse.Namespace) -> None:
     if lam_rows:
         print("Lambda sweep (one-process replay, M round-robin workers at delay M - 1, seed "
               f"{lam_rows[0]['seed']}): final validation accuracy, %\n")
-        print("| M | rule | lambda (lambda0) | val acc |\n|---|---|---|---|")
+        print("| M | rule | lambda (lambda0) | final val acc | mean over the last 2 passes |\n"
+              "|---|---|---|---|---|")
         for r in sorted(lam_rows, key=lambda r: (r["workers"], r["rule"], r["lam"], r["lam0"])):
             lam = r["lam0"] if r["rule"] == "dcasgd_a" else r["lam"]
             lam = "-" if r["rule"] == "asgd" else f"{lam:g}"
-            print(f"| {r['workers']} | {LABEL[r['rule']]} | {lam} | {100 * final(r):.2f} |")
+            print(f"| {r['workers']} | {LABEL[r['rule']]} | {lam} | {100 * final(r):.2f} | "
+                  f"{100 * tail(r):.2f} |")
         print()
     if acc:
         accuracy_table(acc)
@@ -227,8 +245,12 @@ def accuracy_table(acc: list[dict]) -> None:
     print("Final validation accuracy (%, mean ± sd over seeds "
           f"{sorted({r['seed'] for r in acc})}) after ~{max(passes.values()):.2f} effective "
           f"passes; sequential SGD: {mean_sd(seq)}\n")
-    print("| workers | rule | final val acc | best val acc | mean delay | gap to sequential | "
-          "wall s |\n|---|---|---|---|---|---|---|")
+    print("| workers | rule | final val acc | last 2 passes | best val acc | mean delay | "
+          "gap to sequential | wall s |\n|---|---|---|---|---|---|---|---|")
+    print(f"| 1 | sequential SGD | {mean_sd(seq)} | "
+          f"{mean_sd([tail(r) for r in acc if r['rule'] == 'serial'])} | "
+          f"{mean_sd([max(r['history']['val_acc']) for r in acc if r['rule'] == 'serial'])} | "
+          f"0 | 0 | {np.mean([r['wall'] for r in acc if r['rule'] == 'serial']):.0f} |")
     verdict = []
     for M in sorted({r["workers"] for r in acc if r["rule"] != "serial"}):
         by = {rule: [r for r in acc if r["rule"] == rule and r["workers"] == M]
@@ -241,8 +263,8 @@ def accuracy_table(acc: list[dict]) -> None:
             delay = np.mean([np.mean(flat(r["history"], "staleness")) for r in rs])
             gap = 100 * (np.mean(f) - np.mean(seq)) if seq else float("nan")
             wall = np.mean([r["wall"] for r in rs])
-            print(f"| {M} | {LABEL[rule]} | {mean_sd(f)} | {mean_sd(best)} | {delay:.2f} | "
-                  f"{gap:+.2f} | {wall:.0f} |")
+            print(f"| {M} | {LABEL[rule]} | {mean_sd(f)} | {mean_sd([tail(r) for r in rs])} | "
+                  f"{mean_sd(best)} | {delay:.2f} | {gap:+.2f} | {wall:.0f} |")
         asgd = np.mean([final(r) for r in by["asgd"]]) if by["asgd"] else float("nan")
         for rule in ("dcasgd_c", "dcasgd_a"):
             if by[rule]:
@@ -407,8 +429,12 @@ def main() -> None:
         s.add_argument("--out", type=Path, required=True)
         s.add_argument("--data-dir", type=Path, default=MNIST_DIR)
         s.add_argument("--lr", type=float, default=0.1)
-        s.add_argument("--lam", type=float, default=2.0)
-        s.add_argument("--lam0", type=float, default=2.0)
+        s.add_argument("--lam", type=float, default=2.0, help="DC-ASGD-c")
+        s.add_argument("--lam0", type=float, default=4.0, help="DC-ASGD-a")
+        s.add_argument("--lam-sync", type=float, default=8.0, help="SSGD-DC")
+        s.add_argument("--decay-at", type=float, default=6.0,
+                       help="passes after which the step size is multiplied by --gamma (0: never)")
+        s.add_argument("--gamma", type=float, default=0.1)
         s.add_argument("--batch", type=int, default=32)
         s.add_argument("--width", type=int, default=64)
         s.add_argument("--depth", type=int, default=2)

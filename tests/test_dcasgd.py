@@ -288,6 +288,16 @@ def test_one_worker_is_sequential_sgd(rule):
     assert all(d == 0 for row in outs[0][0].history["staleness"] for d in row)
 
 
+def test_resnet_model():
+    """The method is model-agnostic: a Verlet ResNet, one worker = sequential SGD, and a
+    3-worker run = its replay."""
+    cfg = raw("dcasgd_a", 30)
+    cfg["model"] = {"architecture": "resnet", "width": 4, "depth": 4, "scheme": "verlet"}
+    assert_same(sequential_sgd(cfg, stream=1).params, server_run(2, cfg)[0][0].params)
+    result = server_run(4, cfg)[0][0]
+    assert_same(result.params, replay_of(result, cfg)[0].params)
+
+
 @pytest.mark.parametrize("S", [3, 4])
 @pytest.mark.parametrize("rule", ASYNC)
 def test_server_is_the_replay_of_its_recorded_delays(S, rule):
