@@ -151,10 +151,79 @@ def part_accuracy(a: argparse.Namespace) -> None:
                 launch(a, "accuracy", rule, seed, M)
 
 
+def run_costs(a: argparse.Namespace) -> None:
+    """Under ``mpiexec -n 2``: the unloaded cost of each piece of one gradient's round trip, as
+    the minimum over ``a.repeats_costs`` repetitions (robust to a busy machine): the worker's
+    gradient (batch ``a.batch``), the server's rule (DC-ASGD-a compensation + SGD step), its
+    backup copy, and a one-way message of the weights (half a ping-pong of P + 5 doubles)."""
+    import pintopt
+    from pintopt.api import as_config, setup
+    from pintopt.comm import SerialComm, world
+    from pintopt.methods.dcasgd import PUSH_HEADER
+
+    comm = world()
+    cfg = config(a, "dcasgd_a", 0, 1, replay="0")
+    cfg["train"]["iterations"] = 1
+    m = setup(as_config(cfg), SerialComm())
+    m.warmup()
+    P, n = m.P, a.repeats_costs
+    buf = np.zeros(P + PUSH_HEADER)
+    other = 1 - comm.rank
+    comm.barrier()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if comm.rank == 0:
+            comm.send(buf, other, 7)
+            comm.recv_(buf, other, 8, timeout=600)
+        else:
+            comm.recv_(buf, other, 7, timeout=600)
+            comm.send(buf, other, 8)
+        times.append(time.perf_counter() - t0)
+    message = min(times) / 2
+    if comm.rank != 0:
+        return
+
+    def best(fn) -> float:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return min(out)
+
+    idx = next(iter(m.streams.values())).next()
+    grads = m.params.zeros_like()
+    g = np.random.default_rng(0).standard_normal(P) * 1e-3
+    backup = m.params.flat.copy()
+    row = np.empty(P + 3)
+    row2 = np.empty(P + PUSH_HEADER)
+    cost = {
+        "P": P, "batch": a.batch, "load": loadavg(),
+        "gradient": best(lambda: m._gradient(m.params, idx, grads)),
+        "apply": best(lambda: m.rule.apply(g, backup, 0)),
+        "answer": best(lambda: np.copyto(row[:P], m.params.flat)),
+        "copy": best(lambda: np.copyto(row2, buf)),
+        "message": message,
+    }
+    with open(a.out, "a") as f:
+        f.write(json.dumps({"kind": "costs", **cost, "load_before": cost["load"],
+                            "load_after": loadavg()}) + "\n")
+    print(pintopt.__name__, {k: (f"{1e6 * v:.0f} us" if isinstance(v, float) and v < 1 else v)
+                             for k, v in cost.items()})
+
+
 def part_throughput(a: argparse.Namespace) -> None:
     """Fixed iterations, one evaluation at the end: gradients applied per second, the server's
-    time split, the workers' compute time (repetitions interleaved over M)."""
+    time split, the workers' compute time (repetitions interleaved over M); first the unloaded
+    costs of the pieces (``costs``, two ranks)."""
     a.iterations = a.iterations or 1500
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", "2", sys.executable,
+           str(Path(__file__).resolve()), "costs", "--out", str(a.out), "--batch", str(a.batch),
+           "--width", str(a.width), "--depth", str(a.depth), "--data-dir", str(a.data_dir)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), PINTOPT_WATCHDOG="0")
+    subprocess.run(["timeout", str(a.timeout), *cmd], env=env, cwd=REPO)
     for rep in range(a.repeats):
         for M in a.workers:
             launch(a, "throughput", a.throughput_rule, rep, M)
@@ -215,6 +284,7 @@ def report(a: argparse.Namespace) -> None:
     lam_rows = [r for r in rows if r["kind"] == "lambda"]
     acc = [r for r in rows if r["kind"] == "accuracy"]
     thr = [r for r in rows if r["kind"] == "throughput"]
+    costs = [r for r in rows if r["kind"] == "costs"]
     loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
     if loads:
         print(f"load average during the runs: {min(loads):.1f} - {max(loads):.1f} "
@@ -236,7 +306,7 @@ def report(a: argparse.Namespace) -> None:
             accuracy_figure(acc, Path(a.figures) / "dcasgd_accuracy.png")
             delay_figure(acc, Path(a.figures) / "dcasgd_delays.png")
     if thr:
-        throughput_table(thr, a)
+        throughput_table(thr, costs, a)
 
 
 def accuracy_table(acc: list[dict]) -> None:
@@ -294,6 +364,7 @@ def accuracy_figure(acc: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - the formatters below
 
     Ms = sorted({r["workers"] for r in acc if r["rule"] != "serial"})
     fig, axes = plt.subplots(1, len(Ms), figsize=(5.2 * len(Ms), 3.8), sharey=True)
@@ -305,15 +376,18 @@ def accuracy_figure(acc: list[dict], path: Path) -> None:
                                                and r["workers"] == M]
             if rs:
                 x, y = curve(rs)
-                ax.plot(x, 100 * y, label=LABEL[rule], lw=2 if rule == "serial" else 1.3,
+                ax.plot(x, 100 * (1 - y), label=LABEL[rule], lw=2 if rule == "serial" else 1.3,
                         color="k" if rule == "serial" else None)
         ax.set_title(f"MNIST, MLP 784-64-64-10, {M} workers")
         ax.set_xlabel("effective passes")
-        ax.grid(alpha=0.3)
-        lo = min(100 * np.mean([r["history"]["val_acc"][-1] for r in acc]) - 4, 93)
-        ax.set_ylim(lo, None)
-    axes[0].set_ylabel("validation accuracy, %")
-    axes[-1].legend(fontsize=8, loc="lower right")
+        ax.set_yscale("log")
+        ax.set_ylim(3, 50)
+        ax.set_yticks([3, 4, 5, 6, 8, 10, 20, 30, 50])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("validation error, % (mean over seeds)")
+    axes[-1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     print(f"wrote {path}")
@@ -348,20 +422,19 @@ def delay_figure(acc: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def throughput_table(thr: list[dict], a: argparse.Namespace) -> None:
+def throughput_table(thr: list[dict], costs: list[dict], a: argparse.Namespace) -> None:
     rows = {}
     for r in thr:
         h = r["history"]
         n = h["applied"][-1]
         ready = h["server_ready_n"][-1]
-        copy = h["server_ready_time"][-1] / ready if ready else float("nan")
-        service = (h["server_apply_time"][-1] + h["server_answer_time"][-1]) / n + copy
+        copy = h["server_ready_time"][-1] / ready if ready else 0.0
         rows.setdefault(r["workers"], []).append({
             "X": n / r["train_time"],
             "c": float(np.nanmean(h["worker_compute"])),
             "busy": 1.0 - h["server_wait_time"][-1] / r["train_time"],
             "apply": h["server_apply_time"][-1] / n, "answer": h["server_answer_time"][-1] / n,
-            "copy": copy, "s": service,
+            "copy": copy,
             "delay": float(np.mean(flat(h, "staleness"))),
             "MBps": (h["server_bytes_sent"][-1] + h["server_bytes_received"][-1])
             / r["train_time"] / 1e6,
@@ -369,32 +442,43 @@ def throughput_table(thr: list[dict], a: argparse.Namespace) -> None:
         })
     med = {M: {k: float(np.median([x[k] for x in xs])) for k in xs[0]}
            for M, xs in sorted(rows.items())}
-    print("Server throughput (median of the repetitions; this machine: "
-          f"{os.cpu_count()} cores, ranks oversubscribed beyond)\n")
-    print("| workers | applied/s | workers' compute rate M/c | server busy | service s = apply + "
-          "answer + copy (µs) | mean delay | server traffic MB/s | load |\n"
+    print(f"Server throughput, measured (median of {len(thr) // max(len(med), 1)} "
+          f"repetition(s); this machine has {os.cpu_count()} cores: from 2 workers on, the ranks "
+          "share them)\n")
+    print("| workers | applied/s | workers' compute rate M/c | server busy | server per gradient: "
+          "apply + answer + receive copy (µs) | mean delay | server traffic MB/s | load |\n"
           "|---|---|---|---|---|---|---|---|")
     for M, v in med.items():
         print(f"| {M} | {v['X']:.0f} | {M / v['c']:.0f} (c = {1e3 * v['c']:.2f} ms) | "
-              f"{100 * v['busy']:.0f}% | {1e6 * v['s']:.0f} = {1e6 * v['apply']:.0f} + "
-              f"{1e6 * v['answer']:.0f} + {1e6 * v['copy']:.0f} | {v['delay']:.2f} | "
-              f"{v['MBps']:.0f} | {v['load']:.1f} |")
-    if 1 in med:
-        s, X1 = med[1]["s"], med[1]["X"]
-        Z = 1.0 / X1 - s
-        print(f"\nModel (closed queue, exact mean-value analysis), one core per rank: service "
-              f"s = {1e6 * s:.0f} µs and worker cycle Z = 1/X(1) - s = {1e3 * Z:.2f} ms measured "
-              f"with one worker; saturation at M* = (Z + s)/s = {(Z + s) / s:.1f} workers, "
-              f"ceiling 1/s = {1 / s:.0f} gradients/s.\n")
-        print("| workers | model applied/s | model server utilisation | measured here |\n"
-              "|---|---|---|---|")
-        for M in (1, 2, 4, 8, 16, 32, 64, 128):
-            X, U = mva(M, s, Z)
-            meas = f"{med[M]['X']:.0f}" if M in med else "-"
-            print(f"| {M} | {X:.0f} | {100 * U:.0f}% | {meas} |")
-        if a.figures:
-            throughput_figure(med, s, Z, Path(a.figures) / "dcasgd_throughput.png")
+              f"{100 * v['busy']:.0f}% | {1e6 * v['apply']:.0f} + {1e6 * v['answer']:.0f} + "
+              f"{1e6 * v['copy']:.0f} | {v['delay']:.2f} | {v['MBps']:.0f} | {v['load']:.1f} |")
+    if not costs:
+        return
+    c = {k: float(np.median([x[k] for x in costs])) for k in
+         ("gradient", "apply", "answer", "copy", "message", "P", "load")}
+    s = c["apply"] + c["answer"] + c["message"]
+    Z = c["gradient"] + 2 * c["message"]
+    print(f"\nUnloaded costs (minimum over repetitions, P = {int(c['P'])} parameters, batch "
+          f"{a_batch(costs)}; load {c['load']:.1f}): gradient {1e6 * c['gradient']:.0f} µs, "
+          f"server rule (DC-ASGD-a + SGD step) {1e6 * c['apply']:.0f} µs, backup copy "
+          f"{1e6 * c['answer']:.0f} µs, one message of the weights {1e6 * c['message']:.0f} µs "
+          f"(half an MPI ping-pong). Model: server service s = rule + copy + receive = "
+          f"{1e6 * s:.0f} µs, worker cycle Z = gradient + 2 messages = {1e3 * Z:.2f} ms; "
+          f"closed queue solved by exact mean-value analysis, one core per rank: saturation at "
+          f"M* = (Z + s)/s = {(Z + s) / s:.1f} workers, ceiling 1/s = {1 / s:.0f} gradients/s.\n")
+    print("| workers | model applied/s | model server utilisation | measured here |\n"
+          "|---|---|---|---|")
+    for M in (1, 2, 4, 8, 16, 32, 64, 128):
+        X, U = mva(M, s, Z)
+        meas = f"{med[M]['X']:.0f}" if M in med else "-"
+        print(f"| {M} | {X:.0f} | {100 * U:.0f}% | {meas} |")
     print()
+    if a.figures:
+        throughput_figure(med, s, Z, Path(a.figures) / "dcasgd_throughput.png")
+
+
+def a_batch(costs: list[dict]) -> int:
+    return int(costs[0]["batch"])
 
 
 def throughput_figure(med: dict, s: float, Z: float, path: Path) -> None:
@@ -424,7 +508,7 @@ def throughput_figure(med: dict, s: float, Z: float, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="part", required=True)
-    for name in ("one", "lambda", "accuracy", "throughput"):
+    for name in ("one", "costs", "lambda", "accuracy", "throughput"):
         s = sub.add_parser(name)
         s.add_argument("--out", type=Path, required=True)
         s.add_argument("--data-dir", type=Path, default=MNIST_DIR)
@@ -444,6 +528,7 @@ def main() -> None:
         s.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
         s.add_argument("--wait", type=float, default=600.0,
                        help="dcasgd.timeout (0: MPI's blocking receives instead of polling)")
+        s.add_argument("--repeats-costs", type=int, default=200)
         if name == "one":
             s.add_argument("--kind", default="accuracy")
             s.add_argument("--rule", choices=RULES, required=True)
@@ -468,6 +553,9 @@ def main() -> None:
         return
     if a.part == "one":
         run_one(a)
+        return
+    if a.part == "costs":
+        run_costs(a)
         return
     {"lambda": part_lambda, "accuracy": part_accuracy, "throughput": part_throughput}[a.part](a)
 

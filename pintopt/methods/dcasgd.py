@@ -90,7 +90,9 @@ class DCASGDOptions:
     meansquare_momentum: float = opt(
         0.95, "dcasgd_a: meansquare_t = m * meansquare_{t-1} + (1 - m) * g * g", low=0.0,
         high=1.0)
-    eps: float = opt(1e-7, "dcasgd_a: eps under the square root", low=0.0)
+    eps: float = opt(
+        1e-7, "dcasgd_a: eps under the square root (> 0: a coordinate whose gradient has always "
+        "been 0 would divide by zero)", low=0.0, low_open=True)
     meansquare: str = opt(
         "global",
         "dcasgd_a: one mean square on the server (the paper's formula) or one per worker (the "
@@ -129,8 +131,9 @@ class DCASGDOptions:
     )
     timeout: float = opt(
         300.0,
-        "seconds the server waits for a gradient, and a worker for the server's answer, before "
-        "failing the job with a message naming the ranks (0 = wait forever)",
+        "seconds the server waits for a gradient before failing the job with a message naming "
+        "the workers it waits for; a worker waits twice as long for the server's answer (0 = "
+        "wait forever)",
         low=0.0,
     )
     slow_rank: int = opt(
@@ -182,7 +185,11 @@ class DCASGDTrainer(Method):
         else:
             self.M = comm.size - 1
         self.is_server = self.replay or comm.rank == 0
+        # A worker's wait for its answer legitimately includes the server's own waits (for the
+        # other workers of a round, for a stuck worker at the final drain) and its evaluations:
+        # workers wait twice as long, so a stuck worker is named by the server first.
         self.timeout = o.timeout if o.timeout > 0 else FOREVER
+        self.worker_timeout = 2 * o.timeout if o.timeout > 0 else FOREVER
         self.params = self.model.init_params(train.seed)
         self.P = self.params.flat.size
         self._loop_comm = comm if self.replay else SerialComm()
@@ -519,12 +526,12 @@ class DCASGDTrainer(Method):
         last = False
         while True:
             try:
-                self.comm.recv_(self.wbuf, 0, TAG_PARAMS, timeout=self.timeout)
+                self.comm.recv_(self.wbuf, 0, TAG_PARAMS, timeout=self.worker_timeout)
             except CommError:
                 raise CommError(
                     f"dcasgd worker rank {rank}: no answer from the server (rank 0) within "
-                    f"{o.timeout:g} s (dcasgd.timeout; the server has probably failed or is "
-                    "stuck)") from None
+                    f"{2 * o.timeout:g} s (twice dcasgd.timeout; the server has probably failed "
+                    "or is stuck)") from None
             self._complete_push()
             command = int(self.wbuf[P + A_COMMAND])
             if command == STOP:
@@ -561,7 +568,7 @@ class DCASGDTrainer(Method):
 
     def _complete_push(self) -> None:
         if self._send is not None:
-            self.comm.waitall([self._send], timeout=self.timeout)
+            self.comm.waitall([self._send], timeout=self.worker_timeout)
             self._send = None
 
     # ------------------------------------------------------------------------------ state
