@@ -335,19 +335,29 @@ def accuracy_table(acc: list[dict]) -> None:
             wall = np.mean([r["wall"] for r in rs])
             print(f"| {M} | {LABEL[rule]} | {mean_sd(f)} | {mean_sd([tail(r) for r in rs])} | "
                   f"{mean_sd(best)} | {delay:.2f} | {gap:+.2f} | {wall:.0f} |")
-        asgd = np.mean([final(r) for r in by["asgd"]]) if by["asgd"] else float("nan")
+        a_f = [final(r) for r in by["asgd"]]
         for rule in ("dcasgd_c", "dcasgd_a"):
-            if by[rule]:
-                dc = np.mean([final(r) for r in by[rule]])
-                verdict.append(f"M = {M}, {LABEL[rule]}: above ASGD "
-                               f"{'MET' if dc > asgd else 'NOT MET'} ({100 * (dc - asgd):+.2f}); "
-                               f"within 1 point of sequential SGD "
-                               f"{'MET' if seq and abs(dc - np.mean(seq)) <= 0.01 else 'NOT MET'}"
-                               f" ({100 * (dc - np.mean(seq)):+.2f})")
+            if by[rule] and a_f and seq:
+                d_f = [final(r) for r in by[rule]]
+                diff, se = difference(d_f, a_f)
+                gap, se_gap = difference(d_f, seq)
+                sig = "significant" if diff > 2 * se else "within noise"
+                verdict.append(
+                    f"M = {M}, {LABEL[rule]}: above ASGD {'MET' if diff > 0 else 'NOT MET'} "
+                    f"({100 * diff:+.2f} ± {100 * se:.2f} points, standard error; {sig}); "
+                    f"within 1 point of sequential SGD {'MET' if abs(gap) <= 0.01 else 'NOT MET'}"
+                    f" ({100 * gap:+.2f} ± {100 * se_gap:.2f})")
     print()
     for v in verdict:
         print(f"- {v}")
     print()
+
+
+def difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Difference of the means and its standard error (unpaired; Welch)."""
+    va = np.var(a, ddof=1) / len(a) if len(a) > 1 else 0.0
+    vb = np.var(b, ddof=1) / len(b) if len(b) > 1 else 0.0
+    return float(np.mean(a) - np.mean(b)), float(np.sqrt(va + vb))
 
 
 def curve(rs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -427,14 +437,11 @@ def throughput_table(thr: list[dict], costs: list[dict], a: argparse.Namespace) 
     for r in thr:
         h = r["history"]
         n = h["applied"][-1]
-        ready = h["server_ready_n"][-1]
-        copy = h["server_ready_time"][-1] / ready if ready else 0.0
         rows.setdefault(r["workers"], []).append({
             "X": n / r["train_time"],
             "c": float(np.nanmean(h["worker_compute"])),
             "busy": 1.0 - h["server_wait_time"][-1] / r["train_time"],
             "apply": h["server_apply_time"][-1] / n, "answer": h["server_answer_time"][-1] / n,
-            "copy": copy,
             "delay": float(np.mean(flat(h, "staleness"))),
             "MBps": (h["server_bytes_sent"][-1] + h["server_bytes_received"][-1])
             / r["train_time"] / 1e6,
@@ -446,12 +453,12 @@ def throughput_table(thr: list[dict], costs: list[dict], a: argparse.Namespace) 
           f"repetition(s); this machine has {os.cpu_count()} cores: from 2 workers on, the ranks "
           "share them)\n")
     print("| workers | applied/s | workers' compute rate M/c | server busy | server per gradient: "
-          "apply + answer + receive copy (µs) | mean delay | server traffic MB/s | load |\n"
+          "apply + answer (µs) | mean delay | server traffic MB/s | load |\n"
           "|---|---|---|---|---|---|---|---|")
     for M, v in med.items():
         print(f"| {M} | {v['X']:.0f} | {M / v['c']:.0f} (c = {1e3 * v['c']:.2f} ms) | "
-              f"{100 * v['busy']:.0f}% | {1e6 * v['apply']:.0f} + {1e6 * v['answer']:.0f} + "
-              f"{1e6 * v['copy']:.0f} | {v['delay']:.2f} | {v['MBps']:.0f} | {v['load']:.1f} |")
+              f"{100 * v['busy']:.0f}% | {1e6 * v['apply']:.0f} + {1e6 * v['answer']:.0f} | "
+              f"{v['delay']:.2f} | {v['MBps']:.0f} | {v['load']:.1f} |")
     if not costs:
         return
     c = {k: float(np.median([x[k] for x in costs])) for k in
@@ -492,8 +499,9 @@ def throughput_figure(med: dict, s: float, Z: float, path: Path) -> None:
     ax.plot(Ms, [mva(int(m), s, Z)[0] for m in Ms], label="model, one core per rank")
     ax.plot(Ms, Ms / (Z + s), ":", label="workers' rate M/(Z+s) (no queueing)")
     ax.axhline(1 / s, color="gray", ls="--", lw=1, label="server ceiling 1/s")
+    load = np.median([v["load"] for v in med.values()])
     ax.plot(list(med), [v["X"] for v in med.values()], "o", color="k",
-            label=f"measured, {os.cpu_count()} cores (oversubscribed)")
+            label=f"measured here: {os.cpu_count()} cores shared, load {load:.0f}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("workers M")

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 import pintopt.faults as faults
-from pintopt.comm import ANY_SOURCE, FOREVER, CommError, SerialComm
+from pintopt.comm import FOREVER, CommError, SerialComm
 from pintopt.data import BatchSampler
 from pintopt.methods.base import ASYNC, Method, Problem, activation_bytes, n_params
 from pintopt.methods.dcasgd_rules import RULES, SYNC_RULES, DelayLog, DelaySchedule, UpdateRule
@@ -247,10 +247,8 @@ class DCASGDTrainer(Method):
         self.samples = 0  # training samples in the applied gradients
         self.received = np.zeros(M, dtype=np.int64)  # pushes received per worker (this process)
         self.bytes_received = 0
-        # seconds: in receives (idle + copy), receives whose message had already arrived (the
-        # copy alone), applying the rule, answering (backup copy and send); for the benchmark
-        self.wait_time = self.apply_time = self.answer_time = self.ready_time = 0.0
-        self.ready_n = 0
+        # seconds in receives (idle + copy), applying the rule, answering (backup copy and send)
+        self.wait_time = self.apply_time = self.answer_time = 0.0
         if self.replay:
             self._init_replay()
             return
@@ -362,7 +360,6 @@ class DCASGDTrainer(Method):
 
     def _receive(self) -> int:
         """The next push from any worker that owes one (checked); returns its worker index."""
-        ready = self.comm.iprobe(ANY_SOURCE, TAG_GRAD) is not None
         t0 = time.perf_counter()
         try:
             src, _ = self.comm.recv_any_(self.inbuf, TAG_GRAD, timeout=self.timeout)
@@ -372,11 +369,7 @@ class DCASGDTrainer(Method):
                 f"dcasgd server: no gradient from worker rank(s) {busy} within "
                 f"{self.options.timeout:g} s (dcasgd.timeout; a worker has probably failed or is "
                 "stuck)") from None
-        spent = time.perf_counter() - t0
-        self.wait_time += spent
-        if ready:
-            self.ready_time += spent
-            self.ready_n += 1
+        self.wait_time += time.perf_counter() - t0
         self.bytes_received += self.inbuf.nbytes
         k = src - 1
         if 0 <= k < self.M:
@@ -592,8 +585,7 @@ class DCASGDTrainer(Method):
         discards after it), effective passes (``passes``: samples in applied gradients /
         training set), the server's traffic (the loop's ``bytes`` column counts ``loop_comm``,
         the server's private communicator) and its time split (seconds so far: in receives,
-        applying, answering; ``server_ready_time`` / ``server_ready_n``: the receives whose
-        message had already arrived, i.e. the copy alone)."""
+        applying, answering)."""
         cols = self.log.columns()
         cols.update({
             "passes": self.samples / self.data.x_train.shape[0],
@@ -602,8 +594,6 @@ class DCASGDTrainer(Method):
             "server_wait_time": self.wait_time,
             "server_apply_time": self.apply_time,
             "server_answer_time": self.answer_time,
-            "server_ready_time": self.ready_time,
-            "server_ready_n": self.ready_n,
             # pushes owed now: discarded if the run stops here, recomputed by a resume
             "in_flight": 0 if self.replay else sum(s == BUSY for s in self.status),
         })
