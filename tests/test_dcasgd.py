@@ -50,8 +50,18 @@ def build(cfg, comm=None):
     return build_trainer(cfg, comm, data=DATA)
 
 
+def warm(cfg):
+    """Compile the run's kernels in this thread first: a fresh numba cache filled by several
+    threads at once can fail ("no compiled object yet"), seen once on a fresh checkout."""
+    cfg = copy.deepcopy(cfg)
+    cfg["dcasgd"]["mode"] = "replay"
+    build(cfg).warmup()
+
+
 def server_run(S, cfg, stop=None):
     """The parameter server on S logical ranks: [(result, trainer)] by rank."""
+    warm(cfg)
+
     def fn(comm):
         m = build(cfg, comm)
         return train(m, should_stop=stop(m, comm) if stop else None), m
@@ -373,6 +383,7 @@ def test_checkpoint_and_resume_through_the_api(tmp_path):
     path = str(tmp_path / "ck.h5")
     for rule in ("ssgd_dc", "dcasgd_a"):
         cfg = raw(rule, 30)
+        warm(cfg)
         full = run_ranks(3, lambda comm, c=cfg: run(c, comm))[0]
         cfg = copy.deepcopy(cfg)
         cfg["checkpoint"] = {"checkpoint": path, "checkpoint_every": 10}
@@ -418,6 +429,7 @@ def test_divergence_stops_every_rank_with_the_same_error():
             train(build(raw("asgd", 40), comm))
         except Exception as exc:  # noqa: BLE001 - returned for the assertion
             return exc
+    warm(raw("asgd"))
     faults.configure("nan_loss:2:5")
     try:
         errors = run_ranks(3, fn)

@@ -159,6 +159,9 @@ class DCASGDTrainer(Method):
     DC-ASGD-a, SSGD and SSGD-DC (Zheng et al. 2017; see the module docstring)."""
 
     name = "dcasgd"
+    #: One line for ``pintopt info`` (read by the main branch's registry listing).
+    summary = ("asynchronous SGD on a parameter server with delay compensation (DC-ASGD-c/-a), "
+               "ASGD, SSGD, SSGD-DC (Zheng et al. 2017)")
     Options = DCASGDOptions
     shape = ASYNC
     resume_any_ranks = False  # one backup and one stream per worker
