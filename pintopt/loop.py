@@ -158,7 +158,8 @@ class _Loop:
 
     def run(self) -> Result:
         m = self.method
-        m.warmup()  # first-call kernel loading/compilation is not training time
+        with m.comm.exclusive():  # logical ranks compile one at a time (numba's cache races)
+            m.warmup()  # first-call kernel loading/compilation is not training time
         self.comm.barrier()  # ... nor is waiting for a rank still loading its kernels
         self.t0 = time.perf_counter()
         first = True
