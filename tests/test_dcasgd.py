@@ -482,7 +482,7 @@ def test_stopped_worker_ends_the_job_after_the_timeout(tmp_path):
     others, and when the budget is spent it waits for the stopped worker's push at most
     dcasgd.timeout seconds, then fails the job naming the worker."""
     args = JOB[:-1] + ["3", "--iterations", "60"]
-    status, out, err, secs = launch(3, args, tmp_path, fault="sigstop:2:3")
+    status, out, err, secs = launch(3, args, tmp_path, fault="sigstop:2:*")
     assert status != 0 and secs < PROMPT, (status, out, err)
     assert "dcasgd server: no gradient from worker rank(s) [2] within 3 s" in err
 
