@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from pintopt.comm import _env_seconds
+from pintopt.comm.base import env_seconds as _env_seconds
 
 
 def abort_on_exception(comm: Any) -> None:

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 
 from pintopt import checkpoint, faults
-from pintopt.cli import _load_data, main, memory_need
+from pintopt.api import load_data as _load_data
+from pintopt.cli import main
 from pintopt.comm import SerialComm, all_finite
 from pintopt.config import make_config
+from pintopt.loop import Divergence, Hooks, train
+from pintopt.memory import memory_need
 from pintopt.methods import METHODS
-from pintopt.methods.base import Divergence, Problem, train
+from pintopt.methods.base import Problem
 from pintopt.model import build_model
 
 TINY = ["train", "--quiet", "--depth", "4", "--batch-size", "8", "--eval-every", "5"]
@@ -34,7 +37,7 @@ def trainer_for(raw):
     comm = SerialComm()
     data = _load_data(cfg, comm)
     model = build_model(cfg.model, data.n_features, data.n_classes)
-    return METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm)
+    return METHODS[cfg.train.method](Problem(model, data), cfg.train, cfg.method, comm)
 
 
 RAW = {"model": {"depth": 4}, "train": {"batch_size": 8, "iterations": 30, "eval_every": 5}}
@@ -86,7 +89,12 @@ def test_rollback_halves_the_step_each_time_and_gives_up(inject):
     raw = {**RAW, "train": {**RAW["train"], "on_divergence": "rollback", "lr": 0.01}}
     inject("nan_params:0:12,nan_params:0:12")
     lines = []
-    result = train(trainer_for(raw), log=lines.append)
+
+    class Log(Hooks):
+        def log(self, line):
+            lines.append(line)
+
+    result = train(trainer_for(raw), Log())
     rb = result.extras["rollbacks"]
     assert [r["to"] for r in rb] == [10, 10]
     assert [r["lr"] for r in rb] == [[0.005], [0.0025]]
@@ -164,7 +172,7 @@ def test_memory_estimate_matches_measured_allocations(model, batch, extra):
     estimate = sum(v for k, v in need.items() if k != "data")
     tracemalloc.start()
     try:
-        tr = METHODS["serial"].trainer(Problem(mdl, data), cfg, SerialComm())
+        tr = METHODS["serial"](Problem(mdl, data), cfg.train, cfg.method, SerialComm())
         train(tr)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -342,7 +350,7 @@ def test_other_rank_count_is_refused_for_rank_dependent_methods(
     tmp_path, good, capsys, monkeypatch
 ):
     two = _resave(good, tmp_path / "two.h5", ranks=2)
-    monkeypatch.setattr(METHODS["serial"].trainer, "resume_any_ranks", False)
+    monkeypatch.setattr(METHODS["serial"], "resume_any_ranks", False)
     assert main(["resume", str(two), "--quiet"]) == 2
     assert "written by 2 rank(s); method serial resumes only on the same number" in (
         capsys.readouterr().err
