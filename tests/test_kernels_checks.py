@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from pintopt.kernels import activations as A
 from pintopt.kernels import admm
+from pintopt.kernels import delay_compensation as DC
 from pintopt.kernels import dense as DN
 from pintopt.kernels import fista as F
 from pintopt.kernels import krylov as KR
@@ -185,12 +186,19 @@ def _cases():
          ("u",), ()),
         ("admm.residuals", admm.residuals,
          dict(p_next=f(m, q), q=f(m, q), q_old=f(m, q), rho=0.5), (), ()),
+        ("delay_compensation.compensate", DC.compensate,
+         dict(g=f(p), w=f(p), b=f(p), lam=0.5, out=e(p)), ("out",), ()),
+        ("delay_compensation.compensate_adaptive", DC.compensate_adaptive,
+         dict(g=f(p), w=f(p), b=f(p), ms=np.abs(f(p)), lam0=0.5, mom=0.95, eps=1e-7, out=e(p)),
+         ("ms", "out"), ()),
+        ("delay_compensation.compensate_walk", DC.compensate_walk,
+         dict(g=f(p), v=f(p), w0=f(p), lam=0.5, lr=0.1, out=e(p)), ("v", "out"), ()),
     ]
     return t
 
 
 CASES = {c[0]: c for c in _cases()}
-F64_ONLY = ("krylov.", "fista.", "admm.")
+F64_ONLY = ("krylov.", "fista.", "admm.", "delay_compensation.")
 _ACTS = ("activations.apply", "activations.derivative", "activations.second_derivative",
          "activations.apply_and_derivative")
 # arguments that may be longer (a free length, or the array that sets the sizes alone) ...
@@ -406,6 +414,9 @@ ALIASES = [
     ("krylov.fd_hvp", "out", "v"),
     ("admm.linear_residual", "res", "z"),
     ("admm.p_update", "grad", "p"),
+    ("delay_compensation.compensate", "out", "w"),
+    ("delay_compensation.compensate_adaptive", "ms", "g"),
+    ("delay_compensation.compensate_walk", "v", "out"),
 ]
 
 
@@ -509,6 +520,8 @@ SCALARS = [
     ("admm.p_update", "eta", 0.5, ValueError, "eta must be > 1"),
     ("admm.W_update", "theta0", 0.0, ValueError, "theta0 must be > 0"),
     ("admm.q_update", "nu", "1", TypeError, "nu must be a real number"),
+    ("delay_compensation.compensate", "lam", None, TypeError, "lam must be a real number"),
+    ("delay_compensation.compensate_adaptive", "eps", -1e-7, ValueError, "eps must be >= 0"),
 ]
 
 
