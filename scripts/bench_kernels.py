@@ -102,7 +102,9 @@ def gemm_pass(scheme: str, m: int, n: int, L: int, dtype=np.float64):
     rng = np.random.default_rng(1)
     Xs = rng.normal(size=(L + 1, m, n)).astype(dtype)
     G = rng.normal(size=(m, n)).astype(dtype)
-    K = rng.normal(size=(L, n, n)).astype(dtype)
+    # scaled as in problem(): with unit entries the chained products grow like sqrt(n)^L and
+    # overflow float32 (inf/NaN operands) at n = 64, L = 64
+    K = rng.normal(scale=1.0 / np.sqrt(n), size=(L, n, n)).astype(dtype)
     out = np.empty((m, n), dtype)
     dK = np.empty((L, n, n), dtype)
     mm = np.matmul
