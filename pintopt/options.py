@@ -36,7 +36,8 @@ class DataOptions:
     dataset: str = opt(
         "swissroll",
         "dataset to train on",
-        choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam"),
+        choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam",
+                 "twodiscs"),
     )
     data_dir: str | None = opt(None, "directory holding the dataset files (mnist: the IDX files)")
     path: str | None = opt(None, "file to read (libsvm, npz, hdf5)")
@@ -72,7 +73,7 @@ class DataOptions:
     standardize: bool | None = opt(
         None,
         "standardize features with training-set mean and std (default: per dataset, on for "
-        "swissroll/ellipses/libsvm/npz/hdf5, off for mnist pixels and overparam)",
+        "swissroll/ellipses/libsvm/npz/hdf5, off for mnist pixels, overparam and twodiscs)",
     )
 
 
