@@ -93,13 +93,15 @@ def setup(cfg: Config, comm: Any) -> Method:
     budget, source = memory.memory_budget(cfg, comm)
     memory.check_data_memory(cfg, comm, budget, source)
     data = load_data(cfg, comm)
-    if data.n_classes < 2:
+    if data.n_classes < 2 and cfg.model.architecture in ("resnet", "mlp"):
         raise ConfigError(
             f"dataset {cfg.data.dataset}: the classifier needs at least two classes "
-            f"(found {data.n_classes}: a regression or single-class dataset)"
+            f"(found {data.n_classes}: a regression or single-class dataset; "
+            "model.architecture = linear fits regression targets)"
         )
     try:
-        model = build_model(cfg.model, data.n_features, data.n_classes)
+        targets = data.y_train.shape[1] if data.y_train.ndim == 2 else 1
+        model = build_model(cfg.model, data.n_features, data.n_classes, targets)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory.check_memory(cfg, model.spec, data, comm, budget, source)
@@ -302,9 +304,10 @@ def _start_line(cfg: Config, method: Method, comm: Any) -> str:
     from pintopt import __version__
 
     spec = method.model.spec
+    network = spec.describe() if hasattr(spec, "describe") else \
+        f"{spec.depth} {getattr(spec, 'scheme', 'mlp')} layers of width {spec.width}"
     return (
-        f"pintopt {__version__}: method {cfg.train.method}, {cfg.data.dataset}, "
-        f"{spec.depth} {getattr(spec, 'scheme', 'mlp')} layers of width {spec.width}, "
+        f"pintopt {__version__}: method {cfg.train.method}, {cfg.data.dataset}, {network}, "
         f"{comm.size} rank(s), {method.total_iterations()} iterations"
     )
 

@@ -81,9 +81,20 @@ class DataOptions:
 class ModelOptions:
     architecture: str = opt(
         "resnet",
-        "network: resnet (ResNet-as-ODE, layers are time steps) or mlp (a fully connected chain "
-        "of depth hidden layers of width units, for the layer-parallel methods)",
-        choices=("resnet", "mlp"),
+        "network: resnet (ResNet-as-ODE, layers are time steps), mlp (a fully connected chain "
+        "of depth hidden layers of width units, for the layer-parallel methods), linear (one "
+        "affine layer x W + b: softmax regression, least squares; width/depth unused) or "
+        "feasibility (a point in R^d, samples are convex sets, loss the mean squared distance "
+        "to them: dataset twodiscs)",
+        choices=("resnet", "mlp", "linear", "feasibility"),
+    )
+    loss: str = opt(
+        "auto",
+        "loss: auto (softmax cross-entropy for class labels; squared for real targets with "
+        "architecture linear), xent, squared ((1/2m) sum ||pred - y||^2) or quartic "
+        "((1/4m) sum (pred - y)^4); squared and quartic need architecture linear (on class "
+        "labels they regress the one-hot vectors)",
+        choices=("auto", "xent", "squared", "quartic"),
     )
     width: int = opt(8, "number of channels of the residual layers", low=1)
     depth: int = opt(16, "number of residual layers (time steps)", low=1)
