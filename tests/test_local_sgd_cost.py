@@ -82,18 +82,21 @@ def test_linear_tstar_without_underflow():
 
 
 @pytest.mark.parametrize("a,beta", [(2.0, 1.5), (1.0, 1.1), (0.1, 3.0), (4.0, 1.25),
-                                    (10.0, 1.01)])
+                                    (10.0, 1.01), (1.0, 0.5), (0.1, 0.3), (5.0, 0.9)])
 def test_power_tstar_is_the_root_of_eq6_and_the_integer_minimiser(a, beta):
-    for r in RS[:-1]:
+    """The paper's beta > 1, and 0 < beta < 1 (the sum of h diverges; eq. (6) changes sign the
+    other way)."""
+    sign = 1 if beta > 1 else -1
+    for r in RS[:-1] if beta > 1 else RS[:-2]:
         t = tstar_power(r, a, beta)
         assert abs(eq6(t, r, a, beta)) <= 1e-9 * max(1.0, r * (1 + a * t) ** beta)
-        assert eq6(0.5 * t, r, a, beta) < 0 < eq6(2 * t, r, a, beta)
+        assert sign * eq6(0.5 * t, r, a, beta) < 0 < sign * eq6(2 * t, r, a, beta)
         n = integer_tstar(t, r, "power", beta, a)
         assert n == brute_force_tstar(r, "power", beta, a, t_max=brute_limit(t)), (a, beta, r)
 
 
 def test_power_asymptotic_form_for_small_r():
-    for a, beta in [(2.0, 1.5), (0.1, 3.0), (2.0, 3.0 / 2.0)]:
+    for a, beta in [(2.0, 1.5), (0.1, 3.0), (1.0, 0.5), (0.1, 0.3)]:
         ratios = [tstar_power(r, a, beta) / tstar_power_asymptotic(r, a, beta)
                   for r in (1e-3, 1e-6, 1e-9, 1e-12)]
         assert all(abs(b - 1) < abs(c - 1) for c, b in zip(ratios, ratios[1:]))
@@ -124,6 +127,8 @@ def test_fit_recovers_linear_and_power_rates():
     assert pw.a == pytest.approx(2.0, rel=1e-3) and pw.beta == pytest.approx(1.5, rel=1e-4)
     noisy = 0.7**t * np.exp(0.01 * np.random.default_rng(0).normal(size=t.size))
     assert fit_rate(noisy).beta == pytest.approx(0.7, rel=1e-2)
+    slow = fit_rate((1 + 0.5 * t) ** -0.6)  # slower than the paper's power laws
+    assert slow.rate == "power" and slow.beta == pytest.approx(0.6, rel=1e-4)
     assert fit_rate(np.ones(3)) is None and fit_rate([1.0, 0.5]) is None
     assert tstar_for(lin, 0.01, cap=10**6) == integer_tstar(tstar_linear(0.01, 0.85), 0.01,
                                                             "linear", 0.85)
@@ -134,7 +139,7 @@ def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(ValueError, match="0 < beta < 1"):
         tstar_linear(0.1, 1.5)
     with pytest.raises(ValueError, match="beta > 1"):
-        tstar_power(0.1, 2.0, 0.9)
+        tstar_power(0.1, 2.0, 1.0)
     with pytest.raises(ValueError, match="r = C_g / C_c"):
         tstar_linear(0.0, 0.5)
 

@@ -49,9 +49,9 @@ def _check(r: float, beta: float, rate: str, a: float | None = None) -> None:
     elif rate == "power":
         if not (a is not None and math.isfinite(a) and a > 0):
             raise ValueError(f"power-law convergence h(t) = (1 + a t)^-beta needs a > 0, got {a!r}")
-        if not (math.isfinite(beta) and beta > 1):
+        if not (math.isfinite(beta) and beta > 0 and beta != 1):
             raise ValueError(f"power-law convergence h(t) = (1 + a t)^-beta needs beta > 1 (the "
-                             f"paper's case), got {beta!r}")
+                             f"paper's case) or 0 < beta < 1, got {beta!r}")
     else:
         raise ValueError(f"rate must be one of {', '.join(RATES)}, got {rate!r}")
 
@@ -120,10 +120,16 @@ def eq6(T: float, r: float, a: float, beta: float) -> float:
 
 def tstar_power(r: float, a: float, beta: float) -> float:
     """T* for ``h(t) = (1 + a t)^-beta``: the positive root of eq. (6) (``scipy.optimize.brentq``
-    on a bracket grown from the asymptotic estimate)."""
+    on a bracket grown from the asymptotic estimate).
+
+    The paper takes ``beta > 1``. For ``0 < beta < 1`` (a slower decay than the paper's, where
+    the sum of h diverges; seen in the adaptive mode's fits) the same integral bound and the same
+    equation hold with the signs reversed: the left side of eq. (6) is positive at 0 and negative
+    beyond its one root, the bound's minimiser."""
     _check(r, beta, "power", a)
+    sign = 1.0 if beta > 1 else -1.0  # the sign of eq. (6) beyond the root
     lo, hi = 0.0, max(2.0 * tstar_power_asymptotic(r, a, beta), 1.0)
-    while eq6(hi, r, a, beta) <= 0.0:
+    while sign * eq6(hi, r, a, beta) <= 0.0:
         lo, hi = hi, 2.0 * hi
         if not math.isfinite(hi) or hi > 1e300:
             raise ValueError(f"eq. (6) has no root below 1e300 for r={r}, a={a}, beta={beta}")
@@ -132,8 +138,12 @@ def tstar_power(r: float, a: float, beta: float) -> float:
 
 
 def tstar_power_asymptotic(r: float, a: float, beta: float) -> float:
-    """``T* ~ ([a (beta - 1) / r]^(1/beta) - 1) / a`` for ``r << 1``."""
+    """``T* ~ ([a (beta - 1) / r]^(1/beta) - 1) / a`` for ``r << 1`` (the paper's, beta > 1);
+    ``T* ~ (1 - beta) / (beta r)`` for ``0 < beta < 1`` (then ``a beta r T`` balances
+    ``a (1 - beta)`` in eq. (6) and ``r (a T)^beta = O(r^(1 - beta))`` vanishes)."""
     _check(r, beta, "power", a)
+    if beta < 1:
+        return (1.0 - beta) / (beta * r)
     return ((a * (beta - 1.0) / r) ** (1.0 / beta) - 1.0) / a
 
 
@@ -197,11 +207,11 @@ class RateFit:
 def fit_rate(h: np.ndarray) -> RateFit | None:
     """Fit ``h(t)``, ``t = 0..len(h)-1`` (``h[0] = 1``: ratios of squared gradient norms to the
     first), by least squares on ``log h``: ``t log beta`` (linear) and ``-beta log(1 + a t)``
-    (power law, ``a`` by a bounded scalar search, ``beta`` in closed form for each ``a``). The
-    model with the smaller Bayesian information criterion wins (the power law pays for its extra
-    parameter); the power law only with ``beta > 1`` (the paper's case, where the bound has a
-    finite minimiser). None when fewer than 3 usable points (positive,
-    finite, decreasing overall)."""
+    (power law, ``a`` by a grid and golden-section search, ``beta`` in closed form for each
+    ``a``). The model with the smaller Bayesian information criterion wins (the power law pays
+    for its extra parameter), the power law only with ``beta > 0``, ``beta != 1`` (where
+    :func:`tstar_power` applies). None when fewer than 3 usable points (positive, finite,
+    decreasing overall)."""
     h = np.asarray(h, dtype=np.float64)
     t = np.arange(h.size, dtype=np.float64)
     ok = np.isfinite(h) & (h > 0)
@@ -244,7 +254,7 @@ def fit_rate(h: np.ndarray) -> RateFit | None:
     n, tiny = t.size, 1e-300
     bic_lin = n * math.log(sse_lin / n + tiny) + math.log(n)
     bic_pow = n * math.log(sse_pow / n + tiny) + 2.0 * math.log(n)
-    if beta_pow > 1.0 and bic_pow < bic_lin:
+    if beta_pow > 0.0 and abs(beta_pow - 1.0) > 1e-6 and bic_pow < bic_lin:
         return RateFit("power", beta_pow, a_pow, sse_lin, sse_pow, int(t.size) + 1)
     return RateFit("linear", beta_lin, None, sse_lin, sse_pow, int(t.size) + 1)
 
