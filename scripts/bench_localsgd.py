@@ -309,6 +309,9 @@ def bench_adaptive(args) -> None:
             t = comm.allreduce(tr["time"][-1], "max")
             times.setdefault(T, []).append(t if tr["hit"] else math.inf)
             rounds[T] = tr["hit"]
+            if comm.rank == 0:  # progress, to stderr (the tables go to stdout)
+                print(f"  rep {rep + 1}/{reps}, T = {T}: {tr['hit'] or '>' + str(cap)} rounds, "
+                      f"{t:.2f} s, load {load()}", file=sys.stderr, flush=True)
             if T == "auto":
                 autos.append(m)
     med = {T: float(np.median(v)) for T, v in times.items()}
