@@ -426,11 +426,13 @@ def make_twodiscs() -> Dataset:
     label 0 = ball: centre and radius), sample 1 the half-plane ``{y <= 0}`` (row ``(0, 1, 0)``,
     label 1 = half-space ``a . p <= b``). With the ``feasibility`` model their squared distances
     are the paper's ``f1 = max(sqrt(x^2 + (y-1)^2) - 1, 0)^2`` and ``f2 = max(y, 0)^2``; the sets
-    meet only at the origin. No validation part (there is nothing to generalise to)."""
+    meet only at the origin. There is nothing to generalise to: the validation part is the same
+    two sets, so the loop's val_loss is the objective f(x) itself (the loop refuses an empty
+    validation set)."""
     x = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
     y = np.array([0, 1], dtype=np.int64)
-    return Dataset("twodiscs", x, y, np.empty((0, 3)), np.empty(0, dtype=np.int64), 2,
-                   info={"split": "none (no validation part)",
+    return Dataset("twodiscs", x, y, x.copy(), y.copy(), 2,
+                   info={"split": "none (the validation part repeats the two sets)",
                          "sets": "label 0: row (c, rho) a ball; 1: row (a, b) a.p <= b"})
 
 

@@ -295,7 +295,9 @@ def test_command_line_runs_the_two_discs_and_prints_tstar(capsys, tmp_path):
             "--iterations", "30", "--eval-every", "10", "--checkpoint", str(tmp_path / "c.h5")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "method localsgd, twodiscs, convex feasibility" in out and "30 iterations" in out
+    assert "method localsgd on 1 rank(s); twodiscs" in out and "convex feasibility" in out
+    assert "2 nodes, T_i = 10 local steps (whole-shard GD), eta_i = 0.3" in out
+    assert "budget 30 rounds" in out
     assert main(["resume", str(tmp_path / "c.h5"), "--iterations", "40"]) == 0
     assert main(["tstar", "--r", "0.01", "--beta", "0.9"]) == 0
     out = capsys.readouterr().out

@@ -95,7 +95,7 @@ class LocalSGDOptions:
         "size)", choices=("block", "cyclic"))
     probe_steps: int = opt(
         20, "steps = auto: local steps of the first round, which measures the local "
-        "convergence rate and the costs", low=3)
+        "convergence rate and the costs", low=3, requires={"steps": "auto"})
 
 
 def parse_steps(text: str, m: int) -> list[float] | None:
@@ -158,6 +158,8 @@ class LocalSGDTrainer(Method):
     inf), then one average."""
 
     name = "localsgd"
+    summary = ("local updates with model averaging (Zhang & Li): m logical nodes take T_i local "
+               "steps (up to inf, or T* from the cost model), then one average")
     Options = LocalSGDOptions
     shape = ROUNDS
     unit = "round"
@@ -177,7 +179,7 @@ class LocalSGDTrainer(Method):
         steps = parse_steps(o.steps, m)
         self.auto = steps is None
         self.T = steps if steps is not None else [float(o.probe_steps)] * m
-        lrs = parse_lrs(o.lr, m, train.lr)
+        self.lrs = lrs = parse_lrs(o.lr, m, train.lr)
         self.shards = [block_range(m_train, m, i) for i in range(m)]
         smallest = min(hi - lo for lo, hi in self.shards)
         if o.batch_size > smallest:
@@ -218,6 +220,20 @@ class LocalSGDTrainer(Method):
         self.comm_time = 0.0
         self.avg_bytes = 0
         self.records: list[dict[str, Any]] = []
+
+    def describe_update(self) -> str:
+        """The update in words for the run's start line (train.optimizer, its schedule and
+        train.batch_size are not used: local steps are plain gradient steps)."""
+        o = self.options
+
+        def listed(values: list[float], fmt: str) -> str:
+            return fmt.format(values[0]) if len(set(values)) == 1 else \
+                ",".join(fmt.format(v) for v in values)
+
+        steps = "auto (T* of Sec. 4, measured)" if self.auto else listed(self.T, "{:g}")
+        batch = f"local mini-batches of {o.batch_size}" if o.batch_size else "whole-shard GD"
+        return (f"{self.m} nodes, T_i = {steps} local steps ({batch}), eta_i = "
+                f"{listed(self.lrs, '{:g}')}, then one {o.reduce} average")
 
     # budget: one round is the unit; train.epochs counts rounds too ---------------------------
     @property
