@@ -1,4 +1,4 @@
-"""Command line: ``python -m pintopt [train|resume|plot|info|options]`` (also the ``pintopt``
+"""Command line: ``python -m pintopt [train|resume|plot|info|options|tstar]`` (also the ``pintopt``
 script).
 
 With no arguments it runs the embedded default job. ``--print-config`` (with no command, after
@@ -251,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="image file to write (default: PATH with the suffix .png)")
     sub.add_parser("info", help="versions, MPI library, ranks, threading")
     sub.add_parser("options", help="print the reference of every option (Markdown)")
+    from pintopt.methods.local_sgd_cost import add_tstar_arguments
+
+    add_tstar_arguments(sub.add_parser(
+        "tstar", help="local SGD: the optimal number of local steps T* (Zhang & Li, Sec. 4)"))
     return parser
 
 
@@ -488,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
             _info(comm)
         elif args.command == "options":
             _say(comm, options_markdown())
+        elif args.command == "tstar":
+            from pintopt.methods.local_sgd_cost import tstar_report
+
+            try:
+                _say(comm, *tstar_report(args))
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         elif args.command == "plot":
             return _plot(args, comm)
         elif args.command == "train":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pintopt.methods.base import Method
 from pintopt.methods.dcasgd import DCASGDTrainer
+from pintopt.methods.local_sgd import LocalSGDTrainer
 from pintopt.methods.pint import PintTrainer
 from pintopt.methods.serial import DataParallelTrainer, SerialTrainer
 
@@ -16,4 +17,5 @@ METHODS: dict[str, type[Method]] = {
     "dataparallel": DataParallelTrainer,
     "pint": PintTrainer,
     "dcasgd": DCASGDTrainer,
+    "localsgd": LocalSGDTrainer,
 }
