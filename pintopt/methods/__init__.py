@@ -9,11 +9,13 @@ from __future__ import annotations
 from pintopt.methods.base import Method
 from pintopt.methods.pint import PintTrainer
 from pintopt.methods.serial import DataParallelTrainer, SerialTrainer
+from pintopt.methods.surrogate import SurrogateTrainer
 
 METHODS: dict[str, type[Method]] = {
     "serial": SerialTrainer,
     "dataparallel": DataParallelTrainer,
     "pint": PintTrainer,
+    "surrogate": SurrogateTrainer,
 }
 
 
