@@ -10,12 +10,16 @@ from pintopt.methods.base import Method
 from pintopt.methods.pint import PintTrainer
 from pintopt.methods.serial import DataParallelTrainer, SerialTrainer
 from pintopt.methods.surrogate import SurrogateTrainer
+from pintopt.methods.surrogate_baselines import CGBlockTrainer, DDGTrainer, SSOTrainer
 
 METHODS: dict[str, type[Method]] = {
     "serial": SerialTrainer,
     "dataparallel": DataParallelTrainer,
     "pint": PintTrainer,
     "surrogate": SurrogateTrainer,
+    "cgblock": CGBlockTrainer,
+    "sso": SSOTrainer,
+    "ddg": DDGTrainer,
 }
 
 
