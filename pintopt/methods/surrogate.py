@@ -186,6 +186,8 @@ class _Layer:
     def __init__(self, index: int, p: int, q: int, act: int, B: int, seed: int) -> None:
         self.index, self.p, self.q, self.act = index, p, q, act
         self.smooth = act in SMOOTH
+        # identity (the classifier): every sample's H_zz block is c W W^T, one row stands for all
+        self.rows = 1 if act == activations.IDENTITY else B
         self.out = np.empty((B, q))  # sigma(z W + b): the next layer's input, or the logits
         self.D = np.empty((B, q))
         self.D2 = np.empty((B, q)) if self.smooth else None
@@ -206,7 +208,7 @@ class _Layer:
     def start(self, key: str) -> np.ndarray:
         """The deterministic random start vector ``key`` of this layer."""
         rng = np.random.default_rng([self.seed, 7919, self.index, ("vA", "vB", "vH").index(key)])
-        return rng.standard_normal(self.n if key == "vH" else self.B * self.p)
+        return rng.standard_normal(self.n if key == "vH" else self.rows * self.p)
 
 
 class LocalLoss:
@@ -307,6 +309,9 @@ class SurrogateTrainer(Method):
         self.lz: dict[int, float] = {}
         self.cg_info: dict[int, tuple[int, float, int]] = {}
         self.times = PipelineTimes()
+        #: seconds per owned layer in the last pass: forward, backward (input gradients), weight
+        #: gradient, power iterations, inner solve (the speedup model of scripts/bench_sm.py)
+        self.layer_time = np.zeros((len(self.layers), 5))
         self._acc = np.zeros(7)  # since the last evaluation: n, pipeline, wait, update, power,
         #                          solve, total
 
@@ -347,13 +352,15 @@ class SurrogateTrainer(Method):
         gradient (scaled to the mean over the whole batch)."""
         a, b = self.rows[micro]
         z = self.z_in[a:b]
-        for la in self.layers:
+        for k, la in enumerate(self.layers):
+            t0 = time.perf_counter()
             W, bias = self._W(la.index), getattr(self.params, f"b{la.index}")
             if la.smooth:
                 dense.dense_forward_d2(z, W, bias, la.act, la.out[a:b], la.D[a:b], la.D2[a:b])
             else:
                 dense.dense_forward(z, W, bias, la.act, la.out[a:b], la.D[a:b])
             z = la.out[a:b]
+            self.layer_time[k, 0] += time.perf_counter() - t0
         if not self.last:
             return z
         self.loss += sk.xent_rows(z, self.y[a:b], self.layers[-1].G[a:b], 1.0 / self.batch_size)
@@ -364,6 +371,7 @@ class SurrogateTrainer(Method):
         w.r.t. each layer's input (the weight gradients wait for the update phase)."""
         a, b = self.rows[micro]
         for k in range(len(self.layers) - 1, -1, -1):
+            t0 = time.perf_counter()
             la = self.layers[k]
             GA = la.GA[a:b]
             np.multiply(la.G[a:b], la.D[a:b], out=GA)
@@ -372,8 +380,10 @@ class SurrogateTrainer(Method):
             elif not self.first:
                 target = self.g_in[a:b]
             else:
+                self.layer_time[k, 1] += time.perf_counter() - t0
                 continue  # the data needs no gradient
             dense.gemm(False, True, 1.0, GA, self._W(la.index), 0.0, target)
+            self.layer_time[k, 1] += time.perf_counter() - t0
         return None if self.first else self.g_in[a:b]
 
     def update(self) -> None:
@@ -390,15 +400,18 @@ class SurrogateTrainer(Method):
             self._lam(la, self.c[la.index])
         t2 = time.perf_counter()
         if not self._build_only:
-            for la in self.layers:
+            for k, la in enumerate(self.layers):
+                t = time.perf_counter()
                 self._solve(la)
+                self.layer_time[k, 4] += time.perf_counter() - t
         t3 = time.perf_counter()
         self._last_power, self._last_solve, self._last_grad = t2 - t1, t3 - t2, t1 - t0
 
     def _gradients(self) -> None:
         """``g_theta = [Z^T (G D), colsum(G D)]`` of every layer over the whole batch, and the
         curvature pieces ``D^2`` and ``G sigma''``."""
-        for la in self.layers:
+        for k, la in enumerate(self.layers):
+            t0 = time.perf_counter()
             g = self._flat(self.grads, la.index)
             p, q = la.p, la.q
             np.dot(self._input_of(la).T, la.GA, out=g[: p * q].reshape(p, q))
@@ -406,6 +419,7 @@ class SurrogateTrainer(Method):
             np.multiply(la.D, la.D, out=la.DD)
             if la.smooth:
                 np.multiply(la.G, la.D2, out=la.GD2)
+            self.layer_time[k, 2] += time.perf_counter() - t0
 
     def _input_of(self, la: _Layer) -> np.ndarray:
         k = la.index - self.lo
@@ -415,13 +429,22 @@ class SurrogateTrainer(Method):
         return self.options.delta / self.batch_size
 
     def _power(self, la: _Layer, weights: np.ndarray, key: str) -> float:
-        o, B = self.options, self.batch_size
+        t0 = time.perf_counter()
+        try:
+            return self._power_iteration(la, weights, key)
+        finally:
+            self.layer_time[la.index - self.lo, 3] += time.perf_counter() - t0
+
+    def _power_iteration(self, la: _Layer, weights: np.ndarray, key: str) -> float:
+        o = self.options
         v = getattr(la, key)
         if not o.warm_start:
             v[...] = la.start(key)
-        T = self._T[: B * la.q].reshape(B, la.q)
-        work = self._zwork[: 4 * B * la.p].reshape(4, B * la.p)
-        lam, _ = sk.lz_power(self._W(la.index), weights, T, v, o.power_iters, o.power_tol, work)
+        rows = la.rows
+        T = self._T[: rows * la.q].reshape(rows, la.q)
+        work = self._zwork[: 4 * rows * la.p].reshape(4, rows * la.p)
+        lam, _ = sk.lz_power(self._W(la.index), weights[:rows], T, v, o.power_iters, o.power_tol,
+                             work)
         return float(lam)
 
     def _metrics_split(self) -> None:
@@ -519,6 +542,7 @@ class SurrogateTrainer(Method):
             np.take(self.data.y_train, idx, out=self.y)
 
     def _pass(self, idx: np.ndarray) -> tuple[float, PipelineTimes]:
+        self.layer_time[...] = 0.0
         self._load_batch(idx)
         self.loss = 0.0
         times = self.executor.run(self)
@@ -601,7 +625,8 @@ class SurrogateTrainer(Method):
             la = mine.get(lay)
             shapes = {"vH": (p * q + q,)}
             if lay > 0:
-                shapes["vA"] = (B * p,)
+                rows = 1 if self.model.layer_act(lay) == activations.IDENTITY else B
+                shapes["vA"] = (rows * p,)
                 if self.model.layer_act(lay) in SMOOTH:
                     shapes["vB"] = (B * p,)
             for key, shape in shapes.items():
