@@ -121,7 +121,8 @@ def psi_grad(v, Z_t, W_t, b_t, G, c, name):
 
 
 def sm_reference(theta, X, y, sizes, names, delta, eta, lz="split"):
-    """SM's local losses at ``theta`` in NumPy: per layer (g, HH, c) and the L_z values.
+    """SM's local losses at ``theta`` in NumPy: per layer (g, HH, c, cross term) and the L_z
+    values.
 
     ``HH_l = H_thth + H_zth^T H_zth / delta`` from the finite-difference Hessian of ``Psi_l`` with
     the metric ``c_l`` (``1/(eta m)`` for the classifier, ``L_z^(l+1) + delta`` below);
@@ -145,8 +146,8 @@ def sm_reference(theta, X, y, sizes, names, delta, eta, lz="split"):
         H = fd_hessian(lambda v, a=args: psi_grad(v, *a), v0, h=h)
         nz = m * p
         Hzz, Hzt, Htt = H[:nz, :nz], H[:nz, nz:], H[nz:, nz:]
-        HH = Htt + (Hzt.T @ Hzt) / d if k > 0 else Htt
-        out[k] = (flatten([grads[k]]), HH, c[k])
+        cross = (Hzt.T @ Hzt) / d if k > 0 else np.zeros_like(Htt)
+        out[k] = (flatten([grads[k]]), Htt + cross, c[k], cross)
         if k > 0:
             if lz == "chain":
                 L = max(0.0, np.linalg.eigvalsh(Hzz).max())

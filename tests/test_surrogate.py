@@ -168,7 +168,7 @@ def test_local_losses_match_the_numpy_construction(lz, activation):
     expected, lzs = ref.sm_reference(t.params.flat.copy(), data.x_train, data.y_train, t.sizes,
                                      names, delta=0.5, eta=2.0, lz=lz)
     for ll in local:
-        g, HH, c = expected[ll.index]
+        g, HH, c, _ = expected[ll.index]
         np.testing.assert_allclose(ll.g, g, rtol=1e-10, atol=1e-14)
         assert ll.c == pytest.approx(c, rel=1e-6)
         np.testing.assert_allclose(ll.matrix(), HH, rtol=1e-5, atol=1e-7 * np.abs(HH).max())
@@ -209,6 +209,41 @@ def test_sum_of_local_losses_majorizes_the_hessian(lz, S):
     gap = np.linalg.eigvalsh(HH - H)
     assert gap.min() >= -1e-7 * np.abs(H).max(), gap[:3]
     assert gap.max() > 0
+
+
+def test_global_reading_uses_the_blocks_of_the_loss_hessian():
+    """``surrogate.hessian = global``: HH_l = d^2 h / d theta_l^2 (finite differences of the
+    NumPy gradient) + the layer-local cross term; the step is scipy's CG on it (relu: positive
+    semidefinite blocks, so CG meets no negative curvature). No bound is claimed for this
+    reading; it runs on one rank with CG only."""
+    t = build(raw(activation="relu", hessian="global", inner_steps=3, cg_tol=0.0, delta=0.5,
+                  **ACCURATE))
+    rng = np.random.default_rng(5)
+    for k in range(3):  # nonzero biases: no relu input on its kink (finite differences)
+        getattr(t.params, f"b{k}")[...] = 0.3 * rng.standard_normal(SIZES[k + 1])
+    _, local = t.local_losses()
+    data = t.data
+    names = ref.acts(3, "relu")
+    theta = t.params.flat.copy()
+    expected, _ = ref.sm_reference(theta, data.x_train, data.y_train, SIZES, names, delta=0.5,
+                                   eta=2.0)
+    H = ref.fd_hessian(lambda v: ref.grad(v, data.x_train, data.y_train, SIZES, names), theta,
+                       h=1e-6)
+    pos, blocks = 0, []
+    for ll in local:
+        block = H[pos : pos + ll.n, pos : pos + ll.n] + expected[ll.index][3]
+        np.testing.assert_allclose(ll.matrix(), block, rtol=1e-5, atol=1e-7 * np.abs(block).max())
+        blocks.append((slice(pos, pos + ll.n), block, expected[ll.index][0]))
+        pos += ll.n
+    t.step()
+    for sl, block, g in blocks:
+        x, _ = sla.cg(block, -g, x0=np.zeros_like(g), rtol=1e-300, atol=0.0, maxiter=3)
+        np.testing.assert_allclose(t.params.flat[sl] - theta[sl], x, rtol=1e-5,
+                                   atol=1e-6 * np.abs(x).max())
+    with pytest.raises(ValueError, match="surrogate.hessian"):
+        build(raw(hessian="global", inner="gd"))
+    with pytest.raises(ValueError, match="surrogate.hessian"):
+        run_ranks(2, lambda comm: build(raw(hessian="global"), comm))
 
 
 def test_surrogate_is_an_upper_bound_at_nearby_points():
@@ -277,7 +312,7 @@ def test_largest_eigenvalue_bound_is_layerwise_gradient_descent():
     d = _steps(t, theta)
     pos = 0
     for k in range(3):
-        g, HH, _ = expected[k]
+        g, HH, _, _ = expected[k]
         step = 1.0 / np.linalg.eigvalsh(HH).max()
         np.testing.assert_allclose(d[pos : pos + g.size], -step * g, rtol=1e-6)
         pos += g.size
@@ -294,7 +329,7 @@ def test_cg_inner_steps_match_scipy(N):
     d = _steps(t, theta)
     pos = 0
     for k in range(3):
-        g, HH, _ = expected[k]
+        g, HH, _, _ = expected[k]
         x, _ = sla.cg(HH, -g, x0=np.zeros_like(g), rtol=1e-300, atol=0.0, maxiter=N)
         np.testing.assert_allclose(d[pos : pos + g.size], x, rtol=1e-5,
                                    atol=1e-6 * np.abs(x).max())
@@ -313,7 +348,7 @@ def test_gd_inner_steps_match_a_numpy_armijo_loop():
     d = _steps(t, theta)
     pos = 0
     for k in range(3):
-        g, HH, _ = expected[k]
+        g, HH, _, _ = expected[k]
         x, step = np.zeros_like(g), o["inner_lr"]
         def q(v, g=g, HH=HH):
             return g @ v + 0.5 * v @ HH @ v

@@ -57,10 +57,10 @@ def _blocks(theta, names, h):
 def test_cgblock_products_are_the_hessian_blocks(activation):
     t = build(raw("cgblock", activation))
     _nonzero_biases(t)
-    from pintopt.methods.surrogate_baselines import _Pass
+    from pintopt.methods.surrogate_baselines import ModelPass
 
     data = t.data
-    ps = _Pass(t.model, t.params, data.x_train, data.y_train, t.params.zeros_like())
+    ps = ModelPass(t.model, t.params, data.x_train, data.y_train, t.params.zeros_like())
     names = ref.acts(3, activation)
     rng = np.random.default_rng(2)
     for layer, (_, H) in enumerate(_blocks(t.params.flat.copy(), names,

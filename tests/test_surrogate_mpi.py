@@ -109,7 +109,7 @@ def test_largest_eigenvalue_bound_is_layerwise_gradient_descent():
     d = t.global_params().flat - theta
     pos = 0
     for k in range(3):
-        g, HH, _ = expected[k]
+        g, HH, _, _ = expected[k]
         np.testing.assert_allclose(d[pos : pos + g.size], -g / np.linalg.eigvalsh(HH).max(),
                                    rtol=1e-6)
         pos += g.size

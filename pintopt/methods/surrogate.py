@@ -48,6 +48,7 @@ from pintopt.kernels import activations, dense
 from pintopt.kernels import surrogate as sk
 from pintopt.layout import LayerLayout, Slice, block_range, require_items_per_rank
 from pintopt.methods.base import Method, Problem, n_params, serial_memory_estimate
+from pintopt.methods.surrogate_baselines import ModelPass, conjugate_gradient
 from pintopt.methods.surrogate_pipeline import Executor, PipelineTimes, gpipe_schedule
 from pintopt.model import MLP
 from pintopt.options import opt
@@ -85,6 +86,14 @@ class SurrogateOptions:
         "eta_z of the classifier output (per sample), <= 1/L_z of the loss for the bound: 2 for "
         "softmax cross-entropy (largest Hessian eigenvalue 1/2)",
         low=0.0, low_open=True,
+    )
+    hessian: str = opt(
+        "local",
+        "H_thth of the local losses: local (the Hessian of the layer's Psi, the recursion of "
+        "Appendix A: the sum of local losses is an upper bound) or global (d^2 h / d theta_l^2, "
+        "the block of the loss Hessian, as the text after eq. (11) writes it; no bound is "
+        "proved; one rank and inner = cg only, since its products need every layer above)",
+        choices=("local", "global"),
     )
     lz: str = opt(
         "split",
@@ -221,14 +230,11 @@ class LocalLoss:
         self.c = trainer.c[la.index]
         self.lz = trainer.lz.get(la.index)
         self.g = trainer._flat(trainer.grads, la.index).copy()
-        self._args = (trainer._input_of(la), trainer._W(la.index), la.GA, la.Lam,
-                      trainer._inv_delta(la)) + trainer._scratch(la)
+        self._matvec = trainer.local_matvec(la)
 
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """``HH v``."""
-        out = np.empty(self.n)
-        sk.theta_matvec(np.ascontiguousarray(v, dtype=np.float64), self._args, out)
-        return out
+        return self._matvec(v)
 
     def value(self, d: np.ndarray) -> float:
         """``L(d)``."""
@@ -263,6 +269,9 @@ class SurrogateTrainer(Method):
         self.sizes = spec.sizes
         n = self.model.n_layers
         require_items_per_rank(n, S)
+        if o.hessian == "global" and (S > 1 or o.inner != "cg"):
+            raise ValueError("option surrogate.hessian: global runs on one rank with inner = cg "
+                             "(its Hessian blocks need every layer above the block)")
         acts = [self.model.layer_act(lay) for lay in range(n)]
         if o.balance == "cost":
             costs = layer_costs(self.sizes, o, [a in SMOOTH for a in acts])
@@ -398,6 +407,9 @@ class SurrogateTrainer(Method):
             self._metrics_split()
         for la in self.layers:
             self._lam(la, self.c[la.index])
+        if self.options.hessian == "global":
+            self._global_pass = ModelPass(self.model, self.params, self.z_in, self.y,
+                                          self.params.zeros_like())
         t2 = time.perf_counter()
         if not self._build_only:
             for k, la in enumerate(self.layers):
@@ -510,7 +522,9 @@ class SurrogateTrainer(Method):
         z, W, g, x = self._input_of(la), self._W(la.index), self._flat(self.grads, la.index), la.x
         dA, R, U = self._scratch(la)
         x[...] = 0.0
-        if o.inner == "cg":
+        if o.hessian == "global":
+            self._solve_global(la, inv_delta)
+        elif o.inner == "cg":
             work = self._twork[: 3 * la.n].reshape(3, la.n)
             info = sk.local_cg(z, W, la.GA, la.Lam, inv_delta, g, x, o.cg_tol, o.inner_steps,
                                self._b[: la.n], work, dA, R, U)
@@ -533,6 +547,47 @@ class SurrogateTrainer(Method):
         if self.step_scale != 1.0:
             x *= self.step_scale
         self._flat(self.params, la.index)[...] += x
+
+    def local_matvec(self, la: _Layer) -> Any:
+        """``v -> HH v`` of layer ``la``'s local loss as built by the last pass (the kernel
+        product; with ``surrogate.hessian = global`` the block of the loss Hessian from exact
+        R-operator products through the layers above, plus the layer-local cross term)."""
+        p, q = la.p, la.q
+        args = (self._input_of(la), self._W(la.index), la.GA, la.Lam)
+        scratch, inv_delta = self._scratch(la), self._inv_delta(la)
+
+        def local(v: np.ndarray) -> np.ndarray:
+            out = np.empty(la.n)
+            sk.theta_matvec(np.ascontiguousarray(v, dtype=np.float64),
+                            args + (inv_delta,) + scratch, out)
+            return out
+
+        if self.options.hessian == "local":
+            return local
+        ps, no_cross, tmp = self._global_pass, np.array([0.0]), np.empty(la.n)
+
+        def global_(v: np.ndarray) -> np.ndarray:
+            v = np.ascontiguousarray(v, dtype=np.float64)
+            RdW, Rdb = ps.block_hvp(la.index, np.ascontiguousarray(v[: p * q].reshape(p, q)),
+                                    np.ascontiguousarray(v[p * q:]))
+            out = local(v)
+            sk.theta_matvec(v, args + (no_cross,) + scratch, tmp)
+            out -= tmp  # the cross term alone
+            out[: p * q] += RdW.ravel()
+            out[p * q:] += Rdb
+            return out
+
+        return global_
+
+    def _solve_global(self, la: _Layer, inv_delta: np.ndarray) -> None:
+        """``surrogate.hessian = global``: N CG steps on ``d^2 h/d theta_l^2 + H_zth^T H_zth /
+        delta`` (:meth:`local_matvec`)."""
+        o = self.options
+        d, its, status = conjugate_gradient(self.local_matvec(la),
+                                            -self._flat(self.grads, la.index), o.inner_steps,
+                                            o.cg_tol)
+        la.x[...] = d
+        self.cg_info[la.index] = (its, 0.0, status)
 
     # ---------------------------------------------------------------------------------- method
     def _load_batch(self, idx: np.ndarray) -> None:

@@ -46,7 +46,7 @@ def _need_mlp(method: Method) -> None:
         raise ValueError(f"method {method.name} needs the MLP chain (model.architecture = mlp)")
 
 
-class _Pass:
+class ModelPass:
     """One forward and backward pass of the whole MLP over a batch, keeping what the
     second-order products need: the layer inputs ``zs``, ``D = sigma'``, ``D2 = sigma''`` and
     the gradient ``Gs[l]`` of the loss w.r.t. each layer's output."""
@@ -172,7 +172,7 @@ class CGBlockTrainer(Method):
     def step(self) -> float:
         idx = self.sampler.next()
         o, p = self.options, self.params
-        ps = _Pass(self.model, p, self.data.x_train[idx], self.data.y_train[idx], self.grads)
+        ps = ModelPass(self.model, p, self.data.x_train[idx], self.data.y_train[idx], self.grads)
         steps = []
         for layer in range(self.model.n_layers):
             W = getattr(p, f"W{layer}")
@@ -223,7 +223,7 @@ class CGBlockTrainer(Method):
         super().warmup()
         params = self.model.init_params(0)
         x, y = self.data.x_train[:2], self.data.y_train[:2]
-        ps = _Pass(self.model, params, x, y, params.zeros_like())
+        ps = ModelPass(self.model, params, x, y, params.zeros_like())
         ps.block_hvp(0, np.zeros_like(params.W0), np.zeros_like(params.b0))
 
     @classmethod
