@@ -105,7 +105,8 @@ def test_conjugate_gradient_stops_at_negative_curvature():
 # SSO
 
 
-def _sso_numpy(theta, X, y, names, steps, outer, eta0, lr0=10.0, c=0.5, beta=0.9, expand=1.8):
+def _sso_numpy(theta, X, y, names, steps, outer, eta0, lr0=10.0, c=0.5, ci=0.1, beta=0.9,
+               expand=2.0):
     """Lavington et al.'s SLS_FMDOpt + LSOpt, transcribed with NumPy (full batch)."""
     eta_state = eta0
     for _ in range(outer):
@@ -141,7 +142,7 @@ def _sso_numpy(theta, X, y, names, steps, outer, eta0, lr0=10.0, c=0.5, beta=0.9
             value, grad = surrogate(theta)
             gg = grad @ grad
             for _ in range(100):
-                if surrogate(theta - step * grad)[0] - (value - step * c * gg) <= 0:
+                if surrogate(theta - step * grad)[0] - (value - step * ci * gg) <= 0:
                     break
                 step *= beta
                 if step < 1e-6:

@@ -306,7 +306,8 @@ class SurrogateTrainer(Method):
         self._dA, self._R = np.empty(B * q_max), np.empty(B * q_max)
         self._U = np.empty(B * p_max)
         # power-method and CG scratch, flat so that (k, n) views of any n are contiguous
-        self._zwork = np.empty(4 * B * p_max) if any(la.index > 0 for la in self.layers) else None
+        z_rows = [la.rows * la.p for la in self.layers if la.index > 0]
+        self._zwork = np.empty(4 * max(z_rows)) if z_rows else None
         self._twork = np.empty(4 * n_max)
         self._b = np.empty(n_max)
         self.order = gpipe_schedule(S, M)

@@ -10,7 +10,8 @@ same MLP and kernels. GD with Armijo is ``serial`` with ``serial.line_search = t
   target space (the logits f), ``mean(g * f(theta) / eta + (f(theta) - f_t)^2)`` with ``g =
   dl/df`` at ``f_t``, its ``eta`` from an Armijo search in target space, then N steps of gradient
   descent with Armijo backtracking on the surrogate, as in their public code (``SLS_FMDOpt`` and
-  ``LSOpt``: c = 0.5, backtracking 0.9, expansion 1.8, inner step reset to 10).
+  ``LSOpt`` with the settings of their full-batch MNIST runs: eta starts at 1, Armijo constants
+  0.5 (eta) and 0.1 (inner), backtracking 0.9, expansion 2, inner step reset to 10).
 - ``ddg``: decoupled parallel backpropagation with delayed gradients (Huo, Gu, Yang & Huang 2018):
   the layers are split over the ranks (module k of K on rank k), the forward pass runs as usual,
   and rank k updates its layers with the gradient of the batch of ``K - 1 - k`` iterations ago
@@ -244,7 +245,7 @@ class CGBlockTrainer(Method):
 class SSOOptions:
     inner_steps: int = opt(10, "N: gradient steps on the target-space surrogate", low=1)
     eta: float = opt(
-        1e3, "initial eta of the surrogate (its Armijo search then carries it over iterations)",
+        1.0, "initial eta of the surrogate (its Armijo search then carries it over iterations)",
         low=0.0, low_open=True,
     )
     eta_min: float = opt(1e-4, "eta is clipped to [eta_min, eta_max]", low=0.0, low_open=True)
@@ -253,10 +254,12 @@ class SSOOptions:
         10.0, "first trial step of the inner Armijo search, every outer iteration", low=0.0,
         low_open=True,
     )
-    armijo_c: float = opt(0.5, "Armijo constant (target and inner searches)", low=0.0, high=1.0,
-                          low_open=True)
+    outer_c: float = opt(0.5, "Armijo constant of the search on eta (in target space)", low=0.0,
+                         high=1.0, low_open=True)
+    inner_c: float = opt(0.1, "Armijo constant of the inner searches", low=0.0, high=1.0,
+                         low_open=True)
     backtrack: float = opt(0.9, "step factor per backtrack", low=0.0, high=1.0, low_open=True)
-    expand: float = opt(1.8, "step expansion before each search", low=1.0)
+    expand: float = opt(2.0, "step expansion before each search (eta: divided by it)", low=1.0)
     min_step: float = opt(1e-6, "the inner search gives up below this step", low=0.0)
 
 
@@ -285,7 +288,7 @@ class SSOTrainer(Method):
         eta = self.eta / o.expand
         gg = float(np.vdot(g, g))
         for _ in range(100):
-            if self._loss_at_logits(f_t - g / eta, y) > loss_t - o.armijo_c / eta * gg:
+            if self._loss_at_logits(f_t - g / eta, y) > loss_t - o.outer_c / eta * gg:
                 eta /= o.backtrack
             else:
                 break
@@ -319,7 +322,7 @@ class SSOTrainer(Method):
             gg = float(np.vdot(self.grads.flat, self.grads.flat))
             for _ in range(100):
                 np.subtract(self.params.flat, step * self.grads.flat, out=trial.flat)
-                if self._surrogate(trial, x, f_t, g, eta, None) <= value - step * o.armijo_c * gg:
+                if self._surrogate(trial, x, f_t, g, eta, None) <= value - step * o.inner_c * gg:
                     break
                 step *= o.backtrack
                 if step < o.min_step:

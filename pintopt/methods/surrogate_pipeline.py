@@ -115,7 +115,8 @@ def format_schedule(order: list[list[Action | None]], mark: tuple[int, int] | No
     stage, ``.`` for a bubble; ``mark = (stage, tick)`` flags an action with ``*`` (where a
     rank stopped)."""
     S, T = len(order), len(order[0]) if order else 0
-    width = max([len(str(a)) for row in order for a in row if a is not None] + [4]) + 1
+    width = max([len(str(a)) + 1 for row in order for a in row if a is not None]
+                + [len(f"rank {S - 1}")]) + 1
     lines = ["tick " + "".join(f"{'rank ' + str(s):>{width + 1}}" for s in range(S))]
     for t in range(T):
         cells = []
