@@ -76,9 +76,10 @@ class SurrogateOptions:
         low=1,
     )
     delta: float = opt(
-        1.0,
+        1000.0,
         "delta of Appendix A (per sample): the z-metric below layer l is L_z + delta and the "
-        "cross term H_zth^T H_zth / delta; larger = more conservative in the layer, less below",
+        "cross term H_zth^T H_zth / delta (the default is the best of 10 ... 1e5 on MNIST with "
+        "8 relu layers; from 1e3 up the results hardly change)",
         low=0.0, low_open=True,
     )
     eta: float = opt(
