@@ -515,6 +515,25 @@ def test_memory_estimate_shrinks_with_ranks():
     assert m2["training"] < m1["training"] and m1["training"] > 8 * 8000 * 512 * 8
 
 
+def test_command_line_refuses_bad_models_with_one_line(tmp_path):
+    """Through pintopt.run (memory check first): a ResNet, too many ranks, too many
+    micro-batches each give the one-line option error, for SM and its baselines."""
+    from pintopt.api import run
+    from pintopt.config import ConfigError
+
+    for method in ("surrogate", "cgblock", "sso", "ddg"):
+        with pytest.raises(ConfigError, match="architecture = mlp"):
+            run({"train": {"method": method, "iterations": 1}})
+    for method in ("surrogate", "ddg"):
+        with pytest.raises(ConfigError, match="cannot be split"):
+            run_ranks(3, lambda comm, m=method: run(
+                {"model": {"architecture": "mlp", "depth": 1}, "train": {"method": m}}, comm))
+    with pytest.raises(ConfigError, match="surrogate.micro_batches"):
+        run({"model": {"architecture": "mlp"},
+             "train": {"method": "surrogate", "batch_size": 4},
+             "surrogate": {"micro_batches": 5}})
+
+
 def SurrogateTrainerEstimate(spec, tr, o, size):  # noqa: N802 - reads like the class
     from pintopt.methods.surrogate import SurrogateTrainer
 

@@ -746,6 +746,8 @@ class SurrogateTrainer(Method):
         shared checkpoint/evaluation items of the default estimate."""
         o = options if isinstance(options, SurrogateOptions) else SurrogateOptions()
         out = serial_memory_estimate(cls, spec, train, o, size, m_train, m_val)
+        if not hasattr(spec, "sizes") or len(spec.sizes) - 1 < size:
+            return out  # not an MLP, or too many ranks: the constructor says which option
         B = train.batch_size or m_train
         sizes, n = spec.sizes, len(spec.sizes) - 1
         smooth = [spec.activation in ("tanh", "sigmoid", "softplus") and lay < n - 1

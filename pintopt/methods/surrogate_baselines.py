@@ -233,7 +233,8 @@ class CGBlockTrainer(Method):
         """The serial estimate plus the pass's sigma'' and the tangents of one product."""
         out = serial_memory_estimate(cls, spec, train, options, size, m_train, m_val)
         batch = train.batch_size or m_train
-        out["training"] += 8 * batch * 3 * sum(spec.sizes[1:])
+        if hasattr(spec, "sizes"):  # else the constructor refuses the model
+            out["training"] += 8 * batch * 3 * sum(spec.sizes[1:])
         return out
 
 
@@ -528,6 +529,8 @@ class DDGTrainer(Method):
         """The serial estimate with the activations of the rank 0's layers kept for ``size``
         batches (rank 0 waits longest for its gradients) and its weights copied for each."""
         out = serial_memory_estimate(cls, spec, train, options, size, m_train, m_val)
+        if not hasattr(spec, "sizes") or len(spec.sizes) - 1 < size:
+            return out  # not an MLP, or too many ranks: the constructor says which option
         n = len(spec.sizes) - 1
         lo, hi = LayerLayout.even(n, size).block(0)
         batch = train.batch_size or m_train
