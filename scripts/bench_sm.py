@@ -106,7 +106,7 @@ def converge(a: argparse.Namespace) -> None:
                     continue
                 cfg, ranks = method_config(base_config(layers, a.width, a.epochs, a.data_dir),
                                            method, N, a)
-                before, t0 = load(), time.time()
+                before, t0, c0 = load(), time.time(), time.process_time()
                 status = "completed"
                 try:
                     if ranks == 1:
@@ -119,6 +119,7 @@ def converge(a: argparse.Namespace) -> None:
                 rec = {"layers": layers, "method": method, "N": N, "width": a.width,
                        "tag": a.tag, "epochs": a.epochs, "ranks": ranks, "config": cfg,
                        "status": status, "seconds": time.time() - t0,
+                       "cpu_seconds": time.process_time() - c0,
                        "load": [before, load()],
                        "history": {k: h.get(k, []) for k in
                                    ("epoch", "train_loss", "val_acc", "train_acc",
@@ -331,9 +332,11 @@ def speedup_model(t: dict) -> dict:
     A layer costs ``f`` (forward), ``b`` (backward), ``u`` (weight gradient + power iterations +
     inner solve) per epoch (full batch). With a cost-balanced contiguous layout and M
     micro-batches, ``T(S) = (M + S - 1) (max_s f_s / M + msg) + (M + S - 1) (max_s b_s / M +
-    msg) + max_s u_s`` (GPipe's makespan, then the parallel update); ``msg`` the measured time of
-    one micro-batch's activations between two ranks. Networks deeper than the measured one
-    repeat its hidden layer."""
+    msg) + max_s u_s`` (GPipe's makespan, then the parallel update); ``msg`` the time of one
+    micro-batch's activations between two ranks (measured for the benchmark's M, scaled with the
+    micro-batch size). On S ranks ``M = max(M_measured, 4 S)`` (GPipe's rule of thumb; the
+    measured per-layer costs are per batch, so M only shapes the bubble). Networks deeper than the
+    measured one repeat its hidden layer."""
     from pintopt.methods.surrogate import balanced_counts
 
     one = t["one"][-1]["per_rank"][0]
@@ -353,8 +356,9 @@ def speedup_model(t: dict) -> dict:
         fs = [sum(f[ks[i]] for i in range(a, c)) for a, c in zip(starts[:-1], starts[1:])]
         bs = [sum(b[ks[i]] for i in range(a, c)) for a, c in zip(starts[:-1], starts[1:])]
         us = [sum(u[ks[i]] for i in range(a, c)) for a, c in zip(starts[:-1], starts[1:])]
-        m = msg if S > 1 else 0.0
-        return (M + S - 1) * (max(fs) / M + m) + (M + S - 1) * (max(bs) / M + m) + max(us)
+        Ms = max(M, 4 * S) if S > 1 else 1
+        m = msg * M / Ms if S > 1 else 0.0
+        return (Ms + S - 1) * (max(fs) / Ms + m) + (Ms + S - 1) * (max(bs) / Ms + m) + max(us)
 
     n0 = len(f)
     measured_one = statistics.median(min(r["epoch"]) for r in t["one"])
