@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pintopt.api import as_config, run, setup  # noqa: E402
-from pintopt.comm import run_ranks, world  # noqa: E402
-from pintopt.loop import Divergence  # noqa: E402
+from pintopt.api import as_config, setup  # noqa: E402
+from pintopt.comm import SerialComm, run_ranks, world  # noqa: E402
+from pintopt.loop import Divergence, Hooks, empty_history, train  # noqa: E402
 
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 METHOD_NAMES = {"sm": "SM", "gd": "GD+Armijo", "cgblock": "CGBlock", "sso": "SSO", "ddg": "DDG"}
@@ -90,6 +90,31 @@ def method_config(cfg: dict, method: str, N: int, a: argparse.Namespace) -> tupl
     return cfg, ranks
 
 
+class _Blowup(Exception):
+    pass
+
+
+def train_run(cfg: dict, comm, blowup: float) -> tuple[dict, str]:
+    """Train as ``cfg`` says (through the API's setup: data, memory check) and return the
+    history and a status; a training loss above ``blowup`` (or NaN) ends the run as diverged,
+    keeping the history so far (undamped CGBlock steps can grow the loss without overflowing)."""
+    method = setup(as_config(cfg), comm)
+    history = empty_history()
+
+    class Stop(Hooks):
+        def after_step(self, m, h, evaluated):
+            if evaluated and not h["train_loss"][-1] <= blowup:
+                raise _Blowup(f"diverged at epoch {h['epoch'][-1]:g}")
+
+    try:
+        train(method, Stop(), history)
+        return history, "completed"
+    except _Blowup as exc:
+        return history, str(exc)
+    except Divergence as exc:
+        return history, f"diverged at iteration {exc.iteration}"
+
+
 def converge(a: argparse.Namespace) -> None:
     out = Path(a.out)
     done = set()
@@ -107,15 +132,11 @@ def converge(a: argparse.Namespace) -> None:
                 cfg, ranks = method_config(base_config(layers, a.width, a.epochs, a.data_dir),
                                            method, N, a)
                 before, t0, c0 = load(), time.time(), time.process_time()
-                status = "completed"
-                try:
-                    if ranks == 1:
-                        res = run(cfg)
-                    else:
-                        res = run_ranks(ranks, lambda comm, c=cfg: run(c, comm), timeout=None)[0]
-                    h = res.history
-                except Divergence as exc:
-                    status, h = f"diverged at iteration {exc.iteration}", {}
+                if ranks == 1:
+                    h, status = train_run(cfg, SerialComm(), a.blowup)
+                else:
+                    h, status = run_ranks(ranks, lambda comm, c=cfg: train_run(c, comm, a.blowup),
+                                          timeout=None)[0]
                 rec = {"layers": layers, "method": method, "N": N, "width": a.width,
                        "tag": a.tag, "epochs": a.epochs, "ranks": ranks, "config": cfg,
                        "status": status, "seconds": time.time() - t0,
@@ -222,8 +243,6 @@ def timing(a: argparse.Namespace) -> None:
     for rep in range(a.repeats):
         with Idle(comm) as me:
             if me:
-                from pintopt.comm import SerialComm
-
                 out["one"].append(timed_run(cfg, SerialComm(), a.epochs))
         out["many"].append(timed_run(cfg, comm, a.epochs))
         if comm.rank == 0:
@@ -270,7 +289,7 @@ def report_converge(recs: list[dict], figures: Path | None) -> list[str]:
         E = max(len(r["history"]["epoch"]) for r in recs if r["layers"] == L)
         marks = [e for e in (1, 10, 30, 100, 300) if e <= E]
         lines += [f"**{L} layers** (width {width}; training loss / test accuracy after the "
-                  f"epoch; `—` = diverged):", "",
+                  f"epoch; `—` = not run that long or diverged):", "",
                   "| method | N | " + " | ".join(f"epoch {e}" for e in marks)
                   + " | epochs to GD+Armijo's final loss |",
                   "|---|---|" + "---|" * (len(marks) + 1)]
@@ -289,7 +308,8 @@ def report_converge(recs: list[dict], figures: Path | None) -> list[str]:
                     else:
                         cells.append("—")
                 reach = epochs_to(h, target) if (target is not None and h["epoch"]) else None
-                lines.append(f"| {METHOD_NAMES[method]} | {N or ''} | " + " | ".join(cells)
+                note = "" if r["status"] == "completed" else f" ({r['status']})"
+                lines.append(f"| {METHOD_NAMES[method]}{note} | {N or ''} | " + " | ".join(cells)
                              + f" | {reach if reach is not None else 'not reached'} |")
         lines.append("")
         if figures is not None:
@@ -444,6 +464,8 @@ def main() -> None:
     p.add_argument("--gd-lr", type=float, default=1.0, help="GD+Armijo: first trial step")
     p.add_argument("--ddg-lr", type=float, default=0.1, help="DDG: SGD step")
     p.add_argument("--tag", default="", help="converge: a label kept with the results")
+    p.add_argument("--blowup", type=float, default=1e3,
+                   help="converge: a training loss above this ends a run as diverged")
     p.add_argument("--micro", type=int, default=4, help="timing: micro-batches")
     p.add_argument("--repeats", type=int, default=2, help="timing: interleaved repetitions")
     p.add_argument("--data-dir", default=str(MNIST_DIR))
