@@ -309,6 +309,9 @@ def report_converge(recs: list[dict], figures: Path | None) -> list[str]:
                         cells.append("—")
                 reach = epochs_to(h, target) if (target is not None and h["epoch"]) else None
                 note = "" if r["status"] == "completed" else f" ({r['status']})"
+                big = [e for e, v in zip(h["epoch"], h["train_loss"]) if not v <= 1e3]
+                if not note and big:  # a run made before the --blowup stop
+                    note = f" (loss > 1e3 from epoch {big[0]:g})"
                 lines.append(f"| {METHOD_NAMES[method]}{note} | {N or ''} | " + " | ".join(cells)
                              + f" | {reach if reach is not None else 'not reached'} |")
         lines.append("")
