@@ -524,7 +524,7 @@ def test_command_line_refuses_bad_models_with_one_line(tmp_path):
     from pintopt.config import ConfigError
 
     for method in ("surrogate", "cgblock", "sso", "ddg"):
-        with pytest.raises(ConfigError, match="architecture = mlp"):
+        with pytest.raises(ConfigError, match="model.architecture"):
             run({"train": {"method": method, "iterations": 1}})
     for method in ("surrogate", "ddg"):
         with pytest.raises(ConfigError, match="cannot be split"):

@@ -159,6 +159,10 @@ class CGBlockTrainer(Method):
     block (the SM paper's baseline; every rank runs the same computation)."""
 
     name = "cgblock"
+    summary = ("CGBlock: N CG steps on each layer's block of the loss Hessian, no majorisation "
+               "(the SM paper's baseline)")
+    #: models it trains (pintopt.run refuses the others before estimating memory)
+    architectures = ("mlp",)
     Options = CGBlockOptions
     rollback_policy = "halved step"
 
@@ -269,6 +273,10 @@ class SSOTrainer(Method):
     paper's baseline; every rank runs the same computation)."""
 
     name = "sso"
+    summary = ("SSO: one target-space surrogate, N Armijo steps on it (Lavington et al. 2023; "
+               "the SM paper's baseline)")
+    #: models it trains (pintopt.run refuses the others before estimating memory)
+    architectures = ("mlp",)
     Options = SSOOptions
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
@@ -394,6 +402,10 @@ class DDGTrainer(Method):
     layers with the gradient of ``K - 1 - k`` iterations ago."""
 
     name = "ddg"
+    summary = ("DDG: model parallelism with delayed gradients, rank k of K delayed K-1-k "
+               "iterations (Huo et al. 2018)")
+    #: models it trains (pintopt.run refuses the others before estimating memory)
+    architectures = ("mlp",)
     Options = DDGOptions
     resume_any_ranks = False  # the delays and the batches in flight belong to the rank count
 
