@@ -55,6 +55,7 @@ import numpy as np
 from pintopt.comm import FOREVER
 from pintopt.layout import LayerLayout, Slice, interleave_slots, require_items_per_rank, slot_sets
 from pintopt.methods.base import Method, Problem, activation_bytes, n_params, serial_memory_estimate
+from pintopt.methods.pint_delayed import DelayRing
 from pintopt.methods.pint_diagnostics import PintDiagnostics
 from pintopt.methods.pint_options import PintOptions
 from pintopt.methods.pint_pipeline import Pipe
@@ -111,7 +112,14 @@ class PintTrainer(Method):
         self.params = self.model.init_params(train.seed)
         self.grads = self.params.zeros_like()
         self.opt = make_optimizer(train)
-        self.regression = None if self.last or o.oracle else BoundaryRegression(
+        #: pipelined exact co-states (pint.costates = "delayed"): every rank but the last keeps
+        #: its d = S-1-r newest batches until their co-state arrives
+        self.delayed = o.costates == "delayed" and not o.oracle and not self.last
+        self.ring = DelayRing(spec, self.lo, self.hi, S - 1 - r,
+                                self.model.state_shape(self.batch_size)) if self.delayed else None
+        self._k0: int | None = None  # iteration at which the pipeline started (re)filling
+        self._gathered: tuple[int | None, Any] = (None, None)  # the last global_params()
+        self.regression = None if self.last or o.oracle or self.delayed else BoundaryRegression(
             spec.n_classes, self.dim, o.features, o.window, o.ridge)
         # the global prediction runs inside the first step so its time counts as training time
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
@@ -151,6 +159,15 @@ class PintTrainer(Method):
         P_own = P - spec.depth * layer + n_max * layer
         out["params"] = 8 * (3 * P + (slots + 3) * P_own)
         training = activation_bytes(dataclasses.replace(spec, depth=n_max), batch, training=True)
+        if o.costates == "delayed" and not o.oracle and size > 1:
+            # rank 0 keeps S trajectories of its slice, their controls and input states, and a
+            # full-depth copy of K for the backward solve
+            w = spec.width
+            n0 = LayerLayout.balanced(spec.depth, size, o.balance_layers).counts[0]
+            state = batch * w * (2 if spec.scheme == "verlet" else 1)
+            training = max(training, size * (
+                activation_bytes(dataclasses.replace(spec, depth=n0), batch, training=True)
+                + 8 * (n0 * (w * w + w) + state)) + 8 * spec.depth * w * w)
         if o.levels > 1 and o.coarse_iterations and spec.depth % o.coarsen == 0:
             coarse = spec.coarsened(o.coarsen)
             training = max(training, 8 * n_params(coarse) * (2 + slots + 3)
@@ -162,6 +179,8 @@ class PintTrainer(Method):
         window = o.window or max(o.coarse_iterations, 1) + train.iterations
         out["regression"] = 8 * (window * (batch * (2 * dim + 1) + blocks * p * (p + dim))
                                  + 3 * blocks * p * (p + dim))
+        if o.costates == "delayed" and not o.oracle:
+            out["regression"] = 0
         out["training"] = training
         return out
 
@@ -175,7 +194,7 @@ class PintTrainer(Method):
         o, d = self.options, self.diagnostics
         t0 = time.perf_counter()
         ccounts = coarse_counts(self.counts, o.coarsen)
-        if o.coarse_parallel and self.S > 1 and ccounts is not None:
+        if o.coarse_parallel == "pint" and self.S > 1 and ccounts is not None:
             coarse = PintTrainer(
                 Problem(ResNet(self.model.spec.coarsened(o.coarsen)), self.data),
                 dataclasses.replace(self.train, lr=o.coarse_lr or self.train.lr,
@@ -184,10 +203,12 @@ class PintTrainer(Method):
             pred = parallel_prediction(coarse, self.train, o)
         else:
             pred = serial_prediction(self.model, self.data, self.train, o,
-                                     None if o.oracle else self.boundary)
+                                     None if self.regression is None else self.boundary,
+                                     self.comm)
         self._start(pred)
         d.coarse_time, d.coarse_loss = time.perf_counter() - t0, pred.coarse_loss
         d.coarse_steps += pred.steps
+        d.coarse_modes = list(pred.modes)
 
     def _start(self, pred: Prediction) -> None:
         self.params = pred.params
@@ -235,7 +256,12 @@ class PintTrainer(Method):
             state = self.model.open(self.params, self.data.x_train[idx])
         else:
             state = self.pipe.recv_state()
-        self.traj = self.model.forward(self.params, state, self.lo, self.hi)
+        if self._k0 is None:
+            self._k0 = self.iteration
+        if self.ring is not None:
+            self.traj = self.ring.forward(self.params, state, idx, self.iteration)
+        else:
+            self.traj = self.model.forward(self.params, state, self.lo, self.hi)
         loss = 0.0
         if self.last:
             end = self.traj.state(self.hi - self.lo)
@@ -250,6 +276,8 @@ class PintTrainer(Method):
             self._global_prediction()
         if self.traj is None:
             self._fill()
+        if self.ring is not None:
+            return self._step_delayed()
         o, model, p, g = self.options, self.model, self.params, self.grads
         k, idx, L, tj = self.iteration, self.cur_idx, self.hi - self.lo, self.traj
         y = self.data.y_train[idx]
@@ -304,6 +332,47 @@ class PintTrainer(Method):
         self.diagnostics.steps += 1
         return self.pipe.reported_loss(k)
 
+    def _step_delayed(self) -> float:
+        """One iteration of a rank left of the last with exact co-states through the pipeline
+        (:mod:`pintopt.methods.pint_delayed`): the backward solve of batch ``k - d`` with the
+        exact co-state received in the previous iteration, the update, the forward solve of batch
+        ``k + 1``, and the receive of the co-state of batch ``k + 1 - d``. While the pipeline fills
+        (the first ``d`` iterations of a run) there is no co-state yet, hence no update."""
+        model, p, g, ring, pipe = self.model, self.params, self.grads, self.ring, self.pipe
+        k, d = self.iteration, ring.delay
+        t0 = t1 = t2 = t3 = time.perf_counter()
+        if k - d >= self._k0:
+            if not ring.has_p_next:  # pragma: no cover - the message protocol guarantees it
+                raise RuntimeError(f"rank {self.rank}: no co-state for batch {k - d}")
+            P_lo = ring.backward(p, k - d, ring.p_next, g)
+            ring.has_p_next = False
+            if self.first:
+                model.open_backward(p, self.data.x_train[ring.indices(k - d)], P_lo, g)
+            else:
+                pipe.send_costate(P_lo)
+            t2 = time.perf_counter()
+            self._update()
+            t3 = time.perf_counter()
+        self.iteration += 1
+        nxt = self.sampler.next()
+        if self.first:
+            state = model.open(p, self.data.x_train[nxt])
+        else:
+            state = pipe.recv_state()
+        t4 = time.perf_counter()
+        self.traj = ring.forward(p, state, nxt, k + 1)
+        self.cur_idx = nxt
+        self._send_state(self.traj)
+        t5 = t6 = time.perf_counter()
+        if k + 1 - d >= self._k0:
+            ring.p_next[...] = pipe.recv_costate()
+            ring.has_p_next = True
+            t6 = time.perf_counter()
+        self.diagnostics.add_times(head_or_predict=t1 - t0, backward=t2 - t1, update=t3 - t2,
+                                   receive=(t4 - t3) + (t6 - t5), forward=t5 - t4)
+        self.diagnostics.steps += 1
+        return pipe.reported_loss(k)
+
     def _send_state(self, traj: Any) -> None:
         L = traj.hi - traj.lo
         self.pipe.send_state(traj.Xs[L], traj.Zs[L] if self.verlet else None)
@@ -342,7 +411,9 @@ class PintTrainer(Method):
         sends first: every message of an iteration is received within that iteration, so they
         are done or about to be, and no request outlives the run."""
         self.pipe.wait_sends()
-        return self.slice.gather(self.params, self.comm)
+        full = self.slice.gather(self.params, self.comm)
+        self._gathered = (self.iteration, full)
+        return full
 
     def slot_params(self) -> list[Params]:
         """The optimiser's moments as full-size parameter sets, gathered (collective)."""
@@ -365,6 +436,13 @@ class PintTrainer(Method):
         local = {}
         if self.regression is not None:
             local = {f"obs/{self.boundary}/{k}": v for k, v in self.regression.arrays().items()}
+        if self.ring is not None and self._k0 is not None:
+            # the batches between forward and backward solve (the newest is the batch in flight,
+            # which the pipeline fill recomputes) and the co-state received for the oldest
+            k, d = self.iteration, self.ring.delay
+            pending = list(range(max(k - d, self._k0), k))
+            local.update({f"delay/{self.S}/{self.rank}/{key}": v
+                          for key, v in self.ring.arrays(pending).items()})
         for part in self.comm.allgather(local):
             arrays.update(part)
         known: dict[int, float] = {}
@@ -380,6 +458,11 @@ class PintTrainer(Method):
             "predicted": bool(self.predicted),
             "known_idx": keep,
             "known_loss": [known[i] for i in keep],
+            # where the pipeline of delayed co-states started, and for which slicing
+            "pipeline_start": self._k0,
+            "layout": list(self.counts),
+            "costates": "delayed" if self.options.costates == "delayed" and not
+            self.options.oracle else "other",
         }
         return {"arrays": arrays, "meta": meta}
 
@@ -403,6 +486,20 @@ class PintTrainer(Method):
             self.cur_idx = np.asarray(self.cur_idx, dtype=np.int64)
         self.traj = None
         self.pipe.known = {int(i): float(v) for i, v in zip(meta["known_idx"], meta["known_loss"])}
+        self._k0 = None
+        # the batches between forward and backward solve continue only on the same slicing (the
+        # decision uses the shared meta data, so every rank takes the same one); elsewhere the
+        # pipeline refills: each rank's next d updates are lost
+        same = (meta.get("costates") == "delayed" and meta.get("layout") == list(self.counts)
+                and meta.get("pipeline_start") is not None)
+        if same:
+            self._k0 = int(meta["pipeline_start"])
+        if self.ring is not None:
+            self.ring.has_p_next = False
+            if same:
+                key = f"delay/{self.S}/{self.rank}/"
+                self.ring.load_arrays({k[len(key):]: v for k, v in arrays.items()
+                                       if k.startswith(key)}, self.params)
         if self.regression is not None:
             key = f"obs/{self.boundary}/"
             obs = {k[len(key):]: v for k, v in arrays.items() if k.startswith(key)}
@@ -411,11 +508,46 @@ class PintTrainer(Method):
             self.regression.load_arrays(obs)
 
     def history_columns(self) -> dict[str, float]:
-        """Mean co-state regression error since the last evaluation over all boundaries
-        (collective): ``reg_mse`` and ``reg_rel_mse`` (relative: Theorem 4.1 needs it below 1)."""
+        """Theorem 4.1's condition, the co-state error, over all boundaries (collective).
+
+        ``costate_rel_err``: relative error ``||P_used - P||^2 / ||P||^2`` of the co-states the
+        updates use against the exact co-state ``P`` of the same batch at the iterate of the
+        update (assumption (7) of the paper asks ``||P_used - P|| <= eps_p eta ||P_used||``).
+        Regression: the
+        mean over the iterations since the last evaluation, also as ``reg_mse`` (absolute, per
+        element) and ``reg_rel_mse``. Delayed: the co-state each rank uses next, against the
+        exact co-state of its batch at the current iterate (one serial solve per rank and
+        evaluation, outside the training time)."""
         if self.S == 1 or self.options.oracle:
             return {}
+        if self.options.costates == "delayed":
+            it, full = self._gathered
+            if it != self.iteration:  # not right after the loop's gather (same on every rank)
+                full = self.global_params()
+            n, rel = np.sum(self.comm.allgather(self._delay_error(full)), axis=0)
+            return {"costate_rel_err": float(rel / n) if n else float("nan")}
         n, mse, rel = np.sum(self.comm.allgather(self.diagnostics.since_evaluation()), axis=0)
         if not n:
-            return {"reg_mse": float("nan"), "reg_rel_mse": float("nan")}
-        return {"reg_mse": float(mse / n), "reg_rel_mse": float(rel / n)}
+            return {"reg_mse": float("nan"), "reg_rel_mse": float("nan"),
+                    "costate_rel_err": float("nan")}
+        return {"reg_mse": float(mse / n), "reg_rel_mse": float(rel / n),
+                "costate_rel_err": float(rel / n)}
+
+    def _delay_error(self, full: Params) -> tuple[int, float]:
+        """(1, relative error) of the delayed co-state this rank uses next, or (0, 0) (the last
+        rank; a pipeline still filling). The exact co-state of that batch at the current
+        iterate: a forward solve of the whole network with the gathered controls ``full``, the
+        loss, and the backward solve from the end to this rank's right boundary. (The update
+        also uses the batch's trajectory of then; this measures the co-state part.)"""
+        ring = self.ring
+        if ring is None or not ring.has_p_next:
+            return (0, 0.0)
+        idx = ring.indices(self.iteration - ring.delay)
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        probe, D = ResNet(self.model.spec), self.model.spec.depth
+        scratch = full.zeros_like()
+        traj = probe.forward(full, probe.open(full, x), 0, D, reuse=False)
+        P = probe.head(full, traj.state_view(D), y, scratch)[2]
+        P = probe.backward(full, traj.block(self.hi, D), P, scratch)
+        diff = ring.p_next - P
+        return (1, float(np.vdot(diff, diff) / max(np.vdot(P, P), 1e-300)))

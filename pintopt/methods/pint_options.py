@@ -38,10 +38,16 @@ class PintOptions:
         "for the 1/coarsen smaller per-layer gradients, step count continued) instead of from "
         "zero",
     )
-    coarse_parallel: bool = opt(
-        False,
-        "train each coarse level with this method on all ranks too (every rank owns the same "
-        "time interval on every level); false = serial Algorithm 3 on every rank (the paper)",
+    coarse_parallel: str = opt(
+        "auto",
+        "how the ranks share the global prediction: serial (every rank trains each coarse "
+        "level alone with Algorithm 3, the paper), data (the coarse batch split over the ranks, "
+        "gradients summed: the serial iterates up to round-off), pint (each coarse level trained "
+        "by this method on all ranks, every rank owning the same time interval), auto (per "
+        "level: 8 iterations timed serially, 8 data-parallel, the faster continues; rank 0's "
+        "clock decides). With regression co-states the iterations that record boundary "
+        "observations run serially",
+        choices=("auto", "serial", "data", "pint"),
     )
     prolong: str = opt(
         "constant",
@@ -49,6 +55,15 @@ class PintOptions:
         "controls on its fine steps) or linear (interpolated; trained controls are rough in "
         "time and lose accuracy)",
         choices=("constant", "linear"),
+    )
+    costates: str = opt(
+        "delayed",
+        "co-states at the slice boundaries: regression (the paper: predicted for the current "
+        "batch by the regression of eq. (6), see features/window/ridge) or delayed (exact: the "
+        "co-state of the batch rank r solved S-1-r iterations earlier arrives through the "
+        "pipeline, and the rank applies that batch's exact gradient, taken with the controls "
+        "it went forward with; no regression)",
+        choices=("regression", "delayed"),
     )
     features: str = opt(
         "class",
