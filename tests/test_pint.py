@@ -58,7 +58,7 @@ def test_one_rank_multilevel_is_coarse_then_fine_serial():
     """S = 1 multilevel: the global prediction is serial Algorithm 3 on the coarse model (its own
     batch stream), and the fine phase starts from the prolongated controls."""
     raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
-           "pint": {"levels": 2, "coarse_iterations": 25, "prolong": "constant"}}
+           "pint": {"levels": 2, "coarsen": 2, "coarse_iterations": 25, "prolong": "constant"}}
     t = build(raw)
     t.opt.lr = 1e-300  # the one fine step leaves the prolongated parameters unchanged
     t.step()
@@ -121,7 +121,8 @@ def test_coarse_check_ends_the_global_prediction_at_the_target(depth, coarsen):
 
 def test_coarse_check_without_a_target_runs_the_whole_budget():
     raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
-           "pint": {"levels": 3, "coarse_iterations": 30, "coarse_check_every": 10}}
+           "pint": {"levels": 3, "coarsen": 2, "coarse_iterations": 30,
+                    "coarse_check_every": 10}}
     t = build(raw)
     t.step()
     assert t.diagnostics.coarse_steps == 60 and not t.evaluation_requested()
@@ -190,7 +191,8 @@ def test_fine_optimizer_continues_the_coarse_one():
     prolongated and scaled, and the step count continues; off: a fresh optimiser."""
     for on in (True, False):
         raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
-               "pint": {"levels": 2, "coarse_iterations": 7, "prolong_optimizer": on}}
+               "pint": {"levels": 2, "coarsen": 2, "coarse_iterations": 7,
+                        "prolong_optimizer": on}}
         t = build(raw)
         t._global_prediction()
         if not on:
@@ -561,3 +563,17 @@ def test_delayed_costate_error_shrinks_with_the_step():
         assert np.isfinite(err) and err > 0
         eps[lr] = np.sqrt(err) / lr
     assert eps[0.01] == pytest.approx(eps[0.08], rel=0.3), eps
+
+
+def test_automatic_levels():
+    """levels = 0 (the default): the most levels, at most 4, whose coarsest model keeps 4 or more
+    layers, with coarsen^(levels-1) dividing the depth."""
+    from pintopt.methods.pint_options import auto_levels
+
+    for depth, coarsen, levels in [(512, 4, 4), (256, 4, 4), (128, 4, 3), (64, 4, 3),
+                                   (16, 4, 2), (20, 4, 2), (100, 4, 2), (8, 4, 1), (7, 4, 1),
+                                   (48, 2, 4), (12, 2, 2)]:
+        assert auto_levels(depth, coarsen) == levels, (depth, coarsen)
+    t = build({"model": {"depth": 64}, "train": {"method": "pint"}})
+    assert t.options.levels == 3 and t.options.coarsen == 4
+    assert build({"model": {"depth": 6}, "train": {"method": "pint"}}).options.levels == 1

@@ -59,7 +59,7 @@ def test_oracle_multilevel_equals_one_rank_multilevel(coarse_parallel):
     coarse batch, or the coarse model is itself trained in parallel -- with oracle co-states
     also serial-equivalent) and the prolongation do not depend on the rank count: oracle S
     ranks == one process (data-parallel sums in another order: to round-off)."""
-    raw = pint_raw(8, {"iterations": 25}, levels=3, coarse_iterations=20, oracle=True,
+    raw = pint_raw(8, {"iterations": 25}, levels=3, coarsen=2, coarse_iterations=20, oracle=True,
                    coarse_parallel=coarse_parallel)
     one = train(build(raw))
     trainer = build(raw, world())
@@ -81,7 +81,8 @@ def test_trains_to_95_percent(dataset, costates):
     co-states) trains the swiss roll and the ellipses to >= 95% validation accuracy."""
     comm = world()
     raw = pint_raw(32, {"epochs": 60, "target_accuracy": 0.95, "eval_every": 32},
-                   levels=2, coarse_iterations=400, costates=costates)
+                   levels=2, coarsen=2, coarse_iterations=400, coarse_check_every=0,
+                   costates=costates)
     raw["data"] = {"dataset": dataset}
     trainer = build(raw, comm)
     result = train(trainer)

@@ -57,7 +57,7 @@ from pintopt.layout import LayerLayout, Slice, interleave_slots, require_items_p
 from pintopt.methods.base import Method, Problem, activation_bytes, n_params, serial_memory_estimate
 from pintopt.methods.pint_delayed import DelayRing
 from pintopt.methods.pint_diagnostics import PintDiagnostics
-from pintopt.methods.pint_options import PintOptions
+from pintopt.methods.pint_options import PintOptions, resolved
 from pintopt.methods.pint_pipeline import Pipe
 from pintopt.methods.pint_prediction import (
     Prediction,
@@ -85,11 +85,11 @@ class PintTrainer(Method):
         """``layout`` overrides the slicing; the parallel global prediction uses it to give every
         rank the same time interval on the coarse grid."""
         super().__init__(problem, train, options, comm)
-        o = self.options
         if not isinstance(self.model, ResNet):
             raise ValueError("method pint needs the ResNet-as-ODE model (model.architecture = "
                              "resnet): its layers are the time steps it splits over the ranks")
         spec = self.model.spec
+        o = self.options = resolved(self.options, spec.depth)
         S, r = comm.size, comm.rank
         require_items_per_rank(spec.depth, S)
         if o.levels > 1 and o.coarse_iterations and spec.depth % (o.coarsen ** (o.levels - 1)):
@@ -148,7 +148,7 @@ class PintTrainer(Method):
         moments of the owned slice, the trajectory of the largest slice, the global prediction
         (a serial trainer of the coarse model, alive during the first step), the regression
         window, and the shared checkpoint/evaluation items of the default estimate."""
-        o = options if isinstance(options, PintOptions) else PintOptions()
+        o = resolved(options if isinstance(options, PintOptions) else PintOptions(), spec.depth)
         out = serial_memory_estimate(cls, spec, train, o, size, m_train, m_val)
         P = n_params(spec)
         slots = {"sgd": 0, "momentum": 1, "adam": 2}.get(train.optimizer, 2)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from pintopt.methods.pint_regression import FEATURES
@@ -12,23 +13,27 @@ from pintopt.options import opt
 @dataclass
 class PintOptions:
     levels: int = opt(
-        2,
+        0,
         "discretisation levels: 1 = single-level (no global prediction), 2 = multilevel with one "
-        "coarse model (the paper), L > 2 = nested coarse models, coarsest first",
-        low=1,
+        "coarse model (the paper), L > 2 = nested coarse models, coarsest first; 0 = automatic: "
+        "the most levels (at most 4) whose coarsest model still has 4 or more layers, the depth "
+        "divisible by coarsen^(levels-1) (1 when there is none)",
+        low=0,
     )
-    coarsen: int = opt(2, "coarsening factor between levels (must divide the depth)", low=2)
+    coarsen: int = opt(4, "coarsening factor between levels (must divide the depth)", low=2)
     coarse_iterations: int = opt(
-        200, "iterations of serial Algorithm 3 on each coarse level (global prediction)", low=0
+        600, "iterations of Algorithm 3 on each coarse level (global prediction): with "
+        "coarse_check_every and a target accuracy a maximum", low=0
     )
     coarse_check_every: int = opt(
-        0,
+        16,
         "every this many iterations, check whether the coarse model reaches "
         "train.target_accuracy on the validation set and if so end its level there "
         "(coarse_iterations is then a maximum; checked only when its accuracy on the recent "
         "training batches reaches the target, backing off after a miss; counts as training "
         "time); the training loop then evaluates the fine model after its first iteration. "
-        "0 = always run coarse_iterations",
+        "Without train.target_accuracy every level runs coarse_iterations. 0 = always run "
+        "coarse_iterations",
         low=0,
     )
     coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
@@ -104,3 +109,25 @@ class PintOptions:
         "watchdog still covers a stopped rank, docs/reliability.md)",
         low=0.0,
     )
+
+
+#: The automatic hierarchy (``levels = 0``): at most this many levels, the coarsest with at least
+#: this many layers.
+AUTO_MAX_LEVELS, AUTO_MIN_COARSE_DEPTH = 4, 4
+
+
+def auto_levels(depth: int, coarsen: int) -> int:
+    """``levels = 0``: the most levels (at most :data:`AUTO_MAX_LEVELS`) such that
+    ``coarsen^(levels-1)`` divides ``depth`` and the coarsest model has at least
+    :data:`AUTO_MIN_COARSE_DEPTH` layers; 1 (single level) when not even one coarse level fits."""
+    levels, d = 1, depth
+    while levels < AUTO_MAX_LEVELS and d % coarsen == 0 and d // coarsen >= AUTO_MIN_COARSE_DEPTH:
+        levels, d = levels + 1, d // coarsen
+    return levels
+
+
+def resolved(options: PintOptions, depth: int) -> PintOptions:
+    """The options with ``levels = 0`` replaced by the automatic choice for ``depth``."""
+    if options.levels:
+        return options
+    return dataclasses.replace(options, levels=auto_levels(depth, options.coarsen))
