@@ -577,3 +577,18 @@ def test_automatic_levels():
     t = build({"model": {"depth": 64}, "train": {"method": "pint"}})
     assert t.options.levels == 3 and t.options.coarsen == 4
     assert build({"model": {"depth": 6}, "train": {"method": "pint"}}).options.levels == 1
+
+
+def test_compare_serial_on_one_process(capsys):
+    """``--compare-serial`` on one process: serial against the run, no one-process repeat; with
+    a target the basis is the time to it."""
+    from pintopt.cli import main
+
+    assert main(["train", "--method", "pint", "--depth", "8", "--iterations", "30",
+                 "--eval-every", "10", "--target-accuracy", "0.6", "--quiet",
+                 "--compare-serial"]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("compare (training time to 0.6 validation accuracy, coarse phase "
+                          "included):"):].splitlines()
+    assert lines[1].split()[0] == "serial" and lines[2].startswith("  pint, 1 rank ")
+    assert "vs serial" in lines[3] and "vs 1 proc" not in lines[3]

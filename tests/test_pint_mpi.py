@@ -246,3 +246,26 @@ def test_logical_ranks_give_the_mpi_iterates_for_dataparallel():
             np.testing.assert_array_equal(v, u)
         else:
             np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-14)
+
+
+def test_compare_serial_prints_serial_one_process_and_ranks(capsys):
+    """``--compare-serial`` on S ranks: serial and pint on one process (rank 0 alone), then the
+    run on S ranks, side by side with 'vs serial' and 'vs 1 proc' (rank 0 prints)."""
+    from pintopt.cli import main
+
+    comm = world()
+    argv = ["train", "--method", "pint", "--depth", "8", "--iterations", "20", "--eval-every",
+            "10", "--quiet", "--pint-timeout", str(TIMEOUT), "--compare-serial"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if comm.rank != 0:
+        assert "compare" not in out
+        return
+    lines = out[out.index("compare (training time of the same iteration budget"):].splitlines()
+    assert lines[1].split()[0] == "serial" and "20 iterations" in lines[1]
+    assert lines[2].startswith("  pint, 1 process") and "20 iterations" in lines[2]
+    assert lines[3].startswith(f"  pint, {comm.size} ranks")
+    times = [float(ln.split(" s ")[0].split()[-1]) for ln in lines[1:4]]
+    ratios = lines[4].split(":")[1]
+    assert f"{times[0] / times[2]:.2f}x vs serial" in ratios
+    assert f"{times[1] / times[2]:.2f}x vs 1 proc" in ratios
