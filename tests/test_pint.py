@@ -592,3 +592,27 @@ def test_compare_serial_on_one_process(capsys):
                           "included):"):].splitlines()
     assert lines[1].split()[0] == "serial" and lines[2].startswith("  pint, 1 rank ")
     assert "vs serial" in lines[3] and "vs 1 proc" not in lines[3]
+
+
+def test_options_without_effect_are_named():
+    """issue 16: an option changed from its default that has no effect with the others gets one
+    line naming it and why; defaults never do."""
+    from pintopt.methods.pint_options import PintOptions, ineffective
+
+    assert ineffective(PintOptions(), 64, 0.0, 2) == []
+    assert ineffective(PintOptions(), 8, 0.0, 1) == []
+    lines = ineffective(PintOptions(features="quadratic", window=5), 64, 0.95, 2)
+    assert lines == ["option pint.features has no effect: pint.costates = delayed uses no "
+                     "regression", "option pint.window has no effect: pint.costates = delayed "
+                     "uses no regression"]
+    assert ineffective(PintOptions(costates="regression", features="quadratic"), 64, 0.9, 2) == []
+    lines = ineffective(PintOptions(coarse_check_every=4), 64, 0.0, 2)
+    assert lines == ["option pint.coarse_check_every has no effect: without "
+                     "train.target_accuracy every coarse level runs pint.coarse_iterations"]
+    assert ineffective(PintOptions(coarse_check_every=4), 64, 0.9, 2) == []
+    lines = ineffective(PintOptions(levels=1, coarse_iterations=50), 64, 0.9, 2)
+    assert lines == ["option pint.coarse_iterations has no effect: one level (no global "
+                     "prediction) at depth 64"]
+    lines = ineffective(PintOptions(balance_layers=8.0), 64, 0.9, 1)
+    assert lines == ["option pint.balance_layers has no effect: one rank: nothing to split or "
+                     "send"]

@@ -116,7 +116,8 @@ class PintTrainer(Method):
         #: its d = S-1-r newest batches until their co-state arrives
         self.delayed = o.costates == "delayed" and not o.oracle and not self.last
         self.ring = DelayRing(spec, self.lo, self.hi, S - 1 - r,
-                                self.model.state_shape(self.batch_size)) if self.delayed else None
+                              self.model.state_shape(self.batch_size),
+                              self.params.K.dtype) if self.delayed else None
         self._k0: int | None = None  # iteration at which the pipeline started (re)filling
         self._gathered: tuple[int | None, Any] = (None, None)  # the last global_params()
         self.regression = None if self.last or o.oracle or self.delayed else BoundaryRegression(

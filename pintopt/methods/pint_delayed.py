@@ -34,23 +34,23 @@ class DelayRing:
     """The ``delay + 1`` newest batches of the rank owning layers ``[lo, hi)``, slot ``k % n`` for
     the batch the last rank solves in iteration ``k``."""
 
-    def __init__(self, spec: Any, lo: int, hi: int, delay: int, state_shape: tuple[int, ...]
-                 ) -> None:
+    def __init__(self, spec: Any, lo: int, hi: int, delay: int, state_shape: tuple[int, ...],
+                 dtype: Any = np.float64) -> None:
         self.spec, self.lo, self.hi, self.delay = spec, lo, hi, delay
         self.n = delay + 1
         L, w = hi - lo, spec.width
         self.models = [ResNet(spec) for _ in range(self.n)]
         self.idx: list[np.ndarray | None] = [None] * self.n
         self.trajs: list[Any] = [None] * self.n
-        self.K = np.empty((self.n, L, w, w))
-        self.b = np.empty((self.n, L, w))
-        self.x0 = np.empty((self.n, *state_shape))
+        self.K = np.empty((self.n, L, w, w), dtype=dtype)
+        self.b = np.empty((self.n, L, w), dtype=dtype)
+        self.x0 = np.empty((self.n, *state_shape), dtype=dtype)
         # the exact co-state at the right boundary of the next batch to solve (the pipe's receive
         # buffer is reused by the next receive: kept here, and in checkpoints)
-        self.p_next = np.empty(state_shape)
+        self.p_next = np.empty(state_shape, dtype=dtype)
         self.has_p_next = False
         # controls as the backward solve reads them: K[lo:hi] of one batch, the rest unused
-        self._K_full = np.zeros((spec.depth, w, w))
+        self._K_full = np.zeros((spec.depth, w, w), dtype=dtype)
 
     def slot(self, k: int) -> int:
         return k % self.n

@@ -131,3 +131,38 @@ def resolved(options: PintOptions, depth: int) -> PintOptions:
     if options.levels:
         return options
     return dataclasses.replace(options, levels=auto_levels(depth, options.coarsen))
+
+
+#: Options that only the regression co-states read, and those only the global prediction reads.
+REGRESSION_ONLY = ("features", "window", "ridge", "refit_every", "damping")
+PREDICTION_ONLY = ("coarsen", "coarse_iterations", "coarse_check_every", "coarse_lr",
+                   "prolong_optimizer", "coarse_parallel", "prolong")
+
+
+def ineffective(options: PintOptions, depth: int, target_accuracy: float, size: int
+                ) -> list[str]:
+    """Options set to something other than their default that have no effect with the others
+    (issue 16: warn when an option does nothing), one line each, for the caller to show. A default
+    value never produces a line: the defaults are meant to work together."""
+    o, default = resolved(options, depth), PintOptions()
+    changed = {f.name for f in dataclasses.fields(o)
+               if getattr(options, f.name) != getattr(default, f.name)}
+    why: dict[str, str] = {}
+    if o.oracle:
+        why["costates"] = "pint.oracle uses the exact co-states"
+    if o.oracle or o.costates == "delayed":
+        for name in REGRESSION_ONLY:
+            why[name] = ("pint.oracle uses the exact co-states" if o.oracle else
+                         "pint.costates = delayed uses no regression")
+    if o.levels == 1 or o.coarse_iterations == 0:
+        for name in PREDICTION_ONLY:
+            why[name] = ("pint.coarse_iterations = 0: no global prediction" if o.levels > 1
+                         else f"one level (no global prediction) at depth {depth}")
+    elif not target_accuracy:
+        why.setdefault("coarse_check_every", "without train.target_accuracy every coarse level "
+                       "runs pint.coarse_iterations")
+    if size == 1:
+        for name in ("balance_layers", "coarse_parallel", "timeout", "costates"):
+            why.setdefault(name, "one rank: nothing to split or send")
+    return [f"option pint.{name} has no effect: {why[name]}" for name in sorted(changed)
+            if name in why]
