@@ -210,6 +210,7 @@ def run(raw: dict, comm, data) -> dict:
         out["coarse_time"] = comm.allreduce(d.coarse_time, op="max")
         out["coarse_steps"] = d.coarse_steps
         out["coarse_modes"] = d.coarse_modes
+        out["coarse_level_steps"] = d.coarse_level_steps
         out["wait"] = comm.allgather(d.wait_time)
         out["counts"] = trainer.counts
     return out
@@ -566,6 +567,7 @@ def part_converge(comm, a, out):
                                     "seed": seed, "schedule": s.schedule, "hit": hit,
                                     "best": r["best_acc"], "final": r["val_acc"],
                                     "coarse_steps": r.get("coarse_steps"),
+                                    "coarse_level_steps": r.get("coarse_level_steps"),
                                     "iterations": r["iterations"], "history": r["history"]}
                             res.append(item)
                             print(json.dumps({k: v for k, v in item.items()

@@ -126,6 +126,7 @@ def test_coarse_check_without_a_target_runs_the_whole_budget():
     t = build(raw)
     t.step()
     assert t.diagnostics.coarse_steps == 60 and not t.evaluation_requested()
+    assert t.diagnostics.coarse_level_steps == [30, 30]
     with pytest.raises(ValueError, match="coarse_check_every"):
         build({"train": {"method": "pint"}, "pint": {"coarse_check_every": -1}})
 

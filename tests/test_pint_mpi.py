@@ -67,7 +67,7 @@ def test_oracle_multilevel_equals_one_rank_multilevel(coarse_parallel):
     for u, v in zip(one.params.arrays(), many.params.arrays()):
         np.testing.assert_allclose(v, u, rtol=1e-10, atol=1e-12)
     modes = trainer.diagnostics.coarse_modes
-    assert len(modes) == 2
+    assert len(modes) == 2 and trainer.diagnostics.coarse_level_steps == [20, 20]
     if coarse_parallel in ("serial", "data"):
         assert modes == [coarse_parallel] * 2
     elif coarse_parallel == "auto":

@@ -210,6 +210,7 @@ class PintTrainer(Method):
         d.coarse_time, d.coarse_loss = time.perf_counter() - t0, pred.coarse_loss
         d.coarse_steps += pred.steps
         d.coarse_modes = list(pred.modes)
+        d.coarse_level_steps = list(pred.level_steps)
 
     def _start(self, pred: Prediction) -> None:
         self.params = pred.params

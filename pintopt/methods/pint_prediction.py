@@ -259,6 +259,7 @@ class Prediction:
     steps: int = 0  # coarse iterations, all levels
     reached: bool = False  # a level ended at the target accuracy
     modes: list[str] = field(default_factory=list)  # how each level ran, coarsest first
+    level_steps: list[int] = field(default_factory=list)  # iterations of each level, same order
 
 
 def _coarse_train(train: Any, options: Any, seed: int) -> Any:
@@ -280,6 +281,7 @@ def serial_prediction(model: ResNet, data: Any, train: Any, options: Any,
     slots: list[Params] = []
     k, steps, records, loss, done = 0, 0, [], float("nan"), False
     modes: list[str] = []
+    level_steps: list[int] = []
     for level in range(o.levels - 1, 0, -1):
         factor = o.coarsen**level
         at = None if boundary is None or level != 1 else boundary / factor
@@ -319,6 +321,7 @@ def serial_prediction(model: ResNet, data: Any, train: Any, options: Any,
                     done = True
                     break
         modes.append(choice.chosen or ("data" if coarse.data_parallel else "serial"))
+        level_steps.append(steps - sum(level_steps))
         params = coarse.params
         slots, k = optimizer_slots(coarse.opt, params), coarse.opt.k
         records.extend(cmodel.records)
@@ -328,7 +331,7 @@ def serial_prediction(model: ResNet, data: Any, train: Any, options: Any,
         prolong_params(params, o.coarsen, o.prolong),
         prolong_slots(slots, o.coarsen, o.prolong, train.optimizer) if o.prolong_optimizer
         else [],
-        k, records, loss, steps, done, modes)
+        k, records, loss, steps, done, modes, level_steps)
 
 
 def parallel_prediction(coarse: Any, train: Any, options: Any) -> Prediction:
@@ -357,7 +360,8 @@ def parallel_prediction(coarse: Any, train: Any, options: Any) -> Prediction:
         coarse.opt.k, records,
         float(np.mean(losses[-10:])) if losses else float("nan"),
         steps + coarse.diagnostics.coarse_steps, done,
-        coarse.diagnostics.coarse_modes + ["pint"])
+        coarse.diagnostics.coarse_modes + ["pint"],
+        coarse.diagnostics.coarse_level_steps + [steps])
 
 
 MakeCoarse = Callable[[Problem, Any, Any, list[int]], Any]
