@@ -1,18 +1,20 @@
 """Parallel-in-time training: predict globally, correct locally (Parpas & Muir 2019).
 
 Implements Algorithm 4 with Remarks 1 and 2 (S sub-systems = S ranks, mini-batches), the global
-prediction phase of Section 3.1 and the co-state regression (6) of Section 3.2.
+prediction phase of Section 3.1, and two sources of the co-states at the slice boundaries: the
+regression (6) of Section 3.2, and exact co-states that arrive through the pipeline a few
+iterations later (``pint.costates``; docs/methods/pint.md explains why the second is the default).
 
-**Global prediction** (``pint.levels >= 2``, :mod:`pintopt.methods.pint_prediction`): serial
-Algorithm 3 on a hierarchy of coarse models, prolongated to the fine grid -- controls, optimiser
-moments and the first co-state observations at every slice boundary. With ``levels = 1`` (single
-level) the fine model starts from its random initialisation and the regressions from zero
-observations (``P_hat = 0`` until the first observation arrives).
+**Global prediction** (``pint.levels >= 2``, :mod:`pintopt.methods.pint_prediction`): Algorithm 3
+on a hierarchy of coarse models (serially on every rank or shared by the ranks,
+``coarse_parallel``), prolongated to the fine grid -- controls, optimiser moments and, for the
+regression, the first co-state observations at every slice boundary. With ``levels = 1`` (single
+level) the fine model starts from its random initialisation.
 
 **Local correction** on S ranks, rank r owning layers ``[lo_r, hi_r)`` (the shared layer layout,
 :class:`~pintopt.layout.LayerLayout`, optionally shifted towards the last rank by
 ``balance_layers``); rank 0 also owns the opening layer, the last rank the classifier. Every rank
-draws the same mini-batch sequence (Remark 2). Rank r's iteration k is
+draws the same mini-batch sequence (Remark 2). With regression co-states rank r's iteration k is
 
 1. co-state at its right boundary: the last rank evaluates the loss of batch k and its true
    terminal co-state ``P_T``; every other rank predicts ``P_hat(s) = A phi(X(s), y) + B`` from
@@ -24,24 +26,29 @@ draws the same mini-batch sequence (Remark 2). Rank r's iteration k is
    received from rank r-1 (rank 0: the opening layer), sending the right-boundary state to r+1;
 5. receive the left-boundary co-state of batch k from rank r+1 and refit the regression.
 
+With delayed co-states (:mod:`pintopt.methods.pint_delayed`, :meth:`PintTrainer._step_delayed`)
+every rank but the last solves batch ``k - d_r`` backwards in step 2, ``d_r = S - 1 - r``, from the
+exact co-state received in step 5 of the previous iteration, with the controls that batch went
+forward with, and keeps its newest ``d_r + 1`` batches for that; there is no step 1 and no
+regression.
+
 Message lags. The state message of batch k+1 is sent and received in iteration k, after the
 sender's update, so every forward trajectory is exactly the serial forward solve with the current
-controls (no stale states); the only approximation is ``P_hat``. The co-state observation of batch
-k is sent in step 2 and received in step 5 of the same iteration k, so the regression used in
-iteration k+1 has seen batches up to k (lag one). Both dependencies point from a neighbour's
-*earlier* phase, so the ranks run as a pipeline: rank r trails rank r-1 by one slice's forward
-solve and, in steady state, nobody idles; there is no collective inside an iteration. After every
-iteration no message is in flight, which makes evaluations, checkpoints and rollbacks clean. With
-``pint.oracle = true`` each rank instead waits, before its backward solve, for the true co-state of
-batch k from rank r+1: the iterates are then exactly those of serial Algorithm 3 (and the method is
-serial in time) -- the test of the plumbing.
+controls (no stale states). The co-state of a batch is sent in step 2 and received in step 5 of the
+same iteration. Both dependencies point from a neighbour's *earlier* phase, so the ranks run as a
+pipeline: rank r trails rank r-1 by one slice's forward solve and, in steady state, nobody idles;
+there is no collective inside an iteration. After every iteration no message is in flight, which
+makes evaluations, checkpoints and rollbacks clean. With ``pint.oracle = true`` each rank instead
+waits, before its backward solve, for the true co-state of batch k from rank r+1: the iterates are
+then exactly those of serial Algorithm 3 (and the method is serial in time) -- the test of the
+plumbing.
 
 The loss every rank reports travels with the co-state messages (:mod:`.pint_pipeline`): on
 S >= 3 ranks iteration k reports the loss of batch ``k - (S - 2)``.
 
-Results are deterministic for a fixed seed and rank count. They depend on the rank count (the
-slices and hence the boundaries change), except with S = 1 or in oracle mode, where they equal the
-serial method's.
+Results are deterministic for a fixed seed, rank count and coarse-phase choice. They depend on the
+rank count (the slices and hence the boundaries change), except with S = 1 or in oracle mode, where
+they equal the serial method's.
 """
 
 from __future__ import annotations
@@ -76,8 +83,9 @@ class PintTrainer(Method):
     docstring for the schedule and message lags)."""
 
     name = "pint"
-    summary = ("parallel-in-time: coarse global prediction, local correction with co-state "
-               "regression on S = ranks slices (Parpas & Muir 2019, Algorithm 4)")
+    summary = ("parallel-in-time: coarse global prediction, local correction on S = ranks time "
+               "slices with exact delayed or regression co-states (Parpas & Muir 2019, "
+               "Algorithm 4)")
     Options = PintOptions
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any,
