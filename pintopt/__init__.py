@@ -50,4 +50,6 @@ def __getattr__(name: str):
     # name, so the package root does not import the modules that import it
     if name == "run":
         return _importlib.import_module("pintopt.api").run
+    if name == "load":  # a trained network from its checkpoint (pintopt.trained)
+        return _importlib.import_module("pintopt.trained").load
     raise AttributeError(f"module 'pintopt' has no attribute {name!r}")

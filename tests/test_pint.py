@@ -597,23 +597,32 @@ def test_compare_serial_on_one_process(capsys):
 
 def test_options_without_effect_are_named():
     """issue 16: an option changed from its default that has no effect with the others gets one
-    line naming it and why; defaults never do."""
-    from pintopt.methods.pint_options import PintOptions, ineffective
+    line naming it and why, from the option table's ``requires``/``disables``; defaults never
+    do."""
+    from pintopt.config import ineffective_options, make_config, options_markdown
 
-    assert ineffective(PintOptions(), 64, 0.0, 2) == []
-    assert ineffective(PintOptions(), 8, 0.0, 1) == []
-    lines = ineffective(PintOptions(features="quadratic", window=5), 64, 0.95, 2)
-    assert lines == ["option pint.features has no effect: pint.costates = delayed uses no "
-                     "regression", "option pint.window has no effect: pint.costates = delayed "
-                     "uses no regression"]
-    assert ineffective(PintOptions(costates="regression", features="quadratic"), 64, 0.9, 2) == []
-    lines = ineffective(PintOptions(coarse_check_every=4), 64, 0.0, 2)
-    assert lines == ["option pint.coarse_check_every has no effect: without "
-                     "train.target_accuracy every coarse level runs pint.coarse_iterations"]
-    assert ineffective(PintOptions(coarse_check_every=4), 64, 0.9, 2) == []
-    lines = ineffective(PintOptions(levels=1, coarse_iterations=50), 64, 0.9, 2)
-    assert lines == ["option pint.coarse_iterations has no effect: one level (no global "
-                     "prediction) at depth 64"]
-    lines = ineffective(PintOptions(balance_layers=8.0), 64, 0.9, 1)
-    assert lines == ["option pint.balance_layers has no effect: one rank: nothing to split or "
-                     "send"]
+    def lines(pint: dict, **train) -> list[str]:
+        return ineffective_options(make_config({"train": {"method": "pint", **train},
+                                                "pint": pint}))
+
+    assert lines({}) == []
+    assert lines({"levels": 0, "costates": "delayed", "coarsen": 4}) == []  # the defaults, given
+    assert lines({"features": "quadratic", "window": 5}, target_accuracy=0.95) == [
+        'option pint.features has no effect unless pint.costates = "regression" '
+        '(here "delayed")',
+        'option pint.window has no effect unless pint.costates = "regression" (here "delayed")']
+    assert lines({"costates": "regression", "features": "quadratic"}) == []
+    assert lines({"coarse_check_every": 4}) == [
+        "option pint.coarse_check_every has no effect unless train.target_accuracy is set "
+        "(here 0.0)"]
+    assert lines({"coarse_check_every": 4}, target_accuracy=0.9) == []
+    assert lines({"levels": 1, "coarse_iterations": 50, "coarse_lr": 0.1}) == [
+        "option pint.coarse_iterations has no effect unless pint.levels != 1 (here 1)",
+        "option pint.coarse_lr has no effect unless pint.levels != 1 (here 1)"]
+    assert lines({"coarse_iterations": 0, "prolong": "linear"}) == [
+        "option pint.prolong has no effect unless pint.coarse_iterations is set (here 0)"]
+    assert lines({"oracle": True, "costates": "regression", "window": 5}) == [
+        "option pint.costates has no effect with pint.oracle = true",
+        "option pint.window has no effect with pint.oracle = true"]
+    page = [row for row in options_markdown().splitlines() if row.startswith("| `coarse_lr`")]
+    assert "Has an effect only when `levels` != 1 and `coarse_iterations` is set." in page[0]

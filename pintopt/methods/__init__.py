@@ -7,6 +7,7 @@ config section ``[name]``. Adding a method is one module plus one line here.
 from __future__ import annotations
 
 from pintopt.methods.base import Method
+from pintopt.methods.dcasgd import DCASGDTrainer
 from pintopt.methods.pint import PintTrainer
 from pintopt.methods.serial import DataParallelTrainer, SerialTrainer
 
@@ -14,4 +15,5 @@ METHODS: dict[str, type[Method]] = {
     "serial": SerialTrainer,
     "dataparallel": DataParallelTrainer,
     "pint": PintTrainer,
+    "dcasgd": DCASGDTrainer,
 }

@@ -87,6 +87,8 @@ class PintTrainer(Method):
                "slices with exact delayed or regression co-states (Parpas & Muir 2019, "
                "Algorithm 4)")
     Options = PintOptions
+    #: models it trains (pintopt.run refuses the others before estimating memory)
+    architectures = ("resnet",)
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any,
                  layout: LayerLayout | None = None) -> None:

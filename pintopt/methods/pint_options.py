@@ -7,7 +7,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from pintopt.methods.pint_regression import FEATURES
-from pintopt.options import opt
+from pintopt.options import ON, Not, opt
+
+# When an option has an effect (``requires``/``disables``: pintopt.config.ineffective_options warns
+# about the options a user set to no effect). Only the global prediction reads these when there is
+# one (levels != 1; levels = 0 may also resolve to 1 on a shallow network, which the table cannot
+# see), and only the regression co-states read those.
+_PREDICTION = {"levels": Not(1), "coarse_iterations": ON}
+_REGRESSION = {"costates": "regression"}
 
 
 @dataclass
@@ -20,10 +27,12 @@ class PintOptions:
         "divisible by coarsen^(levels-1) (1 when there is none)",
         low=0,
     )
-    coarsen: int = opt(4, "coarsening factor between levels (must divide the depth)", low=2)
+    coarsen: int = opt(4, "coarsening factor between levels (must divide the depth)", low=2,
+                       requires=_PREDICTION)
     coarse_iterations: int = opt(
         600, "iterations of Algorithm 3 on each coarse level (global prediction): with "
-        "coarse_check_every and a target accuracy a maximum", low=0
+        "coarse_check_every and a target accuracy a maximum", low=0,
+        requires={"levels": Not(1)},
     )
     coarse_check_every: int = opt(
         16,
@@ -35,13 +44,16 @@ class PintOptions:
         "Without train.target_accuracy every level runs coarse_iterations. 0 = always run "
         "coarse_iterations",
         low=0,
+        requires={**_PREDICTION, "train.target_accuracy": ON},
     )
-    coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
+    coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0,
+                           requires=_PREDICTION)
     prolong_optimizer: bool = opt(
         True,
         "start the fine optimiser from the prolongated coarse optimiser state (moments scaled "
         "for the 1/coarsen smaller per-layer gradients, step count continued) instead of from "
         "zero",
+        requires=_PREDICTION,
     )
     coarse_parallel: str = opt(
         "auto",
@@ -53,6 +65,7 @@ class PintOptions:
         "clock decides). With regression co-states the iterations that record boundary "
         "observations run serially",
         choices=("auto", "serial", "data", "pint"),
+        requires=_PREDICTION,
     )
     prolong: str = opt(
         "constant",
@@ -60,6 +73,7 @@ class PintOptions:
         "controls on its fine steps) or linear (interpolated; trained controls are rough in "
         "time and lose accuracy)",
         choices=("constant", "linear"),
+        requires=_PREDICTION,
     )
     costates: str = opt(
         "delayed",
@@ -76,19 +90,24 @@ class PintOptions:
         "class (A_y X + B_y, one affine model per class), quadratic (one quadratic model per "
         "class)",
         choices=FEATURES,
+        requires=_REGRESSION,
     )
     window: int = opt(
-        20, "observation window of each boundary regression, in batches (0 = keep all)", low=0
+        20, "observation window of each boundary regression, in batches (0 = keep all)", low=0,
+        requires=_REGRESSION,
     )
-    ridge: float = opt(1e-3, "relative ridge term of the regression (times trace(G)/p)", low=0.0)
+    ridge: float = opt(1e-3, "relative ridge term of the regression (times trace(G)/p)", low=0.0,
+                       requires=_REGRESSION)
     refit_every: int = opt(
         1, "refit the regression every this many iterations (observations are always added)",
         low=1,
+        requires=_REGRESSION,
     )
     balance_layers: float = opt(
         0.0,
-        "load balance: the cost of a boundary regression, in layers; every rank that fits one "
-        "(all but the last) gets that many layers fewer than the last rank (0 = even split)",
+        "load balance, in layers: every rank but the last gets that many layers fewer than the "
+        "last rank, which fits no regression and has no opening layer (about the cost of a "
+        "boundary regression, or of the opening layer on wide inputs; 0 = even split)",
         low=0.0,
     )
     damping: float = opt(
@@ -96,11 +115,14 @@ class PintOptions:
         "scale a rank's step by max(0, 1 - e), e the running mean (this many iterations) of its "
         "boundary's relative co-state error (Theorem 4.1 needs e < 1); 0 = off",
         low=0.0,
+        requires=_REGRESSION,
     )
     oracle: bool = opt(
         False,
         "exact co-states: wait for the true co-state of the right neighbour (serial in time; "
         "reproduces serial SGD; for testing)",
+        disables=("pint.costates", "pint.balance_layers") + tuple(
+            f"pint.{k}" for k in ("features", "window", "ridge", "refit_every", "damping")),
     )
     timeout: float = opt(
         300.0,
@@ -132,37 +154,3 @@ def resolved(options: PintOptions, depth: int) -> PintOptions:
         return options
     return dataclasses.replace(options, levels=auto_levels(depth, options.coarsen))
 
-
-#: Options that only the regression co-states read, and those only the global prediction reads.
-REGRESSION_ONLY = ("features", "window", "ridge", "refit_every", "damping")
-PREDICTION_ONLY = ("coarsen", "coarse_iterations", "coarse_check_every", "coarse_lr",
-                   "prolong_optimizer", "coarse_parallel", "prolong")
-
-
-def ineffective(options: PintOptions, depth: int, target_accuracy: float, size: int
-                ) -> list[str]:
-    """Options set to something other than their default that have no effect with the others
-    (issue 16: warn when an option does nothing), one line each, for the caller to show. A default
-    value never produces a line: the defaults are meant to work together."""
-    o, default = resolved(options, depth), PintOptions()
-    changed = {f.name for f in dataclasses.fields(o)
-               if getattr(options, f.name) != getattr(default, f.name)}
-    why: dict[str, str] = {}
-    if o.oracle:
-        why["costates"] = "pint.oracle uses the exact co-states"
-    if o.oracle or o.costates == "delayed":
-        for name in REGRESSION_ONLY:
-            why[name] = ("pint.oracle uses the exact co-states" if o.oracle else
-                         "pint.costates = delayed uses no regression")
-    if o.levels == 1 or o.coarse_iterations == 0:
-        for name in PREDICTION_ONLY:
-            why[name] = ("pint.coarse_iterations = 0: no global prediction" if o.levels > 1
-                         else f"one level (no global prediction) at depth {depth}")
-    elif not target_accuracy:
-        why.setdefault("coarse_check_every", "without train.target_accuracy every coarse level "
-                       "runs pint.coarse_iterations")
-    if size == 1:
-        for name in ("balance_layers", "coarse_parallel", "timeout", "costates"):
-            why.setdefault(name, "one rank: nothing to split or send")
-    return [f"option pint.{name} has no effect: {why[name]}" for name in sorted(changed)
-            if name in why]
