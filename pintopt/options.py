@@ -18,6 +18,16 @@ T = TypeVar("T")
 ON = "(on)"
 
 
+class Not:
+    """In ``requires``: the other option has any value but these (``Not(1)``: not 1)."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"Not{self.values!r}"
+
+
 def opt(
     default: Any,
     help: str,
@@ -32,11 +42,12 @@ def opt(
     unless ``low_open``).
 
     ``requires`` says when the option has an effect: ``{"other": values}``, every listed option
-    having one of ``values`` (a value, a tuple of values, or :data:`ON`); ``"key"`` names an
-    option of the same section, ``"section.key"`` one of a shared section. ``disables`` names
-    options (``"section.key"``) that have no effect while this one is on. A user who sets an
-    option that has no effect is warned (:func:`pintopt.config.ineffective_options`), and the
-    options page says when each option applies.
+    having one of ``values`` (a value, a tuple of values, :data:`ON`, or :class:`Not` of values);
+    ``"key"`` names an option of the same section, ``"section.key"`` one of a shared section.
+    ``disables`` names options (``"section.key"``) that have no effect while this one is on. A
+    user who sets an option that has no effect is warned
+    (:func:`pintopt.config.ineffective_options`), and the options page says when each option
+    applies.
     """
     return field(
         default=default,
