@@ -393,7 +393,16 @@ def _info(comm: Any) -> None:
 
     version = mpi4py_version()
     lines.append(f"mpi4py {version}" if version else "mpi4py: not installed (serial only)")
-    lines.append(f"MPI: {comm.describe()}")
+    from pintopt.comm import SERIAL_ENV, SerialComm, launcher
+
+    choice = os.environ.get(SERIAL_ENV, "").strip()
+    if choice in ("0", "1"):
+        how = f" ({SERIAL_ENV}={choice})"
+    elif isinstance(comm, SerialComm):
+        how = f" (no MPI launcher detected; {SERIAL_ENV}=0 initialises MPI)"
+    else:
+        how = f" (launcher: {launcher()})"
+    lines.append(f"MPI: {comm.describe()}{how}")
     import pintopt.kernels
 
     lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
