@@ -58,6 +58,7 @@ from pintopt.config import (  # noqa: E402
     ineffective_options,
     load_toml,
     make_config,
+    method_options,
     options_markdown,
     to_toml,
 )
@@ -185,8 +186,25 @@ def _option_flag(group: Any, section: str, cls: type, f: Any, help: str | None =
     )
 
 
-def _add_option_flags(parser: argparse.ArgumentParser) -> None:
-    for section, cls in all_sections().items():
+def _flag_sections(argv: list[str] | None) -> dict[str, type]:
+    """The sections whose flags the parser of ``argv`` needs: every one for None or ``--help``;
+    else the shared ones and each method whose flags (``--name-...``) ``argv`` uses -- or may
+    abbreviate, as argparse allows -- so a run imports the code of no other method."""
+    if argv is None or "-h" in argv or "--help" in argv:
+        return all_sections()
+    from pintopt.methods import METHODS
+
+    words = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+
+    def named(method: str) -> bool:
+        prefix = flag_name(method, "")  # "--pint-"
+        return any(w.startswith(prefix) or prefix.startswith(w) for w in words)
+
+    return {**CORE_SECTIONS, **{m: method_options(m) for m in METHODS if named(m)}}
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    for section, cls in _flag_sections(argv).items():
         group = parser.add_argument_group(f"[{section}] options")
         for f in fields(cls):
             _option_flag(group, section, cls, f)
@@ -196,7 +214,9 @@ PRINT_CONFIG_HELP = ("print the whole configuration of this run as TOML (edit it
                      "back with --config) instead of running it")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, with the flags of the methods it names only
+    (:func:`_flag_sections`)."""
     parser = _Parser(
         prog="pintopt",
         description="Layer- and time-parallel training on MPI. "
@@ -225,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress rows")
     train.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
-    _add_option_flags(train)
+    _add_option_flags(train, argv)
     resume = sub.add_parser(
         "resume", help="continue a run from its checkpoint",
         description="Continue a run from its checkpoint, to its budget or a new one "
@@ -444,7 +464,7 @@ def _finish(comm: Any, status: int, message: str | None) -> int:
 
 def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
     """argparse, with ``--help``/``--version`` printed by rank 0 only."""
-    parser = build_parser()
+    parser = build_parser(argv)
     if comm.rank == 0:
         return parser.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
