@@ -474,6 +474,10 @@ def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input, 3 diverged, 4 interrupted,
     1 failure)."""
+    if argv is None:  # the process's own command line: the program, not a caller's test
+        from pintopt.startup import preload_cython_blas
+
+        preload_cython_blas()  # before numba loads a kernel (docs/benchmarks.md, "Startup")
     from pintopt import faults
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import world
