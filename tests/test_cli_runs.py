@@ -286,6 +286,7 @@ def test_resume_after_a_target_stop_without_a_new_budget(tmp_path, capsys):
 # ---- pictures ---------------------------------------------------------------------------------
 
 def test_plot_a_checkpoint_and_a_history_file(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     ck = tmp_path / "ck.h5"
     hist = tmp_path / "h.csv"
     assert main(TINY + ["--iterations", "10", "--eval-every", "2", "--quiet", "--checkpoint",
@@ -299,6 +300,7 @@ def test_plot_a_checkpoint_and_a_history_file(tmp_path, capsys):
 
 
 def test_plot_draws_method_columns(tmp_path):
+    pytest.importorskip("matplotlib")
     from pintopt.plot import plot_history
 
     h = {"iteration": [1, 2, 3], "batch_loss": [1.0, 0.5, 0.2], "train_loss": [1, 0.4, 0.1],

@@ -50,4 +50,5 @@ METHODS: Registry = Registry({
     "serial": "pintopt.methods.serial:SerialTrainer",
     "dataparallel": "pintopt.methods.serial:DataParallelTrainer",
     "pint": "pintopt.methods.pint:PintTrainer",
+    "dcasgd": "pintopt.methods.dcasgd:DCASGDTrainer",
 })

@@ -169,6 +169,11 @@ class Method:
         """Method-specific values to record at each evaluation (collective)."""
         return {}
 
+    def stop_requested(self) -> bool:
+        """True when the method asks the loop to stop as a signal would (polled at the decision
+        points on the driver ranks; ASYNC: a worker was signalled and told the server)."""
+        return False
+
     def evaluation_requested(self) -> bool:
         """True when the last step asks the loop for an evaluation now, off the ``eval_every``
         schedule (the same answer on every rank). Reading it clears the request."""
