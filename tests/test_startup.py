@@ -76,6 +76,14 @@ def test_pint_flags_load_pint_and_serial_zero_initialises_mpi():
     assert "pintopt.methods.pint" in mods  # its options were needed for the flag
 
 
+def test_a_dcasgd_run_loads_its_own_method_only():
+    report = loaded_by(["train", "--method", "dcasgd", "--dcasgd-mode", "replay",
+                        "--iterations", "1", "--quiet"])
+    mods = set(report["modules"])
+    assert "pintopt.methods.dcasgd" in mods and "pintopt.methods.pint" not in mods
+    assert "mpi4py" not in mods and "scipy.linalg" not in mods
+
+
 @pytest.mark.parametrize("env,expected", [
     ({}, None),
     ({"PMI_RANK": "0", "PMI_SIZE": "2"}, "PMI_RANK"),  # MPICH / Intel MPI hydra, srun pmi2
@@ -166,6 +174,7 @@ def test_a_config_section_of_another_method_is_still_validated():
     (["train", "--iterations", "1"], set()),
     (["train", "--pint-levels", "2"], {"pint"}),
     (["train", "--pint-lev=2"], {"pint"}),  # an abbreviation argparse accepts
+    (["train", "--dcasgd-mode", "replay", "--pint-levels", "2"], {"dcasgd", "pint"}),
     (["train", "--se", "3"], {"serial"}),  # may abbreviate --serial-*: stays ambiguous
     (["train", "--help"], None),  # every method
 ])
