@@ -187,10 +187,17 @@ def _option_flag(group: Any, section: str, cls: type, f: Any, help: str | None =
 
 
 def _flag_sections(argv: list[str] | None) -> dict[str, type]:
-    """The sections whose flags the parser of ``argv`` needs: every one for None or ``--help``;
-    else the shared ones and each method whose flags (``--name-...``) ``argv`` uses -- or may
-    abbreviate, as argparse allows -- so a run imports the code of no other method."""
-    if argv is None or "-h" in argv or "--help" in argv:
+    """The sections whose flags the parser of ``argv`` needs: every one for None or ``train
+    --help``; the shared ones for another command (their parsers have no method flags); else the
+    shared ones and each method whose flags (``--name-...``) ``argv`` uses -- or may abbreviate,
+    as argparse allows -- so a run imports the code of no other method."""
+    if argv is None:
+        return all_sections()
+    # only ``train`` has option flags (argparse takes the first word as the subcommand)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or not "train".startswith(command):
+        return dict(CORE_SECTIONS)
+    if "-h" in argv or "--help" in argv:
         return all_sections()
     from pintopt.methods import METHODS
 
@@ -482,7 +489,6 @@ def main(argv: list[str] | None = None) -> int:
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import world
     from pintopt.guards import Watchdog, abort_on_exception
-    from pintopt.loop import Divergence
 
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = world()
@@ -542,7 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
         return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
-    except Divergence as exc:
+    except Exception as exc:
+        # pintopt.loop (numba, the kernels) is loaded by a run only, so --help, --version, info
+        # and options start without it; no run, no Divergence
+        loop = sys.modules.get("pintopt.loop")
+        if loop is None or not isinstance(exc, loop.Divergence):
+            raise
         return _finish(comm, EXIT_DIVERGED, f"pintopt: error: {exc}")
 
 

@@ -3,7 +3,8 @@ test would fail under load; scripts/bench_startup.py measures the seconds).
 
 - a one-process run without an MPI launcher does not import mpi4py or initialise MPI, and the
   launcher detection and its override (``PINTOPT_SERIAL``) behave as docs/comm.md says;
-- the method registry imports a method's module only when that method is used;
+- the method registry imports a method's module only when that method is used, and ``--help``
+  (but ``train --help``) and ``--version`` load no method and no numba;
 - the command line loads scipy's BLAS table without scipy.linalg, and numba's BLAS calls still
   give NumPy's products.
 """
@@ -82,6 +83,14 @@ def test_a_dcasgd_run_loads_its_own_method_only():
     mods = set(report["modules"])
     assert "pintopt.methods.dcasgd" in mods and "pintopt.methods.pint" not in mods
     assert "mpi4py" not in mods and "scipy.linalg" not in mods
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["resume", "--help"]])
+def test_help_and_version_load_no_kernels_and_no_method(argv):
+    report = loaded_by(argv)
+    mods = set(report["modules"])
+    assert "numba" not in mods and "pintopt.kernels" not in mods and "mpi4py" not in mods
+    assert not any(m.startswith("pintopt.methods.") for m in mods)
 
 
 @pytest.mark.parametrize("env,expected", [
@@ -177,6 +186,9 @@ def test_a_config_section_of_another_method_is_still_validated():
     (["train", "--dcasgd-mode", "replay", "--pint-levels", "2"], {"dcasgd", "pint"}),
     (["train", "--se", "3"], {"serial"}),  # may abbreviate --serial-*: stays ambiguous
     (["train", "--help"], None),  # every method
+    (["--help"], set()),  # only train has method flags
+    (["resume", "run.h5", "--help"], set()),
+    (["info"], set()),
 ])
 def test_the_parser_has_the_flags_of_the_methods_it_is_given(argv, sections):
     from pintopt.cli import _flag_sections
