@@ -15,8 +15,9 @@ unmeasured run first). Three measurements:
   (which it used to), h5py (checkpoints only), each over NumPy;
 * ``imports``: the ``python -X importtime`` self times of one run of the job summed by package
   (wall clock: inflated when the machine is busy, but the ranking holds);
-* ``times``: wall and CPU seconds of ``--runs`` runs of the job, median, with ``--baseline``
-  another checkout interleaved run by run (same load for both).
+* ``times``: wall and CPU seconds of ``--runs`` runs of ``--version``, ``--help``, ``info`` and
+  the job, median, with ``--baseline`` another checkout interleaved run by run (same load for
+  both).
 
 Run from the checkout (on a quiet machine: ``cat /proc/loadavg`` first, well below the number of
 cores)::
@@ -41,6 +42,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = ["train", "--iterations", "1", "--quiet"]
+#: The commands timed (``times``): the job, and the ones that train nothing.
+COMMANDS = {"--version": ["--version"], "--help": ["--help"], "info": ["info"], "the job": JOB}
 
 # Runs the job as ``python -m pintopt`` does (main() reads sys.argv), then reports what the
 # process loaded, on stderr as one JSON line.
@@ -152,6 +155,7 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment variable for the measured runs (repeatable)")
     ap.add_argument("--times-only", action="store_true", help="only the wall and CPU times")
+    ap.add_argument("--job-only", action="store_true", help="time the job only, not --help etc.")
     args = ap.parse_args()
     extra = dict(e.split("=", 1) for e in args.env)
     checkouts = {"this checkout": REPO}
@@ -178,22 +182,26 @@ def main() -> None:
                   f"clock; {total:.2f} s in all, the run's CPU {cpu:.2f} s)")
             for group, secs in sorted(sums.items(), key=lambda kv: -kv[1]):
                 print(f"  {group:30s} {secs:6.3f} s  {100 * secs / max(total, 1e-9):5.1f}%")
-    walls: dict[str, list[float]] = {k: [] for k in checkouts}
-    cpus: dict[str, list[float]] = {k: [] for k in checkouts}
-    for _ in range(args.runs):  # interleaved: both see the same load
-        for label, path in checkouts.items():
-            wall, cpu, _ = run(path, ["-m", "pintopt", *JOB], extra)
-            walls[label].append(wall)
-            cpus[label].append(cpu)
-    print(f"\ntimes over {args.runs} runs (median [min, max])")
-    for label in checkouts:
-        w, c = walls[label], cpus[label]
-        print(f"  {label:14s} wall {statistics.median(w):.3f} s [{min(w):.3f}, {max(w):.3f}]   "
-              f"cpu {statistics.median(c):.3f} s [{min(c):.3f}, {max(c):.3f}]")
-    if args.baseline:
-        med = {k: (statistics.median(walls[k]), statistics.median(cpus[k])) for k in checkouts}
-        this, base = med["this checkout"], med["baseline"]
-        print(f"  ratio this/baseline: wall {this[0] / base[0]:.2f}, cpu {this[1] / base[1]:.2f}")
+    commands = {"the job": JOB} if args.job_only else COMMANDS
+    for command, cmd_args in commands.items():
+        walls: dict[str, list[float]] = {k: [] for k in checkouts}
+        cpus: dict[str, list[float]] = {k: [] for k in checkouts}
+        for _ in range(args.runs):  # interleaved: both see the same load
+            for label, path in checkouts.items():
+                wall, cpu, _ = run(path, ["-m", "pintopt", *cmd_args], extra)
+                walls[label].append(wall)
+                cpus[label].append(cpu)
+        print(f"\ntimes of `python -m pintopt {' '.join(cmd_args)}` ({command}) over "
+              f"{args.runs} runs (median [min, max])")
+        for label in checkouts:
+            w, c = walls[label], cpus[label]
+            print(f"  {label:14s} wall {statistics.median(w):.3f} s [{min(w):.3f}, {max(w):.3f}]"
+                  f"   cpu {statistics.median(c):.3f} s [{min(c):.3f}, {max(c):.3f}]")
+        if args.baseline:
+            med = {k: (statistics.median(walls[k]), statistics.median(cpus[k])) for k in checkouts}
+            this, base = med["this checkout"], med["baseline"]
+            print(f"  ratio this/baseline: wall {this[0] / base[0]:.2f}, "
+                  f"cpu {this[1] / base[1]:.2f}")
     with open("/proc/loadavg") as fh:
         print(f"load average at the end {' '.join(fh.read().split()[:3])}")
 
