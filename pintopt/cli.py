@@ -58,6 +58,7 @@ from pintopt.config import (  # noqa: E402
     ineffective_options,
     load_toml,
     make_config,
+    method_options,
     options_markdown,
     to_toml,
 )
@@ -177,8 +178,32 @@ def _option_flag(group: Any, section: str, cls: type, f: Any, help: str | None =
     )
 
 
-def _add_option_flags(parser: argparse.ArgumentParser) -> None:
-    for section, cls in all_sections().items():
+def _flag_sections(argv: list[str] | None) -> dict[str, type]:
+    """The sections whose flags the parser of ``argv`` needs: every one for None or ``train
+    --help``; the shared ones for another command (their parsers have no method flags); else the
+    shared ones and each method whose flags (``--name-...``) ``argv`` uses -- or may abbreviate,
+    as argparse allows -- so a run imports the code of no other method."""
+    if argv is None:
+        return all_sections()
+    # only ``train`` has option flags (argparse takes the first word as the subcommand)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or not "train".startswith(command):
+        return dict(CORE_SECTIONS)
+    if "-h" in argv or "--help" in argv:
+        return all_sections()
+    from pintopt.methods import METHODS
+
+    words = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+
+    def named(method: str) -> bool:
+        prefix = flag_name(method, "")  # "--pint-"
+        return any(w.startswith(prefix) or prefix.startswith(w) for w in words)
+
+    return {**CORE_SECTIONS, **{m: method_options(m) for m in METHODS if named(m)}}
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    for section, cls in _flag_sections(argv).items():
         group = parser.add_argument_group(f"[{section}] options")
         for f in fields(cls):
             _option_flag(group, section, cls, f)
@@ -188,7 +213,9 @@ PRINT_CONFIG_HELP = ("print the whole configuration of this run as TOML (edit it
                      "back with --config) instead of running it")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, with the flags of the methods it names only
+    (:func:`_flag_sections`)."""
     parser = _Parser(
         prog="pintopt",
         description="Layer- and time-parallel training on MPI. "
@@ -217,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress rows")
     train.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
-    _add_option_flags(train)
+    _add_option_flags(train, argv)
     resume = sub.add_parser(
         "resume", help="continue a run from its checkpoint",
         description="Continue a run from its checkpoint, to its budget or a new one "
@@ -389,7 +416,16 @@ def _info(comm: Any) -> None:
 
     version = mpi4py_version()
     lines.append(f"mpi4py {version}" if version else "mpi4py: not installed (serial only)")
-    lines.append(f"MPI: {comm.describe()}")
+    from pintopt.comm import SERIAL_ENV, SerialComm, launcher
+
+    choice = os.environ.get(SERIAL_ENV, "").strip()
+    if choice in ("0", "1"):
+        how = f" ({SERIAL_ENV}={choice})"
+    elif isinstance(comm, SerialComm):
+        how = f" (no MPI launcher detected; {SERIAL_ENV}=0 initialises MPI)"
+    else:
+        how = f" (launcher: {launcher()})"
+    lines.append(f"MPI: {comm.describe()}{how}")
     import pintopt.kernels
 
     lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
@@ -431,7 +467,7 @@ def _finish(comm: Any, status: int, message: str | None) -> int:
 
 def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
     """argparse, with ``--help``/``--version`` printed by rank 0 only."""
-    parser = build_parser()
+    parser = build_parser(argv)
     if comm.rank == 0:
         return parser.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -441,11 +477,14 @@ def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input, 3 diverged, 4 interrupted,
     1 failure)."""
+    if argv is None:  # the process's own command line: the program, not a caller's test
+        from pintopt.startup import preload_cython_blas
+
+        preload_cython_blas()  # before numba loads a kernel (docs/benchmarks.md, "Startup")
     from pintopt import faults
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import world
     from pintopt.guards import Watchdog, abort_on_exception
-    from pintopt.loop import Divergence
 
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = world()
@@ -512,7 +551,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
         return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
-    except Divergence as exc:
+    except Exception as exc:
+        # pintopt.loop (numba, the kernels) is loaded by a run only, so --help, --version, info
+        # and options start without it; no run, no Divergence
+        loop = sys.modules.get("pintopt.loop")
+        if loop is None or not isinstance(exc, loop.Divergence):
+            raise
         return _finish(comm, EXIT_DIVERGED, f"pintopt: error: {exc}")
 
 

@@ -52,10 +52,17 @@ class FlagValue(str):
 
 
 def method_sections() -> dict[str, type]:
-    """Options dataclass of every registered method, by method name."""
+    """Options dataclass of every registered method, by method name (imports every method)."""
     from pintopt.methods import METHODS
 
     return {name: cls.Options for name, cls in METHODS.items()}
+
+
+def method_options(name: str) -> type:
+    """Options dataclass of the registered method ``name`` (imports that method only)."""
+    from pintopt.methods import METHODS
+
+    return METHODS[name].Options
 
 
 def _typename(tp: Any) -> str:
@@ -165,7 +172,9 @@ def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) 
 
     ``given``: the options the user set, as (section, key) (default: every key of ``raw``);
     recorded as ``Config.given`` for :func:`ineffective_options`."""
-    methods = method_sections()
+    from pintopt.methods import METHODS
+
+    methods = sorted(METHODS)  # names; a method is imported when its options are needed
     if not isinstance(raw, dict):
         raise ConfigError("configuration must be a table of sections")
     unknown = sorted(set(raw) - set(CORE_SECTIONS) - set(methods))
@@ -181,9 +190,9 @@ def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) 
         raise ConfigError(
             f"option train.method: expected one of {', '.join(sorted(methods))}; got {name!r}"
         )
-    for other in set(raw) & set(methods) - {name}:
-        build_section(other, methods[other], raw[other])  # still validated: a typo is an error
-    cfg.method = build_section(name, methods[name], raw.get(name, {}))
+    for other in sorted(set(raw) & set(methods) - {name}):
+        build_section(other, method_options(other), raw[other])  # a typo is still an error
+    cfg.method = build_section(name, method_options(name), raw.get(name, {}))
     if given is None:
         given = {(sec, key) for sec, values in raw.items() if isinstance(values, dict)
                  for key in values}
