@@ -270,11 +270,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                       help="image file to write (default: PATH with the suffix .png)")
     sub.add_parser("info", help="versions, MPI library, ranks, threading")
     sub.add_parser("options", help="print the reference of every option (Markdown)")
-    from pintopt.methods.local_sgd_cost import add_tstar_arguments
-
-    add_tstar_arguments(sub.add_parser(
+    _add_tstar_arguments(sub.add_parser(
         "tstar", help="local SGD: the optimal number of local steps T* (Zhang & Li, Sec. 4)"))
     return parser
+
+
+def _add_tstar_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m pintopt tstar`` (its report is ``methods.local_sgd_cost``; the
+    parser lives here so that ``--help`` imports no method module and no scipy)."""
+    parser.add_argument("--r", type=float, help="cost ratio C_g / C_c (or give --cg and --cc)")
+    parser.add_argument("--cg", type=float, help="cost of one local gradient step (any unit)")
+    parser.add_argument("--cc", type=float, help="cost of one communication (same unit)")
+    parser.add_argument("--rate", choices=("linear", "power"), default="linear",
+                        help="local convergence: linear h(t) = beta^t, or power "
+                             "h(t) = (1 + a t)^-beta [default: linear]")
+    parser.add_argument("--beta", type=float, help="beta of h(t) (linear: 0 < beta < 1; power: "
+                        "beta > 1)")
+    parser.add_argument("--a", type=float, help="power: a > 0 of h(t) = (1 + a t)^-beta")
+    parser.add_argument("--monomial", type=int, metavar="L",
+                        help="power: gradient descent on x^(2L) (a = 2L-2, beta = (2L-1)/(2L-2); "
+                             "L = 2 is the quartic loss)")
 
 
 def _raw_config(args: argparse.Namespace, base: dict[str, dict[str, Any]]) -> dict[str, Any]:

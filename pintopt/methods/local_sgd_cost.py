@@ -270,22 +270,6 @@ def tstar_for(fit: RateFit, r: float, cap: int) -> int:
 # the `tstar` command
 
 
-def add_tstar_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m pintopt tstar`` (the CLI owns the parser)."""
-    parser.add_argument("--r", type=float, help="cost ratio C_g / C_c (or give --cg and --cc)")
-    parser.add_argument("--cg", type=float, help="cost of one local gradient step (any unit)")
-    parser.add_argument("--cc", type=float, help="cost of one communication (same unit)")
-    parser.add_argument("--rate", choices=RATES, default="linear",
-                        help="local convergence: linear h(t) = beta^t, or power "
-                             "h(t) = (1 + a t)^-beta [default: linear]")
-    parser.add_argument("--beta", type=float, help="beta of h(t) (linear: 0 < beta < 1; power: "
-                        "beta > 1)")
-    parser.add_argument("--a", type=float, help="power: a > 0 of h(t) = (1 + a t)^-beta")
-    parser.add_argument("--monomial", type=int, metavar="L",
-                        help="power: gradient descent on x^(2L) (a = 2L-2, beta = (2L-1)/(2L-2); "
-                             "L = 2 is the quartic loss)")
-
-
 def tstar_report(args: argparse.Namespace) -> list[str]:
     """The lines ``python -m pintopt tstar`` prints; ValueError (one line) for bad input."""
     if args.r is not None and (args.cg is not None or args.cc is not None):
