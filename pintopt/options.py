@@ -98,7 +98,11 @@ class ModelOptions:
 @dataclass
 class TrainOptions:
     method: str = opt("serial", "training method (see docs/methods/)")
-    optimizer: str = opt("adam", "update mapping A", choices=("sgd", "momentum", "adam"))
+    optimizer: str = opt(
+        "adam",
+        "update mapping A (adagrad, adadelta: PyTorch's forms; adadelta is Zeiler's with lr = 1)",
+        choices=("sgd", "momentum", "adam", "adagrad", "adadelta"),
+    )
     lr: float = opt(0.01, "learning rate", low=0.0, low_open=True)
     momentum: float = opt(0.9, "momentum coefficient (optimizer = momentum)", low=0.0, high=1.0)
     weight_decay: float = opt(0.0, "L2 regularisation R(U) = weight_decay/2 ||U||^2", low=0.0)
