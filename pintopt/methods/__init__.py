@@ -7,6 +7,7 @@ config section ``[name]``. Adding a method is one module plus one line here.
 from __future__ import annotations
 
 from pintopt.methods.base import Method
+from pintopt.methods.pdadmm import PdadmmTrainer
 from pintopt.methods.pint import PintTrainer
 from pintopt.methods.serial import DataParallelTrainer, SerialTrainer
 
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     "serial": SerialTrainer,
     "dataparallel": DataParallelTrainer,
     "pint": PintTrainer,
+    "pdadmm": PdadmmTrainer,
 }
 
 
