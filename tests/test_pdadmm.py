@@ -65,7 +65,7 @@ CASES = {
     "grow": dict(depth=5, nu=0.1, rho=0.5, grow_layers=2, grow_iterations=4),
     "grow_minibatch_even": dict(depth=5, batch_size=8, nu=0.1, rho=0.5, grow_layers=3,
                                 grow_iterations=3, balance="even", init="model"),
-    "exact_line_search": dict(depth=5, nu=1e-2, rho=1e-2, tau0=0.0, theta0=0.0),
+    "authors_backtracking": dict(depth=5, nu=1e-2, rho=1e-2, tau0=10.0, theta0=10.0),
 }
 
 

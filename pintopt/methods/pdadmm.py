@@ -49,6 +49,7 @@ rows only: a stochastic step on the full problem) and scatters them back. Full b
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,15 +96,15 @@ class PdadmmOptions:
         choices=("jacobi", "sweep"),
     )
     tau0: float = opt(
-        10.0,
-        "first tau of the backtracking of the p update (Eq. 1), multiplied by eta until "
-        "phi(p) <= U(p; tau) (the authors' 10); 0 = exact line search (tau = the curvature)",
+        0.0,
+        "p update (Eq. 1): 0 = tau is the curvature of phi along the gradient, the smallest tau "
+        "with phi(p) <= U(p; tau) (exact line search, independent of the sample count); > 0 = "
+        "backtracking from this tau, multiplied by eta until the bound holds (the authors' "
+        "code: 10)",
         low=0.0,
     )
     theta0: float = opt(
-        10.0, "first theta of the backtracking of the W update (Eq. 2); 0 = exact line search",
-        low=0.0,
-    )
+        0.0, "W update (Eq. 2): the same choice for theta (the authors' code: 10)", low=0.0)
     eta: float = opt(2.0, "backtracking factor of tau and theta (the authors' 2)", low=1.0,
                      low_open=True)
     max_backtracks: int = opt(
@@ -308,6 +309,10 @@ class PdadmmTrainer(Method):
         self._stats = np.zeros(7)
         self._since = np.zeros(3)  # tau hits, theta hits, FISTA iterations since the evaluation
         self._since_steps = 0
+        #: Seconds spent per owned layer in its updates, and waiting for neighbours' messages
+        #: (diagnostics for the speedup model of scripts/bench_pdadmm.py; never reset).
+        self.layer_time: dict[int, float] = {i: 0.0 for i in self.layers}
+        self.wait_time = 0.0
 
     # layout and buffers -------------------------------------------------------------------------
     @classmethod
@@ -529,6 +534,7 @@ class PdadmmTrainer(Method):
 
     def _update_p(self, L: _Layer) -> None:
         """Equation (1) with the capped backtracking of tau."""
+        t0 = time.perf_counter()
         o = self.options
         qp, up = self._prev_qu(L)
         shape = L.p.shape
@@ -538,9 +544,11 @@ class PdadmmTrainer(Method):
                               self._view("gradp", shape))
         L.p[...] = pnew
         self._stats[_TAU_HITS] += hit
+        self.layer_time[L.l] += time.perf_counter() - t0
 
     def _update_Wbz(self, L: _Layer) -> None:
         """Equations (2), (3), (4) or (5) on one layer, and its linear residual afterwards."""
+        t0 = time.perf_counter()
         o = self.options
         p = self.xw if L.l == 0 else L.p
         m = p.shape[0]
@@ -564,16 +572,26 @@ class PdadmmTrainer(Method):
         else:
             K.z_update_scalar(a, L.q, L.z, self.act, o.z_grid, 60, L.z)
         L.lin = K.sq_diff(L.z, a)
+        self.layer_time[L.l] += time.perf_counter() - t0
 
     def _update_q(self, L: _Layer) -> None:
         """Equation (6) (exact minimiser for any nu, rho)."""
+        t0 = time.perf_counter()
         admm.q_update(self._p_next(L), L.u, L.z, self.act, self.options.nu, self.rho, L.q)
+        self.layer_time[L.l] += time.perf_counter() - t0
 
     def _update_u(self, L: _Layer) -> None:
         """Equation (7) and the layer's coupling terms of L_rho at the new iterate."""
+        t0 = time.perf_counter()
         pn = self._p_next(L)
         admm.u_update(L.u, pn, L.q, self.rho)
         L.terms = K.coupling_terms(pn, L.q, L.u, L.z, self.act)
+        self.layer_time[L.l] += time.perf_counter() - t0
+
+    def _wait(self, requests: list[Any]) -> None:
+        t0 = time.perf_counter()
+        self.comm.waitall(requests, timeout=self.timeout)
+        self.wait_time += time.perf_counter() - t0
 
     def _jacobi(self, lay: list[_Layer]) -> None:
         """Algorithm 1 on the owned layers with the neighbour messages (module docstring)."""
@@ -592,7 +610,7 @@ class PdadmmTrainer(Method):
         for L in lay:
             self._update_Wbz(L)
         if recvs:
-            comm.waitall(recvs, timeout=self.timeout)
+            self._wait(recvs)
         recvs = []
         if has_prev:
             recvs += [comm.irecv_(self.q_in, r - 1, TAG_Q), comm.irecv_(self.u_in, r - 1, TAG_U)]
@@ -603,7 +621,7 @@ class PdadmmTrainer(Method):
             self._update_u(L)
             if L is lay[-1] and has_next:
                 sends += [comm.isend(L.q, r + 1, TAG_Q), comm.isend(L.u, r + 1, TAG_U)]
-        comm.waitall(sends + recvs, timeout=self.timeout)
+        self._wait(sends + recvs)
 
     def _sweep(self, lay: list[_Layer]) -> None:
         """The dlADMM order on one rank: backward then forward sweep (Gauss-Seidel), then the
