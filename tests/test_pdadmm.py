@@ -569,3 +569,26 @@ def test_api_run_records_the_admm_history():
     assert h["objective"][1] < h["objective"][0]
     assert h["batch_loss"][1] < h["batch_loss"][0]
     assert result.predict(data.x_val[:, :2]).shape == (10, 2)
+
+
+def test_cli_checkpoint_resume_is_bitwise(tmp_path):
+    """Through the command line and the HDF5 checkpoint: stop at 10, resume to 20, get the
+    uninterrupted run's ADMM variables and history."""
+    from pintopt import checkpoint
+    from pintopt.cli import main
+
+    args = ["train", "--quiet", "--method", "pdadmm", "--architecture", "mlp", "--width", "5",
+            "--depth", "3", "--activation", "relu", "--dataset", "ellipses", "--n", "30",
+            "--batch-size", "8", "--eval-every", "5", "--pdadmm-nu", "0.1", "--pdadmm-rho",
+            "0.5", "--pdadmm-grow-layers", "1", "--pdadmm-grow-iterations", "12"]
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    assert main(args + ["--iterations", "20", "--checkpoint", str(full)]) == 0
+    assert main(args + ["--iterations", "10", "--checkpoint", str(part)]) == 0
+    assert main(["resume", str(part), "--quiet", "--iterations", "20"]) == 0
+    a, b = checkpoint.load(full), checkpoint.load(part)
+    assert a["state"]["arrays"].keys() == b["state"]["arrays"].keys()
+    assert "admm/u2" in a["state"]["arrays"] and a["state"]["meta"]["grown"]
+    for k in a["state"]["arrays"]:
+        np.testing.assert_array_equal(a["state"]["arrays"][k], b["state"]["arrays"][k], err_msg=k)
+    assert a["history"]["objective"] == b["history"]["objective"]
+    assert a["history"]["val_acc"] == b["history"]["val_acc"]
