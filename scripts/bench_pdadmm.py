@@ -223,6 +223,8 @@ def part_speedup(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    if (out / "speedup.json").exists():  # keep other configurations of an earlier run
+        results = json.loads((out / "speedup.json").read_text())
     for width in [int(w) for w in args.widths.split(",")]:
         for depth in [int(d) for d in args.depths.split(",")]:
             ser, par, rec = [], [], {}
@@ -245,7 +247,9 @@ def part_speedup(args) -> None:
                        speedup=statistics.median(ser) / statistics.median(par),
                        message=message_time(comm, data.m_train, width))
             if comm.rank == 0:
+                results = [r for r in results if (r["width"], r["depth"]) != (width, depth)]
                 results.append(rec)
+                results.sort(key=lambda r: (r["width"], r["depth"]))
                 print(f"width {width:5d} hidden {depth:3d}: serial {statistics.median(ser):8.3f}"
                       f" s/epoch, 2 ranks {statistics.median(par):8.3f} s/epoch, speedup "
                       f"{rec['speedup']:.2f}  (load {rec['load'][-1][1][0]:.1f})", flush=True)

@@ -540,19 +540,20 @@ def test_flops_layout_balances_the_cheap_layers():
     even = PdadmmTrainer.make_layout(spec, 2, PdadmmOptions(balance="even"))
     flops = PdadmmTrainer.make_layout(spec, 2, PdadmmOptions())
     assert even.counts == (5, 5) and flops.counts == (5, 5)
-    spec = MLPSpec(196, 10, 1000, 19, "relu")  # 20 layers on 19 ranks: the output layer pairs
-    assert PdadmmTrainer.make_layout(spec, 19, PdadmmOptions()).counts[-1] == 2
+    spec = MLPSpec(196, 10, 1000, 19, "relu")  # 20 layers on 19 ranks: a cheap end layer pairs
+    counts = PdadmmTrainer.make_layout(spec, 19, PdadmmOptions()).counts
+    assert sorted(counts) == [1] * 18 + [2] and 2 in (counts[0], counts[-1])
 
 
 def test_memory_estimate_counts_the_per_sample_variables():
     from pintopt.config import make_config
     from pintopt.model import MLPSpec
-    cfg = make_config(raw(width=100, depth=9))
-    spec = MLPSpec(196, 10, 100, 9, "relu")
+    cfg = make_config(raw(width=500, depth=9))
+    spec = MLPSpec(196, 10, 500, 9, "relu")
     one = PdadmmTrainer.memory_estimate(spec, cfg.train, cfg.method, 1, 1000, 100)
     two = PdadmmTrainer.memory_estimate(spec, cfg.train, cfg.method, 2, 1000, 100)
     big = PdadmmTrainer.memory_estimate(spec, cfg.train, cfg.method, 1, 4000, 100)
-    assert one["variables"] > 8 * 1000 * 100 * 4 * 9  # p, z, q, u of 9 hidden layers
+    assert one["variables"] > 8 * 1000 * 500 * 4 * 9  # p, z, q, u of 9 hidden layers
     assert two["variables"] < 0.7 * one["variables"]
     assert big["variables"] > 3.5 * one["variables"]
 
