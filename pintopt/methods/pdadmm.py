@@ -166,7 +166,8 @@ class PdadmmOptions:
     )
     timeout: float = opt(
         300.0,
-        "seconds a rank waits for a neighbour's message before failing the job (0 = forever)",
+        "seconds a rank waits for a neighbour's message before failing the job (rank r waits r "
+        "times as long for the initial forward pass; 0 = forever)",
         low=0.0,
     )
 
@@ -456,7 +457,9 @@ class PdadmmTrainer(Method):
         lay = self.active()
         if self.lo >= 1:
             first = lay[0]
-            self.comm.recv_(first.P, self.rank - 1, TAG_INIT, timeout=self.timeout)
+            # the forward pass reaches rank r after the r blocks before it
+            wait = self.timeout if self.timeout == FOREVER else self.timeout * self.rank
+            self.comm.recv_(first.P, self.rank - 1, TAG_INIT, timeout=wait)
             self.Q_in[...] = first.P
             self.U_in[...] = 0.0
         for L in lay:
