@@ -19,14 +19,16 @@ In a notebook, with two logical ranks in one process::
     results = run_ranks(2, lambda comm: pintopt.run({"train": {"method": "pint"}}, comm))
 
 The command line (:mod:`pintopt.cli`) calls :func:`run`. The run writes checkpoints when
-``checkpoint.checkpoint`` is set (rank 0 writes); it prints nothing unless ``progress`` asks for
-it; it raises :class:`~pintopt.config.ConfigError` for bad input (before anything is written)
-and :class:`~pintopt.loop.Divergence` when training diverges.
+``checkpoint.checkpoint`` is set and its history when ``checkpoint.history`` is (rank 0 writes);
+it prints nothing unless ``progress`` asks for it; it raises :class:`~pintopt.config.ConfigError`
+for bad input (before anything is written) and :class:`~pintopt.loop.Divergence` when training
+diverges. A trained model is read back with :func:`pintopt.load` (:mod:`pintopt.trained`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,16 +85,31 @@ def load_data(cfg: Config, comm: Any) -> Any:
     return result
 
 
-def setup(cfg: Config, comm: Any) -> Method:
+def setup(cfg: Config, comm: Any, new_run: bool = True) -> Method:
     """The method of ``cfg`` on its data and model (collective): memory checked first, every
-    input problem a :class:`ConfigError`."""
+    input problem a :class:`ConfigError`. ``new_run``: the run does not continue the checkpoint
+    ``checkpoint.checkpoint`` (which it then refuses to replace unless ``checkpoint.overwrite``).
+    """
     from pintopt import memory
     from pintopt.methods import METHODS
     from pintopt.model import build_model
 
+    cls = METHODS[cfg.train.method]
+    supported = getattr(cls, "architectures", None)
+    if supported and cfg.model.architecture not in supported:
+        raise ConfigError(
+            f"option model.architecture: method {cfg.train.method} trains "
+            f"{' or '.join(supported)} models, not {cfg.model.architecture}"
+        )
     budget, source = memory.memory_budget(cfg, comm)
     memory.check_data_memory(cfg, comm, budget, source)
     data = load_data(cfg, comm)
+    if data.m_val == 0:  # the loop evaluates and stops on the validation set
+        raise ConfigError(
+            f"dataset {cfg.data.dataset}: the validation set is empty (option data.val_fraction "
+            f"= {cfg.data.val_fraction}, data.n_train = {cfg.data.n_train}); hold out at least "
+            "one sample"
+        )
     if data.n_classes < 2:
         raise ConfigError(
             f"dataset {cfg.data.dataset}: the classifier needs at least two classes "
@@ -103,21 +120,25 @@ def setup(cfg: Config, comm: Any) -> Method:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory.check_memory(cfg, model.spec, data, comm, budget, source)
-    if cfg.checkpoint.checkpoint:
-        _check_checkpoint_target(cfg.checkpoint.checkpoint, comm)
+    _check_targets(cfg, comm, new_run and not cfg.checkpoint.overwrite)
     try:
-        return METHODS[cfg.train.method](Problem(model, data), cfg.train, cfg.method, comm)
+        return cls(Problem(model, data), cfg.train, cfg.method, comm)
     except ValueError as exc:  # e.g. batch larger than the data, more ranks than layers
         raise ConfigError(str(exc)) from None
 
 
-def _check_checkpoint_target(path: str, comm: Any) -> None:
-    from pintopt.checkpoint import CheckpointError, check_target
+def _check_targets(cfg: Config, comm: Any, new_run: bool) -> None:
+    """The checkpoint and history files can be written (rank 0 looks, every rank learns)."""
+    from pintopt.checkpoint import CheckpointError, check_history_target, check_target
 
+    c = cfg.checkpoint
     outcome: Any = None
     if comm.rank == 0:
         try:
-            check_target(path)
+            if c.checkpoint:
+                check_target(c.checkpoint, new_run)
+            if c.history:
+                check_history_target(c.history, c.checkpoint, new_run)
         except CheckpointError as exc:
             outcome = exc
     outcome = comm.bcast(outcome)
@@ -125,19 +146,76 @@ def _check_checkpoint_target(path: str, comm: Any) -> None:
         raise outcome
 
 
-class RunHooks(Hooks):
-    """The run's side of the loop: progress lines, checkpoints (rank 0 writes), the watchdog."""
 
-    def __init__(self, cfg: Config, comm: Any, spec: Any, say: Callable[[str], None] | None,
-                 watchdog: Any = None, last_saved: int | None = None, quiet: bool = False,
-                 notes: Callable[[str], None] | None = None) -> None:
-        self.cfg, self.comm, self.spec, self.say = cfg, comm, spec, say
+#: Columns of the progress table: (history column, width, format); the header names are the
+#: history's column names, so a row reads like a row of the history file.
+_TABLE = (
+    ("epoch", 7, "{:7.2f}"),
+    ("batch_loss", 10, "{:10.4f}"),
+    ("train_loss", 10, "{:10.4f}"),
+    ("train_acc", 9, "{:9.4f}"),
+    ("val_loss", 10, "{:10.4f}"),
+    ("val_acc", 8, "{:8.4f}"),
+    ("train_time", 10, "{:9.2f}s"),
+    ("wall_time", 10, "{:9.2f}s"),
+)
+#: History columns not shown in the table (the iteration is its first column).
+_NOT_SHOWN = ("iteration", "bytes")
+
+LEGEND = (
+    "columns: batch_loss = mean loss of the training batches since the previous row; "
+    "train_loss/train_acc and val_loss/val_acc = loss and accuracy on the whole training and "
+    "validation sets; train_time = seconds in training steps; wall_time = seconds since "
+    "training began (evaluations and checkpoints included)"
+)
+
+
+class ProgressTable:
+    """The evaluation rows printed during a run: a legend and a header before the first row."""
+
+    def __init__(self, unit: str, total: int) -> None:
+        self.unit, self.total = unit, total
+        self.extra: list[str] | None = None
+
+    def lines(self, history: dict[str, list]) -> list[str]:
+        h = {k: v[-1] for k, v in history.items() if v}
+        out = []
+        if self.extra is None:  # method columns (e.g. pint's co-state regression error)
+            shown = {name for name, _, _ in _TABLE} | set(_NOT_SHOWN)
+            self.extra = [k for k, v in h.items() if k not in shown and isinstance(v, (int, float))]
+            head = f"{self.unit:>15}" + "".join(f" {n:>{w}}" for n, w, _ in _TABLE)
+            head += "".join(f" {n:>10}" for n in self.extra)
+            out += [LEGEND, head]
+        row = f"{str(h['iteration']) + '/' + str(self.total):>15}"
+        row += "".join(" " + fmt.format(h[n]) if n in h else " " + "-".rjust(w)
+                       for n, w, fmt in _TABLE)
+        row += "".join(f" {h[n]:>10.4g}" if n in h else " " + "-".rjust(max(len(n), 10))
+                       for n in self.extra)
+        return out + [row]
+
+
+class RunHooks(Hooks):
+    """The run's side of the loop: progress rows, checkpoints and the history file (rank 0
+    writes), the note on compiled kernels, the watchdog."""
+
+    def __init__(self, cfg: Config, comm: Any, method: Method,
+                 say: Callable[[str], None] | None, watchdog: Any = None,
+                 last_saved: int | None = None, quiet: bool = False,
+                 notes: Callable[[str], None] | None = None,
+                 data: dict[str, Any] | None = None) -> None:
+        self.cfg, self.comm, self.spec, self.say = cfg, comm, method.model.spec, say
         self.quiet, self.notes = quiet, notes if notes is not None else say
         self.watchdog = watchdog
+        self.data = data
         self.last_write = time.monotonic()
         #: iteration of the last checkpoint written (or resumed from) in this run
         self.last_saved = last_saved
         self._due_at: tuple[int, bool] | None = None
+        self.table = ProgressTable(method.unit, method.total_iterations())
+        #: the loop's history as of the last step (written to the history file on a failure too)
+        self.history: dict[str, list] | None = None
+        self.compiles: Any = None  # pintopt.compiling.CompileWatch of the run
+        self._compiles_told = False
 
     def beat(self, phase: str) -> None:
         if self.watchdog is not None:
@@ -147,15 +225,22 @@ class RunHooks(Hooks):
         if self.notes is not None:
             self.notes(f"pintopt: {line}")
 
+    def tell_compiles(self) -> None:
+        """Once, after the first kernels were compiled: how long it took."""
+        w = self.compiles
+        if self._compiles_told or w is None or not w.count or w.active:
+            return
+        self._compiles_told = True
+        if self.say is not None:
+            self.say(f"pintopt: compiled {w.count} kernel(s) in {w.seconds:.1f} s (once: later "
+                     "runs load them from the cache)")
+
     def after_step(self, method: Method, history: dict[str, list], evaluated: bool) -> None:
+        self.history = history
+        self.tell_compiles()
         if evaluated and self.say is not None and not self.quiet:
-            h = {k: v[-1] for k, v in history.items() if v}
-            self.say(
-                f"it {h['iteration']:>6}/{method.total_iterations()}  "
-                f"epoch {h['epoch']:7.2f}  loss {h['batch_loss']:.4f}  "
-                f"train {h['train_acc']:.3f}  val {h['val_acc']:.3f}  "
-                f"time {h['train_time']:.1f}s"
-            )
+            for line in self.table.lines(history):
+                self.say(line)
         if self.checkpoint_due(method):
             self.write(method, history)
 
@@ -177,7 +262,8 @@ class RunHooks(Hooks):
 
     def write(self, method: Method, history: dict[str, list], times: tuple[float, float] | None
               = None) -> None:
-        """Gather the state (collective), check it is finite on every rank, rank 0 writes."""
+        """Gather the state (collective), check it is finite on every rank, rank 0 writes the
+        checkpoint (and the history file)."""
         from pintopt import checkpoint
 
         self.beat("checkpoint")
@@ -199,11 +285,19 @@ class RunHooks(Hooks):
                 self.cfg.checkpoint.checkpoint, state=state, config=self.cfg.to_dict(),
                 method=self.cfg.train.method, model=dataclasses.asdict(self.spec),
                 history=history, train_time=times[0], wall_time=times[1], ranks=self.comm.size,
-                keep_last=self.cfg.checkpoint.keep_last,
+                keep_last=self.cfg.checkpoint.keep_last, data=self.data,
             )
+        self.write_history(method, history)
         self.last_write = time.monotonic()
         self.last_saved = method.iteration
         self.beat("step")
+
+    def write_history(self, method: Method, history: dict[str, list] | None) -> None:
+        """Rank 0 writes ``checkpoint.history`` (when set)."""
+        from pintopt import checkpoint
+
+        if self.cfg.checkpoint.history and history is not None and method.loop_comm.rank == 0:
+            checkpoint.write_history(self.cfg.checkpoint.history, history)
 
 
 def _restore(method: Method, cfg: Config, resume: dict[str, Any], comm: Any,
@@ -237,6 +331,63 @@ def _restore(method: Method, cfg: Config, resume: dict[str, Any], comm: Any,
             opt.lr = lr
 
 
+def _budget(train: dict[str, Any], steps_per_epoch: int) -> int:
+    """The iteration budget of a ``[train]`` mapping (as ``Method.total_iterations``)."""
+    iterations = int(train.get("iterations", 0) or 0)
+    return iterations if iterations > 0 else math.ceil(
+        float(train.get("epochs", 60.0)) * steps_per_epoch)
+
+
+def _resume_plan(cfg: Config, method: Method, resume: dict[str, Any],
+                 note: Callable[[str], None] | None) -> tuple[Config, str | None]:
+    """What a resumed run does with its new budget and target (issues 14.7 and 16.5).
+
+    Returns the configuration to run with and, when there is nothing to train, why (``"target"``
+    or ``"completed"``). A budget below the checkpoint's iteration is refused. A run that had
+    stopped at its target accuracy and is given a larger budget (and the same target) trains on
+    without a target, since stopping again at the next evaluation is not what a user who asks
+    for more epochs means; each case is said in one note."""
+    it, total, unit = resume["iteration"], method.total_iterations(), method.unit
+    path = resume.get("path", "the checkpoint")
+    tr = cfg.train
+    if total < it:
+        what = (f"option train.iterations: {tr.iterations}" if tr.iterations > 0 else
+                f"option train.epochs: {tr.epochs:g} epochs ({total} {unit}s)")
+        raise ConfigError(
+            f"{what} is below the {unit} of checkpoint {path} ({it}): nothing to continue; "
+            f"give a larger budget (--iterations N with N > {it}, or --epochs)"
+        )
+    h = resume["history"]
+    last_acc = h["val_acc"][-1] if h.get("val_acc") and h.get("iteration") and \
+        h["iteration"][-1] == it else None
+    old = resume["config"].get("train", {}) if isinstance(resume["config"], dict) else {}
+    old_target = float(old.get("target_accuracy", 0.0) or 0.0)
+
+    def say(line: str) -> None:
+        if note is not None:
+            note(f"pintopt: {line}")
+
+    if last_acc is not None and tr.target_accuracy and last_acc >= tr.target_accuracy:
+        if tr.target_accuracy == old_target and total > _budget(old, method.steps_per_epoch):
+            tr = dataclasses.replace(tr, target_accuracy=0.0)
+            cfg = dataclasses.replace(cfg, train=tr)
+            method.train = tr
+            say(f"the run stopped at its target validation accuracy {old_target:g} at {unit} "
+                f"{it}; training on to the new budget of {total} {unit}s without a target "
+                "(--target-accuracy A sets a new one)")
+        else:
+            say(f"checkpoint {path} reached the target validation accuracy "
+                f"{tr.target_accuracy:g} at {unit} {it} ({last_acc:.4f}): nothing to train "
+                f"(--epochs or --iterations beyond its budget of {total} trains on, "
+                "--target-accuracy a higher target)")
+            return cfg, "target"
+    if total == it:
+        say(f"checkpoint {path} is at {unit} {it}, the end of its budget: nothing to train "
+            f"(--iterations N with N > {it}, or more --epochs, trains on)")
+        return cfg, "completed"
+    return cfg, None
+
+
 def run(
     config: Any,
     comm: Any = None,
@@ -251,42 +402,82 @@ def run(
 ) -> Result:
     """Train as ``config`` says on the ranks of ``comm`` (see the module docstring).
 
-    ``progress``: True prints a start line, notes (rollbacks) and a line per evaluation on rank 0
-    (a callable receives the lines instead); ``quiet`` drops the evaluation lines; ``notes``
-    receives the notes instead (the CLI sends them to stderr).
+    ``progress``: True prints, on rank 0, the start lines (what is trained, how, for how long),
+    a note when numba compiles the kernels (the first run after an install) and how long that
+    took, notes (rollbacks, resume decisions) and a table row per evaluation (a callable
+    receives the lines instead); ``quiet`` drops the table; ``notes`` receives the notes
+    instead (the CLI sends them to stderr).
     ``should_stop()`` is polled at the loop's decision points (the CLI passes its signal flag).
     ``watchdog`` receives the loop's phase beats (:class:`pintopt.guards.Watchdog`). ``resume``
     is a loaded checkpoint (:func:`pintopt.checkpoint.load` plus its ``path``) to continue from,
-    ``lr`` a new step size for it. The result's ``history`` holds one row per evaluation;
-    ``result.params`` the final parameters, ``result.predict(x)`` the trained network's logits.
+    ``lr`` a new step size for it: a budget below the checkpoint's iteration is a
+    :class:`ConfigError`; a run at the end of its budget (or past its target) trains nothing.
+    The result's ``history`` holds one row per evaluation; ``result.params`` the final
+    parameters, ``result.predict(x)`` the trained network's logits; ``result.extras`` the
+    seconds of the whole call (``total_time``), before the training loop (``startup_time``:
+    data, setup, kernels) and spent compiling kernels (``compile_time``).
     """
+    from pintopt.checkpoint import data_preparation
+    from pintopt.compiling import CompileWatch
+
+    t_start = time.perf_counter()
     comm = as_comm(comm)
     cfg = as_config(config)
     say = _sayer(progress, comm)
-    method = setup(cfg, comm)
-    history, offsets, last_saved = None, (0.0, 0.0), None
+    note = _sayer(notes, comm) if notes is not None else say
+    method = setup(cfg, comm, new_run=resume is None)
+    history, offsets, last_saved, nothing = None, (0.0, 0.0), None, None
     if resume is not None:
         _restore(method, cfg, resume, comm, lr)
+        cfg, nothing = _resume_plan(cfg, method, resume, note)
         history = resume["history"]
         offsets = (resume.get("train_time", resume["wall_time"]), resume["wall_time"])
         last_saved = resume["iteration"]
-    hooks = RunHooks(cfg, comm, method.model.spec, say, watchdog, last_saved, quiet,
-                     _sayer(notes, comm) if notes is not None else None)
+    hooks = RunHooks(cfg, comm, method, say, watchdog, last_saved, quiet, note,
+                     data_preparation(method.data, cfg.data))
     if say is not None:
-        say(_start_line(cfg, method, comm))
+        for line in start_lines(cfg, method, comm, last_saved):
+            say(line)
+    if nothing:  # the loop runs no step (the budget is the checkpoint's iteration)
+        method.train = dataclasses.replace(method.train, iterations=method.iteration)
     if watchdog is not None:
         watchdog.start()
+
+    def first_compile() -> None:
+        if say is not None:
+            import pintopt.kernels
+
+            say("pintopt: compiling the numba kernels (the first run after installing or "
+                "updating pintopt: tens of seconds, once; cached in "
+                f"{pintopt.kernels.cache_dir()})")
+
     try:
-        result = train(method, hooks, history, offsets, should_stop)
-        if cfg.checkpoint.checkpoint and hooks.last_saved != method.iteration and method.driver:
-            hooks.write(method, result.history, (result.train_time, result.wall_time))
+        with CompileWatch(first_compile) as compiles:
+            hooks.compiles = compiles
+            result = train(method, hooks, history, offsets, should_stop)
+            t_loop = time.perf_counter()
+            if cfg.checkpoint.checkpoint and hooks.last_saved != method.iteration and \
+                    method.driver:
+                hooks.write(method, result.history, (result.train_time, result.wall_time))
+            elif method.driver:
+                hooks.write_history(method, result.history)
+            hooks.tell_compiles()
     except Divergence as exc:
+        if method.driver:
+            hooks.write_history(method, hooks.history)
         raise Divergence(_divergence_message(exc, cfg, hooks), exc.iteration,
                          exc.last_good) from None
     finally:
         if watchdog is not None:
             watchdog.stop()
+    if nothing:
+        result.stopped = nothing
     result.model = method.model
+    result.extras.update(
+        total_time=time.perf_counter() - t_start,
+        startup_time=max(t_loop - t_start - (result.wall_time - offsets[1]), 0.0),
+        compile_time=compiles.seconds,
+    )
     return result
 
 
@@ -298,15 +489,50 @@ def _sayer(progress: bool | Callable[[str], None], comm: Any) -> Callable[[str],
     return None
 
 
-def _start_line(cfg: Config, method: Method, comm: Any) -> str:
+def _update_rule(cfg: Config, unit: str) -> str:
+    """The update mapping in words: optimiser, learning rate and schedule."""
+    tr, o = cfg.train, cfg.method
+    if getattr(o, "line_search", False):
+        return (f"gradient descent with Armijo line search (first step {tr.lr:g}, then "
+                f"{getattr(o, 'armijo_grow', 1.0):g} x the step accepted last)")
+    rule = tr.optimizer + (f" (momentum {tr.momentum:g})" if tr.optimizer == "momentum" else "")
+    schedule = {
+        "constant": "constant",
+        "invtime": f"invtime: lr / (1 + {tr.decay:g} k)",
+        "step": f"step: x {tr.gamma:g} every {tr.step_size} {unit}s",
+    }.get(tr.schedule, tr.schedule)
+    decay = f", weight decay {tr.weight_decay:g}" if tr.weight_decay else ""
+    return f"{rule}, lr {tr.lr:g} ({schedule}){decay}"
+
+
+def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None = None
+                ) -> list[str]:
+    """What is trained (method, ranks, data, model) and how (update, batch, budget, evaluation,
+    target): the two lines a run begins with."""
     from pintopt import __version__
 
-    spec = method.model.spec
-    return (
-        f"pintopt {__version__}: method {cfg.train.method}, {cfg.data.dataset}, "
-        f"{spec.depth} {getattr(spec, 'scheme', 'mlp')} layers of width {spec.width}, "
-        f"{comm.size} rank(s), {method.total_iterations()} iterations"
+    spec, d, tr = method.model.spec, method.data, method.train
+    unit, total, per_epoch = method.unit, method.total_iterations(), method.steps_per_epoch
+    if hasattr(spec, "scheme"):
+        model = (f"{spec.depth} {spec.scheme} layers of width {spec.width} ({spec.activation}, "
+                 f"T = {spec.final_time:g})")
+    else:
+        model = f"MLP of {spec.depth} hidden layers of width {spec.width} ({spec.activation})"
+    what = (
+        f"pintopt {__version__}: method {cfg.train.method} on {comm.size} rank(s); {d.name}: "
+        f"{d.m_train} training and {d.m_val} validation samples, {d.n_features} features, "
+        f"{d.n_classes} classes; {model}"
     )
+    epochs = f"{tr.epochs:g} epochs" if tr.iterations <= 0 else f"{total / per_epoch:.3g} epochs"
+    how = (
+        f"training: {_update_rule(cfg, unit)}; batch {method.batch_size}"
+        + (" (full batch)" if tr.batch_size == 0 else "")
+        + f"; budget {total} {unit}s ({epochs} of {per_epoch})"
+        + f"; evaluation every {tr.eval_every or per_epoch} {unit}s"
+        + (f"; stop at validation accuracy {tr.target_accuracy:g}" if tr.target_accuracy else "")
+        + (f"; continuing from {unit} {resumed_at}" if resumed_at is not None else "")
+    )
+    return [what, how]
 
 
 def _divergence_message(exc: Exception, cfg: Config, hooks: RunHooks) -> str:

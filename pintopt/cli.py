@@ -1,6 +1,10 @@
-"""Command line: ``python -m pintopt [train|resume|info|options]`` (also the ``pintopt`` script).
+"""Command line: ``python -m pintopt [train|resume|plot|info|options]`` (also the ``pintopt``
+script).
 
-With no arguments it runs the embedded default job.
+With no arguments it runs the embedded default job. ``--print-config`` (with no command, after
+``train`` or ``resume``) prints the run's whole configuration as a TOML file for ``--config``
+instead of running it. An option set to a value that has no effect with the rest of the
+configuration gets one line ``pintopt: warning: ...`` on stderr (the run goes on).
 
 Exit status (the same on every rank; ``docs/reliability.md`` lists every case tested):
 
@@ -18,7 +22,8 @@ Exit status (the same on every rank; ``docs/reliability.md`` lists every case te
   at once;
 - 1 (or the launcher's status): any other failure. An uncaught exception on any rank aborts the
   whole job with a line naming the rank and the cause; a watchdog aborts a job that stops making
-  progress (a stopped or deadlocked rank); MPICH's launcher ends every rank when one dies.
+  progress (a stopped or deadlocked rank); MPICH's launcher ends every rank when one dies. A
+  missing optional dependency (matplotlib for ``plot``) is one line ``pintopt: error: ...``.
 """
 
 from __future__ import annotations
@@ -34,21 +39,31 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+import typing  # noqa: E402
 from dataclasses import fields  # noqa: E402
 from typing import Any  # noqa: E402
 
 from pintopt import __version__  # noqa: E402
-from pintopt.config import (
+from pintopt.config import (  # noqa: E402
     CORE_SECTIONS,
     Config,
     ConfigError,
-    all_sections,  # noqa: E402
+    FlagValue,
+    all_sections,
     flag_name,
+    ineffective_options,
     load_toml,
     make_config,
     options_markdown,
+    to_toml,
 )
+
+#: When the command started (the final line's "in all" counts from here).
+_T0 = time.perf_counter()
 
 #: The embedded default job (``python -m pintopt`` with no arguments).
 #: Multilevel Verlet parallel-in-time training of a 512-layer ResNet on the swiss roll, on all ranks
@@ -139,25 +154,46 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-09" for a flag (its pattern knows "-1" and "-.5" only): a value
+        # in scientific notation would be "expected one argument" instead of its range error
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
     def error(self, message: str) -> None:  # one line, not argparse's usage dump
         raise UsageError(message)
+
+
+def _option_flag(group: Any, section: str, cls: type, f: Any, help: str | None = None) -> None:
+    """The flag of option ``section.f`` (a field of ``cls``); its value reaches the configuration
+    as a :class:`FlagValue` (text converted to the option's type). A boolean flag alone means
+    true (``--overwrite``), or takes a value (``--serial-line-search false``)."""
+    meta = f.metadata
+    choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
+    text = help or f"{meta.get('help', '')}{choices} [default: {f.default!r}]"
+    hint = typing.get_type_hints(cls)[f.name]
+    boolean = hint is bool or bool in typing.get_args(hint)
+    extra = {"nargs": "?", "const": FlagValue("true")} if boolean else {}
+    group.add_argument(
+        flag_name(section, f.name),
+        dest=f"{section}.{f.name}",
+        metavar="VALUE",
+        type=FlagValue,
+        default=argparse.SUPPRESS,
+        help=text.replace("%", "%%"),  # argparse expands %-formats in help
+        **extra,
+    )
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     for section, cls in all_sections().items():
         group = parser.add_argument_group(f"[{section}] options")
         for f in fields(cls):
-            meta = f.metadata
-            choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
-            group.add_argument(
-                flag_name(section, f.name),
-                dest=f"{section}.{f.name}",
-                metavar="VALUE",
-                default=argparse.SUPPRESS,
-                help=f"{meta.get('help', '')}{choices} [default: {f.default!r}]".replace(
-                    "%", "%%"
-                ),  # argparse expands %-formats in help
-            )
+            _option_flag(group, section, cls, f)
+
+
+PRINT_CONFIG_HELP = ("print the whole configuration of this run as TOML (edit it and pass it "
+                     "back with --config) instead of running it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with no command: run the default job, then the serial method on the same problem, "
         "and print the speedup",
     )
+    parser.add_argument("--print-config", action="store_true",
+                        help="with no command: " + PRINT_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     train = sub.add_parser("train", help="train a model (options from --config and flags)")
     train.add_argument(
@@ -185,27 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="afterwards, run the serial method on the same problem and print the speedup",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--quiet", action="store_true", help="no progress rows")
+    train.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     _add_option_flags(train)
-    resume = sub.add_parser("resume", help="continue a run from its checkpoint")
+    resume = sub.add_parser(
+        "resume", help="continue a run from its checkpoint",
+        description="Continue a run from its checkpoint, to its budget or a new one "
+        "(--iterations/--epochs). A budget below the checkpoint's iteration is refused; a run "
+        "that stopped at its target accuracy and is given a larger budget trains on without "
+        "a target (--target-accuracy sets one).")
     resume.add_argument("path", help="checkpoint file written by a previous run")
-    resume.add_argument("--quiet", action="store_true", help="no progress lines")
+    resume.add_argument("--quiet", action="store_true", help="no progress rows")
+    resume.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    train_cls, ck_cls = CORE_SECTIONS["train"], CORE_SECTIONS["checkpoint"]
+    train_fields = {f.name: f for f in fields(train_cls)}
     for key in RESUME_TRAIN_OVERRIDES:
-        resume.add_argument(
-            flag_name("train", key),
-            dest=f"train.{key}",
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            help=f"override train.{key}",
-        )
-    for f in fields(CORE_SECTIONS["checkpoint"]):
-        resume.add_argument(
-            flag_name("checkpoint", f.name),
-            dest=f"checkpoint.{f.name}",
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            help=f"override checkpoint.{f.name}",
-        )
+        _option_flag(resume, "train", train_cls, train_fields[key], f"override train.{key}")
+    for f in fields(ck_cls):
+        if f.name != "overwrite":  # a resume continues its own checkpoint
+            _option_flag(resume, "checkpoint", ck_cls, f, f"override checkpoint.{f.name}")
+    plot = sub.add_parser(
+        "plot", help="draw a run's history (needs matplotlib: pip install 'pintopt[plot]')",
+        description="Draw the history of a run (loss and accuracy against iterations and wall "
+        "time, and any method-specific columns) from its checkpoint or history file.")
+    plot.add_argument("path", help="checkpoint (.h5) or history file (.csv, .json)")
+    plot.add_argument("-o", "--output", default=None,
+                      help="image file to write (default: PATH with the suffix .png)")
     sub.add_parser("info", help="versions, MPI library, ranks, threading")
     sub.add_parser("options", help="print the reference of every option (Markdown)")
     return parser
@@ -223,6 +266,25 @@ def _raw_config(args: argparse.Namespace, base: dict[str, dict[str, Any]]) -> di
             section, key = dest.split(".", 1)
             raw.setdefault(section, {})[key] = value
     return raw
+
+
+def _without_files(cfg: Config) -> Config:
+    """``cfg`` writing no history file (the comparison run must not replace the run's own)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, history=None))
+
+
+def _warn(comm: Any, cfg: Config) -> None:
+    """One line on stderr for each option set to no effect (see :func:`ineffective_options`)."""
+    for line in ineffective_options(cfg):
+        _say(comm, f"pintopt: warning: {line}", err=True)
+
+
+def _print_config(comm: Any, cfg: Config, what: str) -> None:
+    _say(comm, to_toml(cfg, header=(
+        f"pintopt {__version__}: the configuration of {what}.\n"
+        "Run it with: pintopt train --config FILE (flags override the file).")))
 
 
 def _say(comm: Any, *lines: str, err: bool = False) -> None:
@@ -246,16 +308,7 @@ def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = No
                      notes=lambda line: _say(comm, line, err=True),
                      should_stop=stopper.requested, watchdog=watchdog, resume=resume,
                      lr=lr_override)
-    h = result.history
-    n_rb = len(result.extras.get("rollbacks", []))
-    _say(
-        comm,
-        f"final: validation accuracy {result.val_acc:.4f}, train accuracy "
-        f"{h['train_acc'][-1]:.4f}, loss {h['batch_loss'][-1]:.4f}, {result.iterations} "
-        f"iterations, wall time {result.train_time:.2f} s ({result.stopped}"
-        + (f", {n_rb} rollback(s)" if n_rb else "")
-        + ")",
-    )
+    _say(comm, final_line(result))
     if result.stopped == "interrupted":
         path = cfg.checkpoint.checkpoint
         _say(
@@ -272,8 +325,56 @@ def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = No
     return result
 
 
+def final_line(result: Any) -> str:
+    """The closing line: the last evaluation, the iterations, the two clocks of the training loop
+    and the command's time in all (``docs/cli.md`` says what each counts)."""
+    h = result.history
+    n_rb = len(result.extras.get("rollbacks", []))
+    if h.get("val_acc"):
+        scores = (f"validation accuracy {h['val_acc'][-1]:.4f} (loss {h['val_loss'][-1]:.4f}), "
+                  f"train accuracy {h['train_acc'][-1]:.4f} (loss {h['train_loss'][-1]:.4f})")
+    else:
+        scores = "no evaluation"
+    return (
+        f"final: {scores}, {result.iterations} iterations; training time "
+        f"{result.train_time:.2f} s, wall time {result.wall_time:.2f} s, "
+        f"{time.perf_counter() - _T0:.1f} s in all ({result.stopped}"
+        + (f", {n_rb} rollback(s)" if n_rb else "")
+        + ")"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # commands
+
+
+def _plot(args: argparse.Namespace, comm: Any) -> int:
+    """``pintopt plot``: rank 0 draws; a missing matplotlib is one line and status 1."""
+    from pintopt.checkpoint import read_history
+
+    outcome: Any = None
+    if comm.rank == 0:
+        try:
+            from pintopt.plot import MissingMatplotlib, plot_history
+
+            out = args.output or str(_with_suffix(args.path, ".png"))
+            plot_history(read_history(args.path), out, title=args.path)
+            outcome = f"pintopt: wrote {out}"
+        except MissingMatplotlib as exc:
+            outcome = (EXIT_FAILURE, f"pintopt: error: {exc}")
+        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+            outcome = (EXIT_USAGE, f"pintopt: error: {exc}")
+    outcome = comm.bcast(outcome)
+    if isinstance(outcome, tuple):
+        return _finish(comm, *outcome)
+    _say(comm, outcome)
+    return EXIT_OK
+
+
+def _with_suffix(path: str, suffix: str) -> Any:
+    from pathlib import Path
+
+    return Path(path).with_suffix(suffix)
 
 
 def _info(comm: Any) -> None:
@@ -288,20 +389,26 @@ def _info(comm: Any) -> None:
         f"numpy {numpy.__version__}, scipy {scipy.__version__}, numba {numba.__version__}, "
         f"h5py {h5py.__version__}",
     ]
-    try:
-        import mpi4py
+    from pintopt.comm.mpi import mpi4py_version
 
-        lines.append(f"mpi4py {mpi4py.__version__}")
-    except ImportError:
-        lines.append("mpi4py: not installed (serial only)")
+    version = mpi4py_version()
+    lines.append(f"mpi4py {version}" if version else "mpi4py: not installed (serial only)")
     lines.append(f"MPI: {comm.describe()}")
+    import pintopt.kernels
+
+    lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
+    from pintopt.methods import METHODS
+
+    lines += [f"method {name}: {cls.summary}" for name, cls in METHODS.items()]
     lines.append(
         f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
         f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, numba threading "
         f"layer {numba.config.THREADING_LAYER}"
     )
     lines.append(
-        f"reliability: receive timeout {comm.default_timeout or 'none'} s "
+        "reliability: receive timeout "
+        + (f"{comm.default_timeout:g} s" if comm.default_timeout else "none (wait forever)")
+        + " "
         f"(PINTOPT_COMM_TIMEOUT), watchdog "
         f"{os.environ.get('PINTOPT_WATCHDOG') or 'adaptive'} (PINTOPT_WATCHDOG)"
     )
@@ -360,31 +467,44 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
+            cfg = make_config(DEFAULT_JOB)
+            if args.print_config:
+                _print_config(comm, cfg, "the default job (python -m pintopt)")
+                return EXIT_OK
             _say(
                 comm,
                 "pintopt: no command given, running the default job "
-                "(`pintopt train --help` for options)",
+                "(`pintopt train --help` for options, `pintopt --print-config` for its "
+                "configuration)",
             )
-            cfg = make_config(DEFAULT_JOB)
+            _warn(comm, cfg)
             result = _run(cfg, comm, quiet=False, watchdog=watchdog)
             if result.stopped == "interrupted":
                 return EXIT_INTERRUPTED
             if args.compare_serial:
-                _compare_serial(cfg, comm, result)
+                _compare_serial(_without_files(cfg), comm, result)
             return EXIT_OK
         if args.command == "info":
             _info(comm)
         elif args.command == "options":
             _say(comm, options_markdown())
+        elif args.command == "plot":
+            return _plot(args, comm)
         elif args.command == "train":
             cfg = make_config(_raw_config(args, {}))
+            _warn(comm, cfg)
+            if args.print_config:
+                _print_config(comm, cfg, "pintopt " + " ".join(
+                    a for a in argv if a != "--print-config"))
+                return EXIT_OK
             result = _run(cfg, comm, args.quiet, watchdog=watchdog)
             if result.stopped == "interrupted":
                 return EXIT_INTERRUPTED
             if args.compare_serial:
-                _compare_serial(cfg, comm, result)
+                _compare_serial(_without_files(cfg), comm, result)
         elif args.command == "resume":
-            if _resume(args, comm, watchdog).stopped == "interrupted":
+            result = _resume(args, comm, watchdog)
+            if result is not None and result.stopped == "interrupted":
                 return EXIT_INTERRUPTED
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
@@ -431,19 +551,21 @@ def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> Any:
     if isinstance(ck, Exception):
         raise ck
     ck["path"] = args.path
-    raw = ck["config"]
+    raw = json.loads(json.dumps(ck["config"]))  # a copy: ck["config"] stays the run's own
     if not isinstance(raw.get("checkpoint", {}), dict):
         raise checkpoint.CheckpointError(f"checkpoint {args.path}: malformed configuration")
     raw.setdefault("checkpoint", {})["checkpoint"] = args.path
     lr_override = None
+    given = set()
     for dest, value in vars(args).items():
         if "." in dest:
             section, key = dest.split(".", 1)
             if not isinstance(raw.get(section, {}), dict):
                 raise checkpoint.CheckpointError(f"checkpoint {args.path}: malformed configuration")
             raw.setdefault(section, {})[key] = value
+            given.add((section, key))
     try:
-        cfg = make_config(raw)
+        cfg = make_config(raw, given)
     except ConfigError as exc:
         if any("." in d and str(exc).find(d) >= 0 for d in vars(args)):
             raise
@@ -458,6 +580,10 @@ def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> Any:
         )
     if "train.lr" in vars(args):
         lr_override = cfg.train.lr
+    _warn(comm, cfg)
+    if args.print_config:
+        _print_config(comm, cfg, f"the run of {args.path} as `pintopt resume` continues it")
+        return None
     _say(
         comm,
         f"resuming {args.path} at iteration {ck['iteration']} (written by {ck['ranks']} rank(s))",

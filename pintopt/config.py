@@ -7,18 +7,26 @@ shares (declared in :mod:`pintopt.options`); each method may add its own section
 ``docs/options.md`` are generated from this one place.
 
 Any bad value raises :class:`ConfigError` whose message names the option and what was expected.
+Values keep their TOML types: a string where a number or a boolean is expected (``lr = "0.01"``)
+is refused; only command-line flags, strings by nature, are converted (:class:`FlagValue`).
+:func:`ineffective_options` lists the options a user set that have no effect in the rest of the
+configuration (the CLI warns about them); :func:`to_toml` writes a configuration back as a TOML
+file that ``--config`` reads.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import textwrap
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from pintopt.options import (  # noqa: F401 - re-exported: the configuration's vocabulary
     CORE_SECTIONS,
+    ON,
     CheckpointOptions,
     Config,
     DataOptions,
@@ -37,6 +45,11 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
+class FlagValue(str):
+    """A value typed on the command line: text, converted to the option's type (a value from a
+    TOML file or a Python mapping keeps its type and is refused when it is the wrong one)."""
+
+
 def method_sections() -> dict[str, type]:
     """Options dataclass of every registered method, by method name."""
     from pintopt.methods import METHODS
@@ -49,13 +62,23 @@ def _typename(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` (from TOML or a flag string) to the field type ``tp``."""
-    text = isinstance(value, str)
+    """Convert ``value`` to the field type ``tp``: a :class:`FlagValue` from its text, anything
+    else only when it already has the type (an int where a float is expected is a float)."""
     optional = type(None) in getattr(tp, "__args__", ())
     if optional:
-        if value is None or (text and value.lower() in ("none", "")):
-            return None
         tp = next(a for a in tp.__args__ if a is not type(None))
+        text_ok = isinstance(value, FlagValue) or (tp is str and isinstance(value, str))
+        if value is None or (text_ok and value.lower() in ("none", "")):
+            return None
+    text = isinstance(value, FlagValue)
+    if isinstance(value, str) and not text and tp is not str:
+        what = {bool: "true or false", int: "an integer"}.get(tp, "a number")
+        try:
+            _coerce(FlagValue(value), tp, where)
+            hint = " (write it without quotes)"
+        except ConfigError:
+            hint = ""
+        raise ConfigError(f"{where}: expected {what}, got the string {value!r}{hint}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -84,7 +107,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+        return str(value)
     raise ConfigError(f"{where}: unsupported option type {_typename(tp)}")  # pragma: no cover
 
 
@@ -136,8 +159,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
 
 
-def make_config(raw: dict[str, Any]) -> Config:
-    """Validate a nested mapping ``{section: {key: value}}`` into a :class:`Config`."""
+def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) -> Config:
+    """Validate a nested mapping ``{section: {key: value}}`` into a :class:`Config`.
+
+    ``given``: the options the user set, as (section, key) (default: every key of ``raw``);
+    recorded as ``Config.given`` for :func:`ineffective_options`."""
     methods = method_sections()
     if not isinstance(raw, dict):
         raise ConfigError("configuration must be a table of sections")
@@ -157,7 +183,101 @@ def make_config(raw: dict[str, Any]) -> Config:
     for other in set(raw) & set(methods) - {name}:
         build_section(other, methods[other], raw[other])  # still validated: a typo is an error
     cfg.method = build_section(name, methods[name], raw.get(name, {}))
+    if given is None:
+        given = {(sec, key) for sec, values in raw.items() if isinstance(values, dict)
+                 for key in values}
+    cfg.given = frozenset(given)
     return cfg
+
+
+def _section_of(cfg: Config, section: str) -> Any:
+    return cfg.method if section == cfg.train.method else getattr(cfg, section, None)
+
+
+def _is_on(value: Any) -> bool:
+    return value not in (None, 0, 0.0, False, "none", "")
+
+
+def _wanted(values: Any) -> str:
+    if values == ON:
+        return "is set"
+    values = values if isinstance(values, tuple) else (values,)
+    return "= " + " or ".join(_toml_value(v) for v in values)
+
+
+def _requirement_met(value: Any, values: Any) -> bool:
+    if values == ON:
+        return _is_on(value)
+    return value in (values if isinstance(values, tuple) else (values,))
+
+
+def ineffective_options(cfg: Config) -> list[str]:
+    """One line for each option the user set (``cfg.given``) to a value other than its default
+    that has no effect with the rest of ``cfg``, from the ``requires`` and ``disables``
+    declarations of the option table (:func:`pintopt.options.opt`). Defaults are left out, so a
+    complete file (``--print-config``) passed back raises no warning."""
+    sections = {sec: _section_of(cfg, sec) for sec in [*CORE_SECTIONS, cfg.train.method]}
+    disabled: dict[str, str] = {}
+    for sec, obj in sections.items():
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            for other in f.metadata.get("disables", ()):
+                if _is_on(value):
+                    disabled.setdefault(other, f"{sec}.{f.name} = {_toml_value(value)}")
+    lines = []
+    for sec, obj in sections.items():
+        for f in fields(obj):
+            if (sec, f.name) not in cfg.given or getattr(obj, f.name) == f.default:
+                continue
+            where = f"{sec}.{f.name}"
+            if where in disabled:
+                lines.append(f"option {where} has no effect with {disabled[where]}")
+                continue
+            for other, values in f.metadata.get("requires", {}).items():
+                osec, okey = other.split(".", 1) if "." in other else (sec, other)
+                value = getattr(sections.get(osec), okey, None)
+                if not _requirement_met(value, values):
+                    lines.append(
+                        f"option {where} has no effect unless {osec}.{okey} {_wanted(values)} "
+                        f"(here {_toml_value(value)})"
+                    )
+                    break
+    return lines
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal (None, which TOML lacks, as the word none)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+def to_toml(cfg: Config, header: str = "") -> str:
+    """The whole configuration as a TOML file that ``--config`` reads back to the same
+    configuration: every option of the shared sections and of the chosen method's section, each
+    under a comment with its help text. Unset options (None) are written as comments."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, obj in [*((s, getattr(cfg, s)) for s in CORE_SECTIONS),
+                         (cfg.train.method, cfg.method)]:
+        if obj is None:
+            continue
+        lines += ["", f"[{section}]"]
+        for f in fields(obj):
+            meta = f.metadata
+            text = meta.get("help", "")
+            if meta.get("choices"):
+                text += f" ({' | '.join(meta['choices'])})"
+            lines += textwrap.wrap(text, 98, initial_indent="# ", subsequent_indent="# ")
+            value = getattr(obj, f.name)
+            if value is None:
+                lines.append(f"# {f.name} = (unset)")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def all_sections() -> dict[str, type]:
@@ -185,6 +305,12 @@ def options_markdown() -> str:
         for f in fields(cls):
             meta = f.metadata
             extra = f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else ""
+            needs = [f"`{o}` {_wanted(v)}" for o, v in meta.get("requires", {}).items()]
+            if needs:
+                extra += f" Has an effect only when {' and '.join(needs)}."
+            if meta.get("disables"):
+                extra += (f" When on, {', '.join(f'`{o}`' for o in meta['disables'])} "
+                          "have no effect.")
             default = f.default if f.default is not MISSING else "(required)"
             lines.append(
                 f"| `{f.name}` | `{flag_name(section, f.name)}` | `{default!r}` | "

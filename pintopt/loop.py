@@ -158,7 +158,8 @@ class _Loop:
 
     def run(self) -> Result:
         m = self.method
-        m.warmup()  # first-call kernel loading/compilation is not training time
+        with m.comm.exclusive():  # logical ranks compile one at a time (numba's cache races)
+            m.warmup()  # first-call kernel loading/compilation is not training time
         self.comm.barrier()  # ... nor is waiting for a rank still loading its kernels
         self.t0 = time.perf_counter()
         first = True
@@ -215,7 +216,8 @@ class _Loop:
             self.params = m.global_params()
             if self.pending is None and not finite(self.params.arrays()):
                 self.pending = (2, it)
-        stop_here = bool(self.should_stop is not None and self.should_stop())
+        stop_here = bool(self.should_stop is not None and self.should_stop()) or bool(
+            m.stop_requested())
         # Decision points are the same iterations on every rank, so a rank that alone sees a
         # problem reports it at the next one instead of waiting for ranks that are busy in the
         # method's own collectives; on one process there is nobody to wait for.
@@ -295,9 +297,9 @@ def train(
 
     ``hooks`` (:class:`Hooks`) receive every step, checkpoint questions, phase beats and log
     lines. ``history`` and ``offsets = (train_time, wall_time)`` continue a resumed run.
-    ``should_stop()`` (e.g. a signal flag) is polled at the decision points; when it is true on any
-    rank, every rank evaluates, calls the hooks and returns with ``stopped = "interrupted"`` at
-    the same iteration.
+    ``should_stop()`` (e.g. a signal flag) and ``method.stop_requested()`` are polled at the
+    decision points; when one is true on any rank, every rank evaluates, calls the hooks and
+    returns with ``stopped = "interrupted"`` at the same iteration.
 
     ASYNC methods: the driver ranks run the loop, the other ranks :meth:`Method.work`; every rank
     returns the driver's result.

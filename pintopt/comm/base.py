@@ -27,6 +27,7 @@ nothing arrives in time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -119,6 +120,13 @@ class Comm(ABC):
         self.nonfinite: str | None = None
         # one flat scratch buffer per dtype for allreduce_ of arrays that are not flat-backed
         self._scratch: dict[np.dtype, np.ndarray] = {}
+
+    def exclusive(self) -> Any:
+        """A context in which this rank runs alone among the ranks that share its process (the
+        threads of :class:`~pintopt.comm.local.LocalComm`; a no-op for separate processes): the
+        training loop loads and compiles kernels in it, since numba's cache is not safe for
+        threads of one process compiling the same function at once."""
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------ timeouts
     def resolve_timeout(self, timeout: float | None) -> float | None:

@@ -103,6 +103,7 @@ class _World:
     def __init__(self, size: int, timeout: float | None) -> None:
         self.size, self.timeout = size, timeout
         self.cond = threading.Condition()
+        self.exclusive = threading.RLock()  # LocalComm.exclusive
         self.failed: str | None = None
         self.main = _Channel(size, self)
         self.agreement = _Channel(size, self)
@@ -151,6 +152,9 @@ class LocalComm(Comm):
         super().__init__()
         self._ch, self._world = channel, channel.world
         self.rank, self.size = rank, channel.size
+
+    def exclusive(self) -> Any:
+        return self._world.exclusive
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.resolve_timeout(timeout)

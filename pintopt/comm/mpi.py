@@ -272,6 +272,15 @@ def mpi_world() -> MPIComm | None:
     return MPIComm(MPI.COMM_WORLD)
 
 
+def mpi4py_version() -> str | None:
+    """mpi4py's version, or None when it is not installed."""
+    try:
+        import mpi4py
+    except ImportError:
+        return None
+    return mpi4py.__version__
+
+
 def is_mpi_communicator(obj: Any) -> bool:
     """Whether ``obj`` is an mpi4py communicator (without importing mpi4py for other objects)."""
     return type(obj).__module__.startswith("mpi4py")

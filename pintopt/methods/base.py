@@ -64,6 +64,8 @@ class Method:
     """
 
     name: ClassVar[str] = "base"
+    #: One line for ``pintopt info`` and the docs.
+    summary: ClassVar[str] = ""
     Options: ClassVar[type | None] = None
     shape: ClassVar[str] = LOCKSTEP
     #: What one ``step()`` is called in progress lines and the history.
@@ -166,6 +168,11 @@ class Method:
     def history_columns(self) -> dict[str, float]:
         """Method-specific values to record at each evaluation (collective)."""
         return {}
+
+    def stop_requested(self) -> bool:
+        """True when the method asks the loop to stop as a signal would (polled at the decision
+        points on the driver ranks; ASYNC: a worker was signalled and told the server)."""
+        return False
 
     def evaluation_requested(self) -> bool:
         """True when the last step asks the loop for an evaluation now, off the ``eval_every``

@@ -61,7 +61,7 @@ from pintopt.kernels import pdadmm as K
 from pintopt.layout import LayerLayout, require_items_per_rank
 from pintopt.methods.base import Method, Problem, activation_bytes, n_params
 from pintopt.model import MLP, MLPSpec, ParamSet
-from pintopt.options import opt
+from pintopt.options import ON, opt
 
 TAG_P, TAG_Q, TAG_U, TAG_INIT = 61, 62, 63, 64
 
@@ -133,6 +133,7 @@ class PdadmmOptions:
         "smooth activations (not relu): grid points of the global 1-D search of the z update "
         "(Eq. 4) before the Newton refinement",
         low=3,
+        requires={"model.activation": ("tanh", "leaky_relu", "sigmoid", "softplus")},
     )
     init: str = opt(
         "authors",
@@ -142,7 +143,7 @@ class PdadmmOptions:
         choices=("authors", "model"),
     )
     init_std: float = opt(0.1, "init = authors: standard deviation of W and b", low=0.0,
-                          low_open=True)
+                          low_open=True, requires={"init": "authors"})
     zl_init: str = opt(
         "labels",
         "start of the last layer's z_L: labels = +1 at the label, -1 elsewhere (the authors' "
@@ -157,7 +158,8 @@ class PdadmmOptions:
         low=0,
     )
     grow_iterations: int = opt(
-        0, "iterations of the shallow network before the other layers are added", low=0)
+        0, "iterations of the shallow network before the other layers are added", low=0,
+        requires={"grow_layers": ON})
     balance: str = opt(
         "flops",
         "layer layout over ranks: flops = contiguous blocks of nearly equal arithmetic (the "
@@ -267,7 +269,10 @@ class PdadmmTrainer(Method):
     """pdADMM (Wang et al. 2020, Algorithm 1): gradient-free ADMM, layers in parallel over ranks."""
 
     name = "pdadmm"
+    summary = ("layer-parallel, gradient-free ADMM (pdADMM): every layer's p, W, b, z, q and dual "
+               "at once, neighbours exchange p, q, u point to point")
     Options = PdadmmOptions
+    architectures = ("mlp",)
     rollback_policy = "raised rho (to Lemma 1's bound, then doubled)"
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:

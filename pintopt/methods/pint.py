@@ -36,11 +36,8 @@ iteration no message is in flight, which makes evaluations, checkpoints and roll
 batch k from rank r+1: the iterates are then exactly those of serial Algorithm 3 (and the method is
 serial in time) -- the test of the plumbing.
 
-The loss that :meth:`PintTrainer.step` returns must be identical on every rank without a
-collective; it travels with the co-state messages (one hop per iteration), so on S >= 3 ranks
-iteration k reports the loss of batch ``k - (S - 2)`` (S <= 2 or oracle: batch k). The first
-forward sweep of a run (and of a resumed run) is a serial fill followed by one broadcast of the
-first batch's loss, which is also reported until the pipeline delivers.
+The loss every rank reports travels with the co-state messages (:mod:`.pint_pipeline`): on
+S >= 3 ranks iteration k reports the loss of batch ``k - (S - 2)``.
 
 Results are deterministic for a fixed seed and rank count. They depend on the rank count (the
 slices and hence the boundaries change), except with S = 1 or in oracle mode, where they equal the
@@ -51,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,102 +56,18 @@ from pintopt.comm import FOREVER
 from pintopt.layout import LayerLayout, Slice, interleave_slots, require_items_per_rank, slot_sets
 from pintopt.methods.base import Method, Problem, activation_bytes, n_params, serial_memory_estimate
 from pintopt.methods.pint_diagnostics import PintDiagnostics
+from pintopt.methods.pint_options import PintOptions
+from pintopt.methods.pint_pipeline import Pipe
 from pintopt.methods.pint_prediction import (
     Prediction,
     coarse_counts,
     parallel_prediction,
     serial_prediction,
 )
-from pintopt.methods.pint_regression import FEATURES, BoundaryRegression, rows_into
+from pintopt.methods.pint_regression import BoundaryRegression, rows_into
 from pintopt.methods.serial import make_optimizer
 from pintopt.model import Params, ResNet
 from pintopt.optim import Optimizer
-from pintopt.options import opt
-
-TAG_STATE = 41  # right-boundary state of the next batch, rank r -> r+1
-TAG_COSTATE = 42  # left-boundary co-state (+ loss bookkeeping), rank r -> r-1
-
-
-@dataclass
-class PintOptions:
-    levels: int = opt(
-        2,
-        "discretisation levels: 1 = single-level (no global prediction), 2 = multilevel with one "
-        "coarse model (the paper), L > 2 = nested coarse models, coarsest first",
-        low=1,
-    )
-    coarsen: int = opt(2, "coarsening factor between levels (must divide the depth)", low=2)
-    coarse_iterations: int = opt(
-        200, "iterations of serial Algorithm 3 on each coarse level (global prediction)", low=0
-    )
-    coarse_check_every: int = opt(
-        0,
-        "every this many iterations, check whether the coarse model reaches "
-        "train.target_accuracy on the validation set and if so end its level there "
-        "(coarse_iterations is then a maximum; checked only when its accuracy on the recent "
-        "training batches reaches the target, backing off after a miss; counts as training "
-        "time); the training loop then evaluates the fine model after its first iteration. "
-        "0 = always run coarse_iterations",
-        low=0,
-    )
-    coarse_lr: float = opt(0.0, "learning rate of the global prediction (0 = train.lr)", low=0.0)
-    prolong_optimizer: bool = opt(
-        True,
-        "start the fine optimiser from the prolongated coarse optimiser state (moments scaled "
-        "for the 1/coarsen smaller per-layer gradients, step count continued) instead of from "
-        "zero",
-    )
-    coarse_parallel: bool = opt(
-        False,
-        "train each coarse level with this method on all ranks too (every rank owns the same "
-        "time interval on every level); false = serial Algorithm 3 on every rank (the paper)",
-    )
-    prolong: str = opt(
-        "constant",
-        "prolongation of the controls to the finer grid in time: constant (each coarse step's "
-        "controls on its fine steps) or linear (interpolated; trained controls are rough in "
-        "time and lose accuracy)",
-        choices=("constant", "linear"),
-    )
-    features: str = opt(
-        "class",
-        "co-state regression features: state (A X + B, the paper's eq. (6)), label (A X + B_y), "
-        "class (A_y X + B_y, one affine model per class), quadratic (one quadratic model per "
-        "class)",
-        choices=FEATURES,
-    )
-    window: int = opt(
-        20, "observation window of each boundary regression, in batches (0 = keep all)", low=0
-    )
-    ridge: float = opt(1e-3, "relative ridge term of the regression (times trace(G)/p)", low=0.0)
-    refit_every: int = opt(
-        1, "refit the regression every this many iterations (observations are always added)",
-        low=1,
-    )
-    balance_layers: float = opt(
-        0.0,
-        "load balance: the cost of a boundary regression, in layers; every rank that fits one "
-        "(all but the last) gets that many layers fewer than the last rank (0 = even split)",
-        low=0.0,
-    )
-    damping: float = opt(
-        0.0,
-        "scale a rank's step by max(0, 1 - e), e the running mean (this many iterations) of its "
-        "boundary's relative co-state error (Theorem 4.1 needs e < 1); 0 = off",
-        low=0.0,
-    )
-    oracle: bool = opt(
-        False,
-        "exact co-states: wait for the true co-state of the right neighbour (serial in time; "
-        "reproduces serial SGD; for testing)",
-    )
-    timeout: float = opt(
-        300.0,
-        "seconds a rank waits for a neighbour's state or co-state before failing the job (0 = "
-        "wait forever with a blocking receive, whatever PINTOPT_COMM_TIMEOUT says; the "
-        "watchdog still covers a stopped rank, docs/reliability.md)",
-        low=0.0,
-    )
 
 
 class PintTrainer(Method):
@@ -163,7 +75,11 @@ class PintTrainer(Method):
     docstring for the schedule and message lags)."""
 
     name = "pint"
+    summary = ("parallel-in-time: coarse global prediction, local correction with co-state "
+               "regression on S = ranks slices (Parpas & Muir 2019, Algorithm 4)")
     Options = PintOptions
+    #: models it trains (pintopt.run refuses the others before estimating memory)
+    architectures = ("resnet",)
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any,
                  layout: LayerLayout | None = None) -> None:
@@ -203,18 +119,12 @@ class PintTrainer(Method):
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
         self._eval_request = False
         self.diagnostics = PintDiagnostics()
-        # pipeline: trajectory of the current batch, its indices, pending sends, known losses
+        # pipeline: trajectory of the current batch, its indices, the neighbour messages
         self.traj: Any = None
         self.cur_idx: np.ndarray | None = None
-        self._send_x: Any = None  # pending nonblocking sends, one per buffer
-        self._send_p: Any = None
-        self.known: dict[int, float] = {}
-        self.first_known = 0
-        self.lag = 0 if (S <= 2 or o.oracle) else S - 2
         shape = self.model.state_shape(self.batch_size)
-        self._xbuf_out, self._xbuf_in = np.empty(shape), np.empty(shape)
-        n = int(np.prod(shape))
-        self._pbuf_out, self._pbuf_in = np.empty(n + 2), np.empty(n + 2)
+        self.pipe = Pipe(comm, shape, self.timeout, 0 if (S <= 2 or o.oracle) else S - 2,
+                         self.diagnostics)
         # row-layout buffers of the boundary regression (m, dim): state, prediction, true
         # co-state; and the predicted co-state in model layout
         m = self.batch_size
@@ -259,51 +169,6 @@ class PintTrainer(Method):
 
     def optimizers(self) -> list[Optimizer]:
         return [self.opt]
-
-    # communication helpers -----------------------------------------------------------------------
-    def _wait_sends(self, x: bool = True, p: bool = True) -> None:
-        """Complete the pending send of the state (``x``) and/or co-state (``p``) buffer."""
-        reqs = []
-        if x and self._send_x is not None:
-            reqs.append(self._send_x)
-            self._send_x = None
-        if p and self._send_p is not None:
-            reqs.append(self._send_p)
-            self._send_p = None
-        if reqs:
-            self.comm.waitall(reqs, timeout=self.timeout)
-
-    def _recv(self, buf: np.ndarray, source: int, tag: int) -> None:
-        t0 = time.perf_counter()
-        self.comm.recv_(buf, source, tag, timeout=self.timeout)
-        self.diagnostics.wait_time += time.perf_counter() - t0
-
-    def _send_state(self, traj: Any) -> None:
-        """Send the trajectory's last state to rank r+1 (copied into the send buffer)."""
-        self._wait_sends(p=False)
-        L = traj.hi - traj.lo
-        if self.verlet:
-            self._xbuf_out[0] = traj.Xs[L]
-            self._xbuf_out[1] = traj.Zs[L]
-        else:
-            self._xbuf_out[...] = traj.Xs[L]
-        self._send_x = self.comm.isend(self._xbuf_out, self.rank + 1, TAG_STATE)
-
-    def _send_costate(self, P: np.ndarray) -> None:
-        self._wait_sends(x=False)
-        n = P.size
-        self._pbuf_out[:n] = P.ravel()
-        k = max(self.known)  # the newest loss this rank knows travels one hop towards rank 0
-        self._pbuf_out[n], self._pbuf_out[n + 1] = k, self.known[k]
-        self._send_p = self.comm.isend(self._pbuf_out, self.rank - 1, TAG_COSTATE)
-
-    def _recv_costate(self) -> np.ndarray:
-        """The left-boundary co-state of rank r+1, a view of the receive buffer (valid until the
-        next receive)."""
-        self._recv(self._pbuf_in, self.rank + 1, TAG_COSTATE)
-        n = self._pbuf_in.size - 2
-        self.known[int(self._pbuf_in[n])] = float(self._pbuf_in[n + 1])
-        return self._pbuf_in[:n].reshape(self._xbuf_in.shape)
 
     # global prediction ---------------------------------------------------------------------------
     def _global_prediction(self) -> None:
@@ -364,15 +229,14 @@ class PintTrainer(Method):
     def _fill(self) -> None:
         """Serial forward sweep of the current batch (start of a run or after a restore), then one
         broadcast of its loss so every rank can report a loss from the first iteration on."""
-        self._wait_sends()
+        self.pipe.wait_sends()
         if self.cur_idx is None:
             self.cur_idx = self.sampler.next()
         idx = self.cur_idx
         if self.first:
             state = self.model.open(self.params, self.data.x_train[idx])
         else:
-            self._recv(self._xbuf_in, self.rank - 1, TAG_STATE)
-            state = self._xbuf_in
+            state = self.pipe.recv_state()
         self.traj = self.model.forward(self.params, state, self.lo, self.hi)
         loss = 0.0
         if self.last:
@@ -380,9 +244,7 @@ class PintTrainer(Method):
             loss = self.model.head(self.params, end, self.data.y_train[idx])[0]
         else:
             self._send_state(self.traj)
-        loss = float(self.comm.bcast(loss, root=self.S - 1))
-        self.known.setdefault(self.iteration, loss)
-        self.first_known = min(self.known)
+        self.pipe.first_loss(self.iteration, loss)
 
     def step(self) -> float:
         """One iteration of the local correction phase (Algorithm 4) on this rank's slice."""
@@ -397,9 +259,9 @@ class PintTrainer(Method):
         # 1. co-state at the right boundary
         if self.last:
             loss, _, P_end = model.head(p, tj.state_view(L), y, g)
-            self.known[k] = float(loss)
+            self.pipe.known[k] = float(loss)
         elif o.oracle:
-            P_end = self._recv_costate()
+            P_end = self.pipe.recv_costate()
         else:
             # rows [Y | Z] of the boundary state; kept (the trajectory buffer is reused by the
             # next forward solve) for the observation added in step 5
@@ -418,7 +280,7 @@ class PintTrainer(Method):
         if self.first:
             model.open_backward(p, self.data.x_train[idx], P_lo, g)
         else:
-            self._send_costate(P_lo)
+            self.pipe.send_costate(P_lo)
         t2 = time.perf_counter()
         # 3. update of the owned controls (damped by the co-state error, ``pint.damping``)
         self._update()
@@ -429,8 +291,7 @@ class PintTrainer(Method):
         if self.first:
             state = model.open(p, self.data.x_train[nxt])
         else:
-            self._recv(self._xbuf_in, self.rank - 1, TAG_STATE)
-            state = self._xbuf_in
+            state = self.pipe.recv_state()
         t4 = time.perf_counter()
         self.traj = model.forward(p, state, self.lo, self.hi)
         self.cur_idx = nxt
@@ -443,7 +304,11 @@ class PintTrainer(Method):
         self.diagnostics.add_times(head_or_predict=t1 - t0, backward=t2 - t1, update=t3 - t2,
                                    receive=t4 - t3, forward=t5 - t4)
         self.diagnostics.steps += 1
-        return self._reported_loss(k)
+        return self.pipe.reported_loss(k)
+
+    def _send_state(self, traj: Any) -> None:
+        L = traj.hi - traj.lo
+        self.pipe.send_state(traj.Xs[L], traj.Zs[L] if self.verlet else None)
 
     def _update(self) -> None:
         o, d = self.options, self.diagnostics
@@ -460,7 +325,7 @@ class PintTrainer(Method):
         """Step 5: the true co-state of batch k at the right boundary, its prediction's error, the
         refit."""
         o, d = self.options, self.diagnostics
-        P_recv = self._recv_costate()
+        P_recv = self.pipe.recv_costate()
         t6 = time.perf_counter()
         P_true = self._ptrue
         rows_into(P_recv[0] if self.verlet else P_recv, P_recv[1] if self.verlet else None,
@@ -473,24 +338,17 @@ class PintTrainer(Method):
             self.regression.fit()
         d.add_times(regression=time.perf_counter() - t6, receive=t6 - t5)
 
-    def _reported_loss(self, k: int) -> float:
-        j = max(k - self.lag, self.first_known)
-        loss = self.known[j]
-        for old in [i for i in self.known if i < j]:
-            del self.known[old]
-        return loss
-
     # evaluation and checkpoints ------------------------------------------------------------------
     def global_params(self) -> Params:
         """The parameters gathered from their owners (collective). Completes this rank's pending
         sends first: every message of an iteration is received within that iteration, so they
         are done or about to be, and no request outlives the run."""
-        self._wait_sends()
+        self.pipe.wait_sends()
         return self.slice.gather(self.params, self.comm)
 
     def slot_params(self) -> list[Params]:
         """The optimiser's moments as full-size parameter sets, gathered (collective)."""
-        self._wait_sends()
+        self.pipe.wait_sends()
         kinds = slot_sets(self.opt, len(self.slice.names))
         n = self.comm.allreduce(len(kinds), op="max")
         if len(kinds) != n:  # pragma: no cover - every rank steps together
@@ -512,9 +370,9 @@ class PintTrainer(Method):
         for part in self.comm.allgather(local):
             arrays.update(part)
         known: dict[int, float] = {}
-        for part in self.comm.allgather(self.known):
+        for part in self.comm.allgather(self.pipe.known):
             known.update(part)
-        keep = sorted(i for i in known if i >= self.iteration - self.lag)
+        keep = sorted(i for i in known if i >= self.iteration - self.pipe.lag)
         meta = {
             "iteration": self.iteration,
             "sampler": self.sampler.get_state(),
@@ -531,7 +389,7 @@ class PintTrainer(Method):
         """Restore :meth:`state` (from any rank count); the pipeline is refilled on the next step.
         Regression windows are restored where a boundary of this run coincides with a saved one."""
         arrays, meta = state["arrays"], state["meta"]
-        self._wait_sends()
+        self.pipe.wait_sends()
         names = Params.NAMES
         self.params = Params.from_dict({n: arrays[f"params/{n}"] for n in names})
         self.grads = self.params.zeros_like()
@@ -546,7 +404,7 @@ class PintTrainer(Method):
         if self.cur_idx is not None:
             self.cur_idx = np.asarray(self.cur_idx, dtype=np.int64)
         self.traj = None
-        self.known = {int(i): float(v) for i, v in zip(meta["known_idx"], meta["known_loss"])}
+        self.pipe.known = {int(i): float(v) for i, v in zip(meta["known_idx"], meta["known_loss"])}
         if self.regression is not None:
             key = f"obs/{self.boundary}/"
             obs = {k[len(key):]: v for k, v in arrays.items() if k.startswith(key)}

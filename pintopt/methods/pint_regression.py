@@ -103,24 +103,6 @@ class BoundaryRegression:
         self._f = np.empty(self.p)
         self._work = np.empty((self.p, self.p))
 
-    # features ---------------------------------------------------------------------------------
-    def design(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Feature rows phi(X, y), shape (m, p) (for ``class``/``quadratic`` the block is chosen
-        by ``y``); for inspection and tests, the kernels build them row by row."""
-        m = X.shape[0]
-        F = np.empty((m, self.p))
-        if self.features == "label":
-            F[:, : self.dim] = X
-            F[:, self.dim :] = 0.0
-            F[np.arange(m), self.dim + y] = 1.0
-        else:
-            F[:, 0] = 1.0
-            F[:, 1 : 1 + self.dim] = X
-            if self.features == "quadratic":
-                iu = np.triu_indices(self.dim)
-                F[:, 1 + self.dim :] = X[:, iu[0]] * X[:, iu[1]]
-        return F
-
     # observations ------------------------------------------------------------------------------
     def add(self, X: np.ndarray, y: np.ndarray, P: np.ndarray) -> None:
         """Add one batch of observations (X(s), P(s)) with labels y; drops the oldest batch when

@@ -22,21 +22,36 @@ from pintopt.methods.base import Method, Problem
 from pintopt.optim import Optimizer
 from pintopt.options import opt
 
+_LINE_SEARCH = {"line_search": True}
+
 
 @dataclass
 class SerialOptions:
     line_search: bool = opt(
         False,
-        "gradient descent with Armijo backtracking instead of "
-        "train.optimizer (the step starts from train.lr each iteration)",
+        "gradient descent with Armijo backtracking on the batch loss instead of train.optimizer: "
+        "each iteration first tries armijo_grow times the step accepted in the previous one "
+        "(train.lr in the first) and shrinks it until the loss decreases enough",
+        disables=("train.optimizer", "train.momentum", "train.weight_decay", "train.schedule",
+                  "train.decay", "train.step_size", "train.gamma"),
     )
     armijo_c: float = opt(
-        1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0, low_open=True
+        1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0, low_open=True,
+        requires=_LINE_SEARCH,
     )
     armijo_shrink: float = opt(
-        0.5, "step shrink factor per backtrack", low=0.0, high=1.0, low_open=True
+        0.5, "step shrink factor per backtrack", low=0.0, high=1.0, low_open=True,
+        requires=_LINE_SEARCH,
     )
-    max_backtracks: int = opt(30, "backtracks before accepting the smallest step", low=0)
+    max_backtracks: int = opt(30, "backtracks before accepting the smallest step", low=0,
+                              requires=_LINE_SEARCH)
+    armijo_grow: float = opt(
+        2.0,
+        "first trial step of an iteration = this times the step accepted in the previous one (1 "
+        "= reuse it): a train.lr far from the usable step is outgrown in a few iterations",
+        low=1.0,
+        requires=_LINE_SEARCH,
+    )
 
 
 @dataclass
@@ -64,6 +79,7 @@ class SerialTrainer(Method):
     """Serial-in-time training (Algorithm 3); ``data_parallel`` splits the batch over ranks."""
 
     name = "serial"
+    summary = "serial-in-time SGD/momentum/Adam or Armijo GD (PinT Algorithm 3)"
     Options = SerialOptions
     data_parallel = False
 
@@ -72,6 +88,8 @@ class SerialTrainer(Method):
         self.params = self.model.init_params(train.seed)
         self.grads = self.params.zeros_like()
         self.opt = make_optimizer(train)
+        #: the step Armijo accepted last (line search); None before the first iteration
+        self.armijo_step: float | None = None
 
     def optimizers(self) -> list[Optimizer]:
         return [self.opt]
@@ -115,21 +133,38 @@ class SerialTrainer(Method):
         self.iteration += 1
         return loss
 
+    def first_trial_step(self) -> float:
+        """The step Armijo tries first: ``armijo_grow`` times the last accepted step, or the
+        learning rate on the first iteration (Nocedal & Wright, Sec. 3.5, "initial step length":
+        a step that worked last time, allowed to grow so a too small ``train.lr`` is outgrown in
+        a few iterations instead of being retried every iteration)."""
+        if self.armijo_step is None:
+            return self.opt.current_lr()
+        return self.armijo_step * self.options.armijo_grow
+
     def _armijo(self, idx: np.ndarray, loss: float) -> None:
-        """Gradient descent with Armijo backtracking: shrink t until
-        ``f(U - t g) <= f(U) - c t ||g||^2`` (Nocedal & Wright, Algorithm 3.1)."""
+        """Gradient descent with Armijo backtracking: shrink t from :meth:`first_trial_step`
+        until ``f(U - t g) <= f(U) - c t ||g||^2`` (Nocedal & Wright, Algorithm 3.1)."""
         o = self.options
         g2 = sum(float(np.vdot(g, g)) for g in self.grads.arrays())
-        t = self.opt.current_lr()
+        t = self.first_trial_step()
         trial = self.params.copy()
-        for _ in range(o.max_backtracks + 1):
+        for backtracks in range(o.max_backtracks + 1):
+            if backtracks:
+                t *= o.armijo_shrink
             for p, p0, g in zip(trial.arrays(), self.params.arrays(), self.grads.arrays()):
                 np.subtract(p0, t * g, out=p)
             if self.loss_and_grad(trial, idx, None) <= loss - o.armijo_c * t * g2:
                 break
-            t *= o.armijo_shrink
         self.params = trial
+        self.armijo_step = t
         self.opt.k += 1
+
+    def rollback(self, state: dict[str, Any], halvings: int) -> str:
+        change = super().rollback(state, halvings)
+        if self.armijo_step is not None:  # the line search's next first trial, likewise
+            self.armijo_step *= 0.5**halvings
+        return change
 
     def global_params(self) -> Any:
         return self.params
@@ -144,6 +179,7 @@ class SerialTrainer(Method):
             "opt_k": opt_state["k"],
             "lr": self.opt.lr,
             "n_slots": len(opt_state["slots"]),
+            "armijo_step": self.armijo_step,
         }
         return {"arrays": arrays, "meta": meta}
 
@@ -159,11 +195,14 @@ class SerialTrainer(Method):
         self.opt.lr = float(meta["lr"])
         self.sampler.set_state(meta["sampler"])
         self.iteration = int(meta["iteration"])
+        step = meta.get("armijo_step")  # absent in checkpoints of earlier versions
+        self.armijo_step = None if step is None else float(step)
 
 
 class DataParallelTrainer(SerialTrainer):
     """Data-parallel SGD: Allreduce of gradients over ranks (the standard baseline)."""
 
     name = "dataparallel"
+    summary = "data-parallel SGD: the batch split over ranks, gradients summed with Allreduce"
     Options = DataParallelOptions
     data_parallel = True
