@@ -523,9 +523,12 @@ def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None =
         f"{d.m_train} training and {d.m_val} validation samples, {d.n_features} features, "
         f"{d.n_classes} classes; {model}"
     )
+    # a method whose update is not train.optimizer (e.g. ADMM) describes it itself
+    rule = getattr(method, "update_rule", None)
     epochs = f"{tr.epochs:g} epochs" if tr.iterations <= 0 else f"{total / per_epoch:.3g} epochs"
     how = (
-        f"training: {_update_rule(cfg, unit)}; batch {method.batch_size}"
+        f"training: {rule() if callable(rule) else _update_rule(cfg, unit)}; "
+        f"batch {method.batch_size}"
         + (" (full batch)" if tr.batch_size == 0 else "")
         + f"; budget {total} {unit}s ({epochs} of {per_epoch})"
         + f"; evaluation every {tr.eval_every or per_epoch} {unit}s"

@@ -572,6 +572,21 @@ def test_api_run_records_the_admm_history():
     assert result.predict(data.x_val[:, :2]).shape == (10, 2)
 
 
+def test_start_line_names_the_admm_update_and_run_refuses_resnet(capsys):
+    """The start line describes pdADMM's update (not train.optimizer, which it does not use), and
+    pintopt.run refuses a model pdADMM cannot train with a line naming the option."""
+    cfg = raw(iterations=2, nu=0.1, rho=0.5)
+    cfg["data"] = {"dataset": "ellipses", "n": 30}
+    pintopt.run(cfg, progress=True)
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("training: "))
+    assert "pdADMM (Algorithm 1" in line and "rho 0.5, nu 0.1" in line
+    assert "adam" not in line
+    cfg["model"]["architecture"] = "resnet"
+    with pytest.raises(ValueError, match="model.architecture"):
+        pintopt.run(cfg)
+
+
 def test_cli_checkpoint_resume_is_bitwise(tmp_path):
     """Through the command line and the HDF5 checkpoint: stop at 10, resume to 20, get the
     uninterrupted run's ADMM variables and history."""

@@ -324,6 +324,13 @@ class PdadmmTrainer(Method):
         self.layer_time: dict[int, float] = {i: 0.0 for i in self.layers}
         self.wait_time = 0.0
 
+    def update_rule(self) -> str:
+        """The update in words for the start line (train.optimizer, lr and schedule are unused)."""
+        o = self.options
+        order = "Algorithm 1, all layers at once" if o.schedule == "jacobi" else "dlADMM sweep"
+        return (f"pdADMM ({order}), rho {self.rho:g}, nu {o.nu:g} (train.optimizer, lr and "
+                f"schedule are not used)")
+
     # layout and buffers -------------------------------------------------------------------------
     @classmethod
     def make_layout(cls, spec: MLPSpec, size: int, o: PdadmmOptions) -> LayerLayout:
