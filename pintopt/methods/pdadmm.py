@@ -180,11 +180,15 @@ def layer_costs(sizes: list[int], n_classes: int, smooth: bool = False,
     products with W_l (p: 3, W: 3, b and z: 1; the first layer has no p update: 4) plus the
     elementwise updates; the last layer adds FISTA on its (rows x classes) block, whose
     exponentials cost far more per operation than a matrix product: measured, about 500
-    multiply-adds per class and FISTA iteration, and with nu = 1e-4 FISTA runs to ~70% of its
-    cap (at width 500 the last layer then costs about as much as a hidden layer)."""
+    multiply-adds per class and FISTA iteration; with nu = 1e-4 on MNIST FISTA ran 40-50% of its
+    cap per iteration in mid-run and 90-100% in the first iterations and right after a grow
+    (scripts/bench_pdadmm.py curves), so 350 per class and capped iteration. The z update of a
+    smooth activation (grid + Newton per entry) measured 4.5-8x the seven products of a
+    1000 x 500 x 500 layer (tanh): about 16000 multiply-adds per output unit, so with a smooth
+    activation the first layer costs about as much as a hidden one."""
     out = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        c = a * b * (7 if i else 4) + 50.0 * (a + b) + (300.0 * b if smooth else 0.0)
+        c = a * b * (7 if i else 4) + 50.0 * (a + b) + (16000.0 * b if smooth else 0.0)
         if i == len(sizes) - 2:
             c += 350.0 * n_classes * fista_iterations
         out.append(c)
