@@ -50,3 +50,35 @@ def adam(p, g, m, v, lr_c1, beta1, beta2, c2, eps, wd):
         m[i] = mi
         v[i] = vi
         p[i] -= lr_c1 * mi / (np.sqrt(vi / c2) + eps)
+
+
+@numba.njit(cache=True)
+def adagrad(p, g, s, lr, eps, wd):
+    """Adagrad (Duchi, Hazan & Singer 2011; the form of PyTorch's ``torch.optim.Adagrad``):
+    ``s += g^2``; ``p -= lr g / (sqrt(s) + eps)`` (with ``g + wd * p`` for ``g`` when
+    ``wd != 0``). ``s`` is the running sum of squared gradients (zero at the start)."""
+    p, g, s = p.reshape(p.size), g.reshape(g.size), s.reshape(s.size)
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i] if wd != 0.0 else g[i]
+        si = s[i] + gi * gi
+        s[i] = si
+        p[i] -= lr * (gi / (np.sqrt(si) + eps))
+
+
+@numba.njit(cache=True)
+def adadelta(p, g, sq, acc, lr, rho, eps, wd):
+    """Adadelta (Zeiler 2012, Algorithm 1; the form of PyTorch's ``torch.optim.Adadelta``):
+    ``sq = rho sq + (1-rho) g^2``; ``d = sqrt(acc + eps) / sqrt(sq + eps) * g``;
+    ``acc = rho acc + (1-rho) d^2``; ``p -= lr d`` (with ``g + wd * p`` for ``g`` when
+    ``wd != 0``). ``sq`` and ``acc`` are the running averages of squared gradients and squared
+    updates (zero at the start); Zeiler's method is ``lr = 1``."""
+    a = 1.0 - rho
+    p, g = p.reshape(p.size), g.reshape(g.size)
+    sq, acc = sq.reshape(sq.size), acc.reshape(acc.size)
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i] if wd != 0.0 else g[i]
+        si = sq[i] * rho + a * gi * gi
+        sq[i] = si
+        d = np.sqrt(acc[i] + eps) / np.sqrt(si + eps) * gi
+        acc[i] = acc[i] * rho + a * d * d
+        p[i] -= lr * d

@@ -530,9 +530,9 @@ def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None =
         f"{labels}; {model}"
     )
     epochs = f"{tr.epochs:g} epochs" if tr.iterations <= 0 else f"{total / per_epoch:.3g} epochs"
-    describe = getattr(method, "describe_update", None)  # methods with their own update rule
+    describe = method.describe_update()  # methods with their own update rule
     how = (
-        (f"training: {describe()}" if describe else
+        (f"training: {describe}" if describe else
          f"training: {_update_rule(cfg, unit)}; batch {method.batch_size}"
          + (" (full batch)" if tr.batch_size == 0 else ""))
         + f"; budget {total} {unit}s ({epochs} of {per_epoch})"

@@ -157,7 +157,11 @@ class ModelOptions:
 @dataclass
 class TrainOptions:
     method: str = opt("serial", "training method (see docs/methods/)")
-    optimizer: str = opt("adam", "update mapping A", choices=("sgd", "momentum", "adam"))
+    optimizer: str = opt(
+        "adam",
+        "update mapping A (adagrad, adadelta: PyTorch's forms; adadelta is Zeiler's with lr = 1)",
+        choices=("sgd", "momentum", "adam", "adagrad", "adadelta"),
+    )
     lr: float = opt(0.01, "learning rate", low=0.0, low_open=True)
     momentum: float = opt(0.9, "momentum coefficient (optimizer = momentum)", low=0.0, high=1.0,
                           requires={"optimizer": "momentum"})

@@ -56,4 +56,5 @@ METHODS: Registry = Registry({
     "cgblock": "pintopt.methods.surrogate_baselines:CGBlockTrainer",
     "sso": "pintopt.methods.surrogate_baselines:SSOTrainer",
     "ddg": "pintopt.methods.surrogate_baselines:DDGTrainer",
+    "pdadmm": "pintopt.methods.pdadmm:PdadmmTrainer",
 })

@@ -169,6 +169,11 @@ class Method:
         """Method-specific values to record at each evaluation (collective)."""
         return {}
 
+    def describe_update(self) -> str | None:
+        """The update in words for the run's start line, for a method whose update is not
+        ``train.optimizer`` on ``train.batch_size`` (None: the start line describes those)."""
+        return None
+
     def stop_requested(self) -> bool:
         """True when the method asks the loop to stop as a signal would (polled at the decision
         points on the driver ranks; ASYNC: a worker was signalled and told the server)."""
