@@ -457,8 +457,6 @@ class _Progress:
         self._due_at: tuple[int, bool] | None = None
 
     def __call__(self, trainer: Any, history: dict[str, list], evaluated: bool) -> None:
-        if self.watchdog is not None:
-            self.watchdog.beat()
         if evaluated and not self.quiet:
             h = {k: v[-1] for k, v in history.items() if v}
             _say(
@@ -518,7 +516,9 @@ class _Progress:
         self.last_write = time.monotonic()
         self.last_saved = trainer.iteration
         if self.watchdog is not None:
-            self.watchdog.beat()
+            # every rank stays in phase "checkpoint" until rank 0 has written (the training loop
+            # enters the next phase), so no rank counts the write as part of a step
+            self.comm.barrier()
 
 
 class _Diverged(Exception):
@@ -585,6 +585,7 @@ def _run(
                 wall_offset=wall,
                 log=lambda line: _say(comm, f"pintopt: {line}", err=True),
                 should_stop=stopper.requested,
+                beat=watchdog.beat if watchdog is not None else None,
             )
             if cfg.checkpoint.checkpoint and progress.last_saved != trainer.iteration:
                 progress.write(trainer, result.history)

@@ -700,3 +700,19 @@ def test_watchdog_thread_ends_a_rank_that_stops_beating():
         assert comm.aborts == [1]
     finally:
         wd.stop()
+
+
+def test_training_loop_names_its_phases_to_the_watchdog():
+    """The beats the watchdog's per-phase limits rely on: "first step" once (pint's global
+    prediction runs in it), "step" before every later step, "evaluation" before gathering the
+    parameters of every evaluation (the CLI's checkpoint writer beats "checkpoint")."""
+    phases = []
+    train(trainer_for(RAW), beat=phases.append)
+    assert phases[0] == "first step" and phases.count("first step") == 1
+    assert phases.count("step") == 29 and phases.count("evaluation") == 6
+    steps = 0
+    for phase in phases:
+        if phase == "evaluation":
+            assert steps % 5 == 0  # right after the step that reached iteration 5, 10, ...
+        else:
+            steps += 1

@@ -281,6 +281,7 @@ def train(
     wall_offset: float = 0.0,
     log: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    beat: Callable[[str], None] | None = None,
 ) -> Result:
     """Run ``trainer`` to its iteration budget (or target accuracy); collective on all ranks.
 
@@ -291,6 +292,9 @@ def train(
     ``callback(trainer, history, evaluated)`` is called after every iteration on every rank (the
     CLI writes checkpoints and progress lines there). ``history``/``wall_offset`` continue a
     resumed run. ``log(line)`` receives notes such as rollbacks (called on every rank).
+    ``beat(phase)`` (the watchdog's, :class:`pintopt.guards.Watchdog`) is called when a phase
+    begins: "first step" (pint's global prediction runs in it), "step", "evaluation" (from
+    gathering the parameters to the callback, which beats "checkpoint" itself).
 
     Divergence checks: the loss and received messages (``Comm.nonfinite``) after every step,
     the parameters at every evaluation. Ranks agree on the verdict at every evaluation, before
@@ -319,10 +323,14 @@ def train(
     trainer.warmup()  # first-call kernel loading/compilation is not training time
     # ... nor is waiting for a rank still loading its kernels: start the clocks together
     comm.barrier()
+    first = True
     while trainer.iteration < total:
         if faults.ACTIVE:
             faults.iteration = trainer.iteration
             faults.before_step(rank, trainer.iteration)
+        if beat is not None:
+            beat("first step" if first else "step")
+        first = False
         t0 = time.perf_counter()
         loss = trainer.step()
         wall += time.perf_counter() - t0
@@ -343,6 +351,8 @@ def train(
         checkpoint_due = bool(ck_due is not None and ck_due(trainer))
         params = None
         if due:  # every rank evaluates here (global_params may be collective)
+            if beat is not None:
+                beat("evaluation")
             params = trainer.global_params()
             if pending is None and not finite(params.arrays()):
                 pending = (2, it)
@@ -390,6 +400,8 @@ def train(
                 )
         if interrupt and not due:  # every rank agreed to stop: evaluate where we are
             due = True
+            if beat is not None:
+                beat("evaluation")
             params = trainer.global_params()
         if due:
             val_loss, val_acc = model.evaluate(params, data.x_val, data.y_val)
