@@ -10,6 +10,7 @@ saying why the job ended is never lost. Both work with any communicator of :mod:
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import sys
@@ -282,7 +283,7 @@ class Watchdog:
             why = f"watchdog limit {limit:g} s for a phase not seen before"
         sys.stderr.write(
             f"pintopt: rank {self.comm.rank} of {self.comm.size}: no progress in training for "
-            f"{idle:.0f} s (in {phase}; {why}): another rank is probably stopped, stuck or "
+            f"{math.ceil(idle)} s (in {phase}; {why}): another rank is probably stopped, stuck or "
             "dead; aborting the job\n"
         )
         self._abort(self.comm, 1)

@@ -7,14 +7,14 @@
 #   scripts/stress_faults.sh [N] [pytest arguments...]
 #
 # N defaults to 20. Extra arguments go to pytest, e.g. `-k exception` for the abort tests only.
-# PINTOPT_STRESS_RUNS (default here 20, in the test suite 4) is the number of jobs each load test
+# PINTOPT_STRESS_RUNS (default here 10, in the test suite 4) is the number of jobs each load test
 # (`test_failure_line_reaches_the_user_under_load`) launches per run.
 # Each run's pytest output is kept in a temporary directory whose path is printed; the busy
 # processes are killed on exit, also on Ctrl-C. Exit status: 0 if no run failed, else 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
-export PINTOPT_STRESS_RUNS=${PINTOPT_STRESS_RUNS:-20}
+export PINTOPT_STRESS_RUNS=${PINTOPT_STRESS_RUNS:-10}
 PY=${PYTHON:-python}
 N=${1:-20}
 shift || true
