@@ -117,18 +117,17 @@ def abort_job(comm: Any, code: int = 1) -> None:
         os._exit(code)
 
 
-def abort_on_exception(comm: Any, abort: Callable[[Any, int], None] | None = None) -> None:
+def abort_on_exception(comm: Any) -> None:
     """Make an uncaught exception on any rank abort the whole job instead of hanging the others.
 
     Prints the traceback and then one line naming the rank and the cause to stderr and ends the
-    job through :func:`abort_job` (``abort``, for tests), which waits until the launcher has
-    read both before calling MPI Abort; MPICH's hydra then prints
+    job through :func:`abort_job`, which waits until the launcher has read both before calling
+    MPI Abort; MPICH's hydra then prints
     ``application called MPI_Abort(MPI_COMM_WORLD, 1) - process R``, kills every rank and exits
     with status 1. Installing it twice is harmless.
     """
     if comm.size <= 1 or getattr(sys.excepthook, "_pintopt_abort", False):
         return
-    end = abort or abort_job
 
     def hook(kind, value, tb):
         try:
@@ -138,7 +137,7 @@ def abort_on_exception(comm: Any, abort: Callable[[Any, int], None] | None = Non
                 f"pintopt: rank {comm.rank} of {comm.size} failed: {describe(value)}\n"
             )
         finally:
-            end(comm, 1)
+            abort_job(comm, 1)
 
     hook._pintopt_abort = True  # type: ignore[attr-defined]
     sys.excepthook = hook
