@@ -1,6 +1,10 @@
-"""Command line: ``python -m pintopt [train|resume|info|options]`` (also the ``pintopt`` script).
+"""Command line: ``python -m pintopt [train|resume|plot|info|options]`` (also the ``pintopt``
+script).
 
-With no arguments it runs the embedded default job.
+With no arguments it runs the embedded default job. ``--print-config`` (with no command, after
+``train`` or ``resume``) prints the run's whole configuration as a TOML file for ``--config``
+instead of running it. An option set to a value that has no effect with the rest of the
+configuration gets one line ``pintopt: warning: ...`` on stderr (the run goes on).
 
 Exit status (the same on every rank; ``docs/reliability.md`` lists every case tested):
 
@@ -18,7 +22,8 @@ Exit status (the same on every rank; ``docs/reliability.md`` lists every case te
   at once;
 - 1 (or the launcher's status): any other failure. An uncaught exception on any rank aborts the
   whole job with a line naming the rank and the cause; a watchdog aborts a job that stops making
-  progress (a stopped or deadlocked rank); MPICH's launcher ends every rank when one dies.
+  progress (a stopped or deadlocked rank); MPICH's launcher ends every rank when one dies. A
+  missing optional dependency (matplotlib for ``plot``) is one line ``pintopt: error: ...``.
 """
 
 from __future__ import annotations
@@ -33,26 +38,32 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
 import io  # noqa: E402
-import math  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import typing  # noqa: E402
 from dataclasses import fields  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from pintopt import __version__  # noqa: E402
-from pintopt.config import (
+from pintopt.config import (  # noqa: E402
     CORE_SECTIONS,
     Config,
     ConfigError,
-    all_sections,  # noqa: E402
+    FlagValue,
+    all_sections,
     flag_name,
+    ineffective_options,
     load_toml,
     make_config,
     options_markdown,
+    to_toml,
 )
+
+#: When the command started (the final line's "in all" counts from here).
+_T0 = time.perf_counter()
 
 #: The embedded default job (``python -m pintopt`` with no arguments).
 #: Multilevel Verlet parallel-in-time training of a 512-layer ResNet on the swiss roll, on all ranks
@@ -143,25 +154,46 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1e-09" for a flag (its pattern knows "-1" and "-.5" only): a value
+        # in scientific notation would be "expected one argument" instead of its range error
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
     def error(self, message: str) -> None:  # one line, not argparse's usage dump
         raise UsageError(message)
+
+
+def _option_flag(group: Any, section: str, cls: type, f: Any, help: str | None = None) -> None:
+    """The flag of option ``section.f`` (a field of ``cls``); its value reaches the configuration
+    as a :class:`FlagValue` (text converted to the option's type). A boolean flag alone means
+    true (``--overwrite``), or takes a value (``--serial-line-search false``)."""
+    meta = f.metadata
+    choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
+    text = help or f"{meta.get('help', '')}{choices} [default: {f.default!r}]"
+    hint = typing.get_type_hints(cls)[f.name]
+    boolean = hint is bool or bool in typing.get_args(hint)
+    extra = {"nargs": "?", "const": FlagValue("true")} if boolean else {}
+    group.add_argument(
+        flag_name(section, f.name),
+        dest=f"{section}.{f.name}",
+        metavar="VALUE",
+        type=FlagValue,
+        default=argparse.SUPPRESS,
+        help=text.replace("%", "%%"),  # argparse expands %-formats in help
+        **extra,
+    )
 
 
 def _add_option_flags(parser: argparse.ArgumentParser) -> None:
     for section, cls in all_sections().items():
         group = parser.add_argument_group(f"[{section}] options")
         for f in fields(cls):
-            meta = f.metadata
-            choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
-            group.add_argument(
-                flag_name(section, f.name),
-                dest=f"{section}.{f.name}",
-                metavar="VALUE",
-                default=argparse.SUPPRESS,
-                help=f"{meta.get('help', '')}{choices} [default: {f.default!r}]".replace(
-                    "%", "%%"
-                ),  # argparse expands %-formats in help
-            )
+            _option_flag(group, section, cls, f)
+
+
+PRINT_CONFIG_HELP = ("print the whole configuration of this run as TOML (edit it and pass it "
+                     "back with --config) instead of running it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with no command: run the default job, then the serial method on the same problem, "
         "and print the speedup",
     )
+    parser.add_argument("--print-config", action="store_true",
+                        help="with no command: " + PRINT_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     train = sub.add_parser("train", help="train a model (options from --config and flags)")
     train.add_argument(
@@ -189,27 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="afterwards, run the serial method on the same problem and print the speedup",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--quiet", action="store_true", help="no progress rows")
+    train.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     _add_option_flags(train)
-    resume = sub.add_parser("resume", help="continue a run from its checkpoint")
+    resume = sub.add_parser(
+        "resume", help="continue a run from its checkpoint",
+        description="Continue a run from its checkpoint, to its budget or a new one "
+        "(--iterations/--epochs). A budget below the checkpoint's iteration is refused; a run "
+        "that stopped at its target accuracy and is given a larger budget trains on without "
+        "a target (--target-accuracy sets one).")
     resume.add_argument("path", help="checkpoint file written by a previous run")
-    resume.add_argument("--quiet", action="store_true", help="no progress lines")
+    resume.add_argument("--quiet", action="store_true", help="no progress rows")
+    resume.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
+    train_cls, ck_cls = CORE_SECTIONS["train"], CORE_SECTIONS["checkpoint"]
+    train_fields = {f.name: f for f in fields(train_cls)}
     for key in RESUME_TRAIN_OVERRIDES:
-        resume.add_argument(
-            flag_name("train", key),
-            dest=f"train.{key}",
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            help=f"override train.{key}",
-        )
-    for f in fields(CORE_SECTIONS["checkpoint"]):
-        resume.add_argument(
-            flag_name("checkpoint", f.name),
-            dest=f"checkpoint.{f.name}",
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            help=f"override checkpoint.{f.name}",
-        )
+        _option_flag(resume, "train", train_cls, train_fields[key], f"override train.{key}")
+    for f in fields(ck_cls):
+        if f.name != "overwrite":  # a resume continues its own checkpoint
+            _option_flag(resume, "checkpoint", ck_cls, f, f"override checkpoint.{f.name}")
+    plot = sub.add_parser(
+        "plot", help="draw a run's history (needs matplotlib: pip install 'pintopt[plot]')",
+        description="Draw the history of a run (loss and accuracy against iterations and wall "
+        "time, and any method-specific columns) from its checkpoint or history file.")
+    plot.add_argument("path", help="checkpoint (.h5) or history file (.csv, .json)")
+    plot.add_argument("-o", "--output", default=None,
+                      help="image file to write (default: PATH with the suffix .png)")
     sub.add_parser("info", help="versions, MPI library, ranks, threading")
     sub.add_parser("options", help="print the reference of every option (Markdown)")
     return parser
@@ -229,6 +268,25 @@ def _raw_config(args: argparse.Namespace, base: dict[str, dict[str, Any]]) -> di
     return raw
 
 
+def _without_files(cfg: Config) -> Config:
+    """``cfg`` writing no history file (the comparison run must not replace the run's own)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, history=None))
+
+
+def _warn(comm: Any, cfg: Config) -> None:
+    """One line on stderr for each option set to no effect (see :func:`ineffective_options`)."""
+    for line in ineffective_options(cfg):
+        _say(comm, f"pintopt: warning: {line}", err=True)
+
+
+def _print_config(comm: Any, cfg: Config, what: str) -> None:
+    _say(comm, to_toml(cfg, header=(
+        f"pintopt {__version__}: the configuration of {what}.\n"
+        "Run it with: pintopt train --config FILE (flags override the file).")))
+
+
 def _say(comm: Any, *lines: str, err: bool = False) -> None:
     if comm.rank == 0:
         stream = sys.stderr if err else sys.stdout
@@ -237,380 +295,27 @@ def _say(comm: Any, *lines: str, err: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# memory: refuse before allocating
-
-
-def _cgroup_limit() -> float | None:
-    """The memory limit of this process's cgroup (v2 or v1), if any: batch systems and containers
-    set one below the machine's memory."""
-    candidates = []
-    try:
-        with open("/proc/self/cgroup") as fh:
-            for line in fh:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                path = path.lstrip("/")
-                if controllers == "":  # v2 unified hierarchy
-                    candidates.append(Path("/sys/fs/cgroup", path, "memory.max"))
-                elif "memory" in controllers.split(","):
-                    candidates.append(Path("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"))
-    except (OSError, ValueError):
-        pass
-    candidates += [
-        Path("/sys/fs/cgroup/memory.max"),
-        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
-    ]
-    limits = []
-    for f in candidates:
-        try:
-            text = f.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
-            limits.append(float(text))
-    return min(limits) if limits else None
-
-
-def _memory_budget(cfg: Config, comm: Any) -> tuple[float, str]:
-    """Bytes one rank may use, and where the figure comes from (collective: the smallest over
-    ranks, so every rank takes the same decision)."""
-    if cfg.train.memory_limit_gb:
-        return cfg.train.memory_limit_gb * 2**30, "train.memory_limit_gb"
-    node = comm.node_size()
-    try:
-        total = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        total = math.inf
-    limit = _cgroup_limit()
-    mem = min(total, limit) if limit else total
-    budget = comm.allreduce(0.8 * mem / node, op="min")
-    where = "80% of the memory limit" if limit and limit < total else "80% of the machine's memory"
-    return budget, f"{where} shared by {node} rank(s) on a node"
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
-
-
-def _data_bytes_estimate(cfg: Config) -> tuple[int, str] | None:
-    """Peak bytes of generating a synthetic dataset (arrays, split and standardised copies, the
-    broadcast), from the options alone; None for file sources (their size is the file's)."""
-    d = cfg.data
-    if d.dataset == "swissroll":
-        n = d.n or 256
-        rows, cols = 2 * (2 * n + 1), 2
-    elif d.dataset == "ellipses":
-        n = d.n or 1000
-        rows, cols = 2 * n, 2
-    elif d.dataset == "overparam":
-        rows, cols = d.n or 80, d.n_features or 2000
-    else:
-        return None
-    return 8 * rows * (cols + 1) * 4, "data.n" if d.dataset != "overparam" else "data.n/n_features"
-
-
-def _check_data_memory(cfg: Config, comm: Any, budget: float, source: str) -> None:
-    est = _data_bytes_estimate(cfg)
-    if est is not None and est[0] > budget:
-        raise ConfigError(
-            f"option {est[1]}: dataset {cfg.data.dataset} would need about {_gib(est[0])} per "
-            f"rank, more than {_gib(budget)} ({source}); use a smaller {est[1]}"
-        )
-
-
-def memory_need(cfg: Config, spec: Any, data: Any, size: int) -> dict[str, int]:
-    """Bytes per rank, by item: the method's estimate (see ``Trainer.memory_estimate``) plus the
-    dataset every rank holds."""
-    from pintopt.methods import METHODS
-
-    cls = METHODS[cfg.train.method].trainer
-    need = dict(cls.memory_estimate(spec, cfg, size, data.m_train, data.m_val))
-    need["data"] = sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
-    return need
-
-
-def _memory_check(cfg: Config, spec: Any, data: Any, comm: Any, budget: float, source: str):
-    """Refuse, before allocating, a model and batch that cannot fit in memory on a rank."""
-    try:
-        need = memory_need(cfg, spec, data, comm.size)
-    except ValueError as exc:  # an estimate may validate the layout (more ranks than layers)
-        raise ConfigError(str(exc)) from None
-    total = sum(need.values())
-    if total > budget:
-        parts = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(need.items(), key=lambda kv: -kv[1]))
-        raise ConfigError(
-            f"options model.depth/model.width/train.batch_size: the run needs about "
-            f"{_gib(total)} per rank ({parts}), more than {_gib(budget)} ({source}); reduce "
-            "depth, width or batch_size, use more ranks or set train.memory_limit_gb"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# setup
-
-
-def _load_data(cfg: Config, comm: Any):
-    """Rank 0 reads the data; everyone gets it (or the same error)."""
-    from pintopt.data import DataError, load_dataset
-
-    d, seed = cfg.data, cfg.train.seed
-    result: Any
-    if comm.rank == 0:
-        where = d.path or d.data_dir or d.dataset
-        try:
-            result = load_dataset(
-                d.dataset,
-                data_dir=d.data_dir,
-                path=d.path,
-                n=d.n,
-                noise=d.noise,
-                val_fraction=d.val_fraction,
-                seed=seed,
-                standardize=d.standardize,
-                n_train=d.n_train,
-                n_features=d.n_features,
-            )
-        except (DataError, ValueError, OSError) as exc:
-            result = ConfigError(str(exc).splitlines()[0] if str(exc) else repr(exc))
-        except MemoryError:
-            result = ConfigError(f"data {where}: not enough memory to load it")
-        except Exception as exc:  # noqa: BLE001 - a malformed file must not crash the job
-            result = ConfigError(f"data {where}: cannot be loaded ({_one_line(exc)})")
-    else:
-        result = None
-    result = comm.bcast(result)
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
-def _one_line(exc: BaseException) -> str:
-    from pintopt.guards import describe
-
-    return describe(exc)
-
-
-def _setup(cfg: Config, comm: Any):
-    from pintopt.methods import METHODS
-    from pintopt.methods.base import Problem
-    from pintopt.model import build_model
-
-    budget, source = _memory_budget(cfg, comm)
-    _check_data_memory(cfg, comm, budget, source)
-    data = _load_data(cfg, comm)
-    if data.n_classes < 2:
-        raise ConfigError(
-            f"dataset {cfg.data.dataset}: the classifier needs at least two classes "
-            f"(found {data.n_classes}: a regression or single-class dataset)"
-        )
-    try:
-        model = build_model(cfg.model, data.n_features, data.n_classes)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    spec = model.spec
-    _memory_check(cfg, spec, data, comm, budget, source)
-    if cfg.checkpoint.checkpoint:
-        _check_checkpoint_target(cfg.checkpoint.checkpoint, comm)
-    try:
-        trainer = METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm)
-    except ValueError as exc:  # e.g. batch larger than the data, more ranks than layers
-        raise ConfigError(str(exc)) from None
-    return trainer, spec
-
-
-def _check_checkpoint_target(path: str, comm: Any) -> None:
-    from pintopt.checkpoint import CheckpointError, check_target
-
-    outcome: Any = None
-    if comm.rank == 0:
-        try:
-            check_target(path)
-        except CheckpointError as exc:
-            outcome = exc
-    outcome = comm.bcast(outcome)
-    if outcome is not None:
-        raise outcome
-
-
-# ---------------------------------------------------------------------------------------------
 # the run
 
 
-class _Progress:
-    """Per-iteration callback: progress lines, periodic checkpoints (rank 0 writes), watchdog."""
+def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = None,
+         watchdog: Any = None, lr_override: float | None = None) -> Any:
+    """:func:`pintopt.run` with the signal handler, progress on rank 0 and the closing lines."""
+    from pintopt.api import run
 
-    def __init__(
-        self,
-        cfg: Config,
-        comm: Any,
-        spec: Any,
-        quiet: bool,
-        wall_offset: float,
-        watchdog: Any = None,
-        last_saved: int | None = None,
-    ) -> None:
-        self.cfg, self.comm, self.spec, self.quiet = cfg, comm, spec, quiet
-        self.last_write = time.monotonic()
-        self.wall_offset = wall_offset
-        self.watchdog = watchdog
-        #: iteration of the last checkpoint written (or resumed from) in this run
-        self.last_saved = last_saved
-        self._due_at: tuple[int, bool] | None = None
-
-    def __call__(self, trainer: Any, history: dict[str, list], evaluated: bool) -> None:
-        if evaluated and not self.quiet:
-            h = {k: v[-1] for k, v in history.items() if v}
-            _say(
-                self.comm,
-                f"it {h['iteration']:>6}/{trainer.total_iterations()}  "
-                f"epoch {h['epoch']:7.2f}  loss {h['loss']:.4f}  train {h['train_acc']:.3f}  "
-                f"val {h['val_acc']:.3f}  time {h['wall']:.1f}s",
-            )
-        if self.checkpoint_due(trainer):
-            self.write(trainer, history)
-
-    def checkpoint_due(self, trainer: Any) -> bool:
-        """Whether a checkpoint is written after this iteration: the same answer on every rank
-        (rank 0's clock decides ``checkpoint_seconds``); computed once per iteration, the
-        training loop asks first so that ranks agree on divergence before writing."""
-        if self._due_at is not None and self._due_at[0] == trainer.iteration:
-            return self._due_at[1]
-        c = self.cfg.checkpoint
-        due = False
-        if c.checkpoint:
-            due = bool(c.checkpoint_every) and trainer.iteration % c.checkpoint_every == 0
-            if c.checkpoint_seconds:
-                late = self.comm.bcast(time.monotonic() - self.last_write >= c.checkpoint_seconds)
-                due = due or late
-        self._due_at = (trainer.iteration, due)
-        return due
-
-    def write(self, trainer: Any, history: dict[str, list]) -> None:
-        """Gather the state (collective), check it is finite on every rank, rank 0 writes."""
-        from pintopt import checkpoint
-        from pintopt.methods.base import Divergence, _agree, describe_divergence, finite
-
-        if self.watchdog is not None:
-            self.watchdog.beat("checkpoint")
-        state = trainer.state()  # collective
-        ok = finite([a for a in state["arrays"].values() if a.dtype.kind == "f"])
-        verdict = _agree(self.comm, 0 if ok else 2, trainer.iteration)
-        if verdict[:, 0].any():
-            raise Divergence(
-                f"training diverged: {describe_divergence(verdict)} (found while writing the "
-                f"checkpoint of iteration {trainer.iteration}, which was not written)",
-                iteration=trainer.iteration,
-            )
-        if self.comm.rank == 0:
-            wall = history["wall"][-1] if history.get("wall") else self.wall_offset
-            checkpoint.save(
-                self.cfg.checkpoint.checkpoint,
-                state=state,
-                config=self.cfg.to_dict(),
-                method=self.cfg.train.method,
-                model=dataclasses.asdict(self.spec),
-                history=history,
-                wall_time=wall,
-                ranks=self.comm.size,
-                keep_last=self.cfg.checkpoint.keep_last,
-            )
-        self.last_write = time.monotonic()
-        self.last_saved = trainer.iteration
-        if self.watchdog is not None:
-            # every rank stays in phase "checkpoint" until rank 0 has written (the training loop
-            # enters the next phase), so no rank counts the write as part of a step
-            self.comm.barrier()
-
-
-class _Diverged(Exception):
-    """Training diverged; the message names the cause and the checkpoint kept (every rank)."""
-
-
-def _run(
-    cfg: Config,
-    comm: Any,
-    quiet: bool,
-    resume: dict[str, Any] | None = None,
-    watchdog: Any = None,
-    lr_override: float | None = None,
-):
-    from pintopt.checkpoint import CheckpointError
-    from pintopt.methods.base import Divergence, train
-
-    trainer, spec = _setup(cfg, comm)
-    history, wall, last_saved = None, 0.0, None
-    if resume is not None:
-        where = f"checkpoint {resume['path']}"
-        if resume["model"] != dataclasses.asdict(spec):
-            diff = sorted(
-                k
-                for k in set(resume["model"]) | set(dataclasses.asdict(spec))
-                if resume["model"].get(k) != dataclasses.asdict(spec).get(k)
-            )
-            raise CheckpointError(
-                f"{where}: its model does not match the model its configuration builds now "
-                f"({', '.join(diff)} differ; did the data change?)"
-            )
-        if resume["ranks"] != comm.size and not trainer.resume_any_ranks:
-            raise CheckpointError(
-                f"{where}: written by {resume['ranks']} rank(s); method {cfg.train.method} "
-                f"resumes only on the same number of ranks (run with mpiexec -n "
-                f"{resume['ranks']})"
-            )
-        try:
-            trainer.load_state(resume["state"])
-        except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
-            raise CheckpointError(
-                f"{where}: its state does not fit method {cfg.train.method} and this model "
-                f"({_one_line(exc)})"
-            ) from None
-        if lr_override is not None:
-            for opt in trainer.optimizers():
-                opt.lr = lr_override
-        history, wall, last_saved = resume["history"], resume["wall_time"], resume["iteration"]
-    progress = _Progress(cfg, comm, spec, quiet, wall, watchdog, last_saved)
-    _say(
-        comm,
-        f"pintopt {__version__}: method {cfg.train.method}, {cfg.data.dataset}, "
-        f"{spec.depth} {getattr(spec, 'scheme', 'mlp')} layers of width {spec.width}, "
-        f"{comm.size} rank(s), {trainer.total_iterations()} iterations",
-    )
-    if watchdog is not None:
-        watchdog.start()
-    try:
-        with _StopOnSignal() as stopper:
-            result = train(
-                trainer,
-                progress,
-                history=history,
-                wall_offset=wall,
-                log=lambda line: _say(comm, f"pintopt: {line}", err=True),
-                should_stop=stopper.requested,
-                beat=watchdog.beat if watchdog is not None else None,
-            )
-            if cfg.checkpoint.checkpoint and progress.last_saved != trainer.iteration:
-                progress.write(trainer, result.history)
-    except Divergence as exc:
-        raise _Diverged(_divergence_message(exc, cfg, progress)) from None
-    finally:
-        if watchdog is not None:
-            watchdog.stop()
-    h = result.history
-    n_rb = len(result.extras.get("rollbacks", []))
-    _say(
-        comm,
-        f"final: validation accuracy {result.val_acc:.4f}, train accuracy "
-        f"{h['train_acc'][-1]:.4f}, loss {h['loss'][-1]:.4f}, {result.iterations} "
-        f"iterations, wall time {result.wall_time:.2f} s ({result.stopped}"
-        + (f", {n_rb} rollback(s)" if n_rb else "")
-        + ")",
-    )
+    with _StopOnSignal() as stopper:
+        result = run(cfg, comm, progress=lambda line: _say(comm, line), quiet=quiet,
+                     notes=lambda line: _say(comm, line, err=True),
+                     should_stop=stopper.requested, watchdog=watchdog, resume=resume,
+                     lr=lr_override)
+    _say(comm, final_line(result))
     if result.stopped == "interrupted":
         path = cfg.checkpoint.checkpoint
         _say(
             comm,
             "pintopt: interrupted by a signal; "
             + (
-                f"checkpoint of iteration {trainer.iteration} written to {path} "
+                f"checkpoint of iteration {result.iterations} written to {path} "
                 f"(continue with `pintopt resume {path}`)"
                 if path
                 else "no checkpoint written (checkpoint.checkpoint is not set)"
@@ -620,22 +325,56 @@ def _run(
     return result
 
 
-def _divergence_message(exc: Exception, cfg: Config, progress: _Progress) -> str:
-    path = cfg.checkpoint.checkpoint
-    if not path:
-        tail = "no checkpoint file was configured (--checkpoint)"
-    elif progress.last_saved is None:
-        tail = f"no checkpoint was written before (nothing at {path})"
+def final_line(result: Any) -> str:
+    """The closing line: the last evaluation, the iterations, the two clocks of the training loop
+    and the command's time in all (``docs/cli.md`` says what each counts)."""
+    h = result.history
+    n_rb = len(result.extras.get("rollbacks", []))
+    if h.get("val_acc"):
+        scores = (f"validation accuracy {h['val_acc'][-1]:.4f} (loss {h['val_loss'][-1]:.4f}), "
+                  f"train accuracy {h['train_acc'][-1]:.4f} (loss {h['train_loss'][-1]:.4f})")
     else:
-        tail = (
-            f"the last good checkpoint {path} (iteration {progress.last_saved}) is kept; "
-            f"`pintopt resume {path} --lr <smaller>` or `--on-divergence rollback` continues"
-        )
-    return f"{exc}; {tail}"
+        scores = "no evaluation"
+    return (
+        f"final: {scores}, {result.iterations} iterations; training time "
+        f"{result.train_time:.2f} s, wall time {result.wall_time:.2f} s, "
+        f"{time.perf_counter() - _T0:.1f} s in all ({result.stopped}"
+        + (f", {n_rb} rollback(s)" if n_rb else "")
+        + ")"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # commands
+
+
+def _plot(args: argparse.Namespace, comm: Any) -> int:
+    """``pintopt plot``: rank 0 draws; a missing matplotlib is one line and status 1."""
+    from pintopt.checkpoint import read_history
+
+    outcome: Any = None
+    if comm.rank == 0:
+        try:
+            from pintopt.plot import MissingMatplotlib, plot_history
+
+            out = args.output or str(_with_suffix(args.path, ".png"))
+            plot_history(read_history(args.path), out, title=args.path)
+            outcome = f"pintopt: wrote {out}"
+        except MissingMatplotlib as exc:
+            outcome = (EXIT_FAILURE, f"pintopt: error: {exc}")
+        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+            outcome = (EXIT_USAGE, f"pintopt: error: {exc}")
+    outcome = comm.bcast(outcome)
+    if isinstance(outcome, tuple):
+        return _finish(comm, *outcome)
+    _say(comm, outcome)
+    return EXIT_OK
+
+
+def _with_suffix(path: str, suffix: str) -> Any:
+    from pathlib import Path
+
+    return Path(path).with_suffix(suffix)
 
 
 def _info(comm: Any) -> None:
@@ -650,20 +389,26 @@ def _info(comm: Any) -> None:
         f"numpy {numpy.__version__}, scipy {scipy.__version__}, numba {numba.__version__}, "
         f"h5py {h5py.__version__}",
     ]
-    try:
-        import mpi4py
+    from pintopt.comm.mpi import mpi4py_version
 
-        lines.append(f"mpi4py {mpi4py.__version__}")
-    except ImportError:
-        lines.append("mpi4py: not installed (serial only)")
+    version = mpi4py_version()
+    lines.append(f"mpi4py {version}" if version else "mpi4py: not installed (serial only)")
     lines.append(f"MPI: {comm.describe()}")
+    import pintopt.kernels
+
+    lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
+    from pintopt.methods import METHODS
+
+    lines += [f"method {name}: {cls.summary}" for name, cls in METHODS.items()]
     lines.append(
         f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
         f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, numba threading "
         f"layer {numba.config.THREADING_LAYER}"
     )
     lines.append(
-        f"reliability: receive timeout {comm.default_timeout or 'none'} s "
+        "reliability: receive timeout "
+        + (f"{comm.default_timeout:g} s" if comm.default_timeout else "none (wait forever)")
+        + " "
         f"(PINTOPT_COMM_TIMEOUT), watchdog "
         f"{os.environ.get('PINTOPT_WATCHDOG') or 'adaptive'} (PINTOPT_WATCHDOG)"
     )
@@ -706,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import world
     from pintopt.guards import Watchdog, abort_on_exception
+    from pintopt.loop import Divergence
 
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = world()
@@ -723,36 +469,49 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
+            cfg = make_config(DEFAULT_JOB)
+            if args.print_config:
+                _print_config(comm, cfg, "the default job (python -m pintopt)")
+                return EXIT_OK
             _say(
                 comm,
                 "pintopt: no command given, running the default job "
-                "(`pintopt train --help` for options)",
+                "(`pintopt train --help` for options, `pintopt --print-config` for its "
+                "configuration)",
             )
-            cfg = make_config(DEFAULT_JOB)
+            _warn(comm, cfg)
             result = _run(cfg, comm, quiet=False, watchdog=watchdog)
             if result.stopped == "interrupted":
                 return EXIT_INTERRUPTED
             if args.compare_serial:
-                _compare_serial(cfg, comm, result)
+                _compare_serial(_without_files(cfg), comm, result)
             return EXIT_OK
         if args.command == "info":
             _info(comm)
         elif args.command == "options":
             _say(comm, options_markdown())
+        elif args.command == "plot":
+            return _plot(args, comm)
         elif args.command == "train":
             cfg = make_config(_raw_config(args, {}))
+            _warn(comm, cfg)
+            if args.print_config:
+                _print_config(comm, cfg, "pintopt " + " ".join(
+                    a for a in argv if a != "--print-config"))
+                return EXIT_OK
             result = _run(cfg, comm, args.quiet, watchdog=watchdog)
             if result.stopped == "interrupted":
                 return EXIT_INTERRUPTED
             if args.compare_serial:
-                _compare_serial(cfg, comm, result)
+                _compare_serial(_without_files(cfg), comm, result)
         elif args.command == "resume":
-            if _resume(args, comm, watchdog).stopped == "interrupted":
+            result = _resume(args, comm, watchdog)
+            if result is not None and result.stopped == "interrupted":
                 return EXIT_INTERRUPTED
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
         return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
-    except _Diverged as exc:
+    except Divergence as exc:
         return _finish(comm, EXIT_DIVERGED, f"pintopt: error: {exc}")
 
 
@@ -770,10 +529,10 @@ def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
     )
     _say(
         comm,
-        f"serial: validation accuracy {serial.val_acc:.4f}, wall time {serial.wall_time:.2f} s; "
+        f"serial: validation accuracy {serial.val_acc:.4f}, wall time {serial.train_time:.2f} s; "
         f"{cfg.train.method}: validation accuracy {result.val_acc:.4f}, wall time "
-        f"{result.wall_time:.2f} s; speedup of {cfg.train.method} over serial ({basis}): "
-        f"{serial.wall_time / max(result.wall_time, 1e-12):.2f}x",
+        f"{result.train_time:.2f} s; speedup of {cfg.train.method} over serial ({basis}): "
+        f"{serial.train_time / max(result.train_time, 1e-12):.2f}x",
     )
 
 
@@ -794,19 +553,21 @@ def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> Any:
     if isinstance(ck, Exception):
         raise ck
     ck["path"] = args.path
-    raw = ck["config"]
+    raw = json.loads(json.dumps(ck["config"]))  # a copy: ck["config"] stays the run's own
     if not isinstance(raw.get("checkpoint", {}), dict):
         raise checkpoint.CheckpointError(f"checkpoint {args.path}: malformed configuration")
     raw.setdefault("checkpoint", {})["checkpoint"] = args.path
     lr_override = None
+    given = set()
     for dest, value in vars(args).items():
         if "." in dest:
             section, key = dest.split(".", 1)
             if not isinstance(raw.get(section, {}), dict):
                 raise checkpoint.CheckpointError(f"checkpoint {args.path}: malformed configuration")
             raw.setdefault(section, {})[key] = value
+            given.add((section, key))
     try:
-        cfg = make_config(raw)
+        cfg = make_config(raw, given)
     except ConfigError as exc:
         if any("." in d and str(exc).find(d) >= 0 for d in vars(args)):
             raise
@@ -821,6 +582,10 @@ def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> Any:
         )
     if "train.lr" in vars(args):
         lr_override = cfg.train.lr
+    _warn(comm, cfg)
+    if args.print_config:
+        _print_config(comm, cfg, f"the run of {args.path} as `pintopt resume` continues it")
+        return None
     _say(
         comm,
         f"resuming {args.path} at iteration {ck['iteration']} (written by {ck['ranks']} rank(s))",

@@ -1,22 +1,39 @@
 """Run configuration: TOML sections overridden by command-line flags, validated into dataclasses.
 
 Sections ``[data]``, ``[model]``, ``[train]``, ``[checkpoint]`` hold the options every method
-shares;
-each method may add its own section named after it (``[pint]``, ...), declared as an ``Options``
-dataclass in its module and registered in :mod:`pintopt.methods`. Every field carries its help
-text, so the CLI flags and ``docs/options.md`` are generated from this one place.
+shares (declared in :mod:`pintopt.options`); each method may add its own section named after it
+(``[pint]``, ...), declared as an ``Options`` dataclass in its module and registered in
+:mod:`pintopt.methods`. Every field carries its help text, so the CLI flags and
+``docs/options.md`` are generated from this one place.
 
 Any bad value raises :class:`ConfigError` whose message names the option and what was expected.
+Values keep their TOML types: a string where a number or a boolean is expected (``lr = "0.01"``)
+is refused; only command-line flags, strings by nature, are converted (:class:`FlagValue`).
+:func:`ineffective_options` lists the options a user set that have no effect in the rest of the
+configuration (the CLI warns about them); :func:`to_toml` writes a configuration back as a TOML
+file that ``--config`` reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 import sys
-from dataclasses import MISSING, dataclass, field, fields
+import textwrap
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from pintopt.options import (  # noqa: F401 - re-exported: the configuration's vocabulary
+    CORE_SECTIONS,
+    ON,
+    CheckpointOptions,
+    Config,
+    DataOptions,
+    ModelOptions,
+    TrainOptions,
+    opt,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,160 +45,16 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
-def opt(
-    default: Any,
-    help: str,
-    choices: tuple | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> Any:
-    """A dataclass field with its help text and admissible values (``low``/``high`` inclusive
-    unless ``low_open``)."""
-    return field(
-        default=default,
-        metadata={"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open},
-    )
-
-
-@dataclass
-class DataOptions:
-    dataset: str = opt(
-        "swissroll",
-        "dataset to train on",
-        choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam"),
-    )
-    data_dir: str | None = opt(None, "directory holding the dataset files (mnist: the IDX files)")
-    path: str | None = opt(None, "file to read (libsvm, npz, hdf5)")
-    n: int | None = opt(
-        None,
-        "dataset size: swissroll points per arm parameter (2n+1 points per arm), ellipses points "
-        "per class, overparam total samples, files at most n samples; default: the dataset's own",
-        low=1,
-    )
-    noise: float = opt(0.0, "standard deviation of Gaussian noise added to synthetic data", low=0.0)
-    val_fraction: float | None = opt(
-        None,
-        "fraction held out for validation (where the dataset has no fixed split)",
-        low=0.0,
-        high=0.9,
-    )
-    n_train: int | None = opt(
-        None,
-        "number of leading samples used for training where the dataset is split here (rest "
-        "validate); default: 1 - val_fraction of the data (mnist test set: 8000)",
-        low=1,
-    )
-    n_features: int | None = opt(
-        None, "overparam: number of features d (default 2000, must exceed the training set)", low=1
-    )
-    standardize: bool | None = opt(
-        None,
-        "standardize features with training-set mean and std (default: per dataset, on for "
-        "swissroll/ellipses/libsvm/npz/hdf5, off for mnist pixels and overparam)",
-    )
-
-
-@dataclass
-class ModelOptions:
-    architecture: str = opt(
-        "resnet",
-        "network: resnet (ResNet-as-ODE, layers are time steps) or mlp (a fully connected chain "
-        "of depth hidden layers of width units, for the layer-parallel methods)",
-        choices=("resnet", "mlp"),
-    )
-    width: int = opt(8, "number of channels of the residual layers", low=1)
-    depth: int = opt(16, "number of residual layers (time steps)", low=1)
-    final_time: float = opt(
-        4.0, "final time T of the ODE; step size h = final_time / depth", low=0.0, low_open=True
-    )
-    scheme: str = opt("verlet", "time discretisation", choices=("euler", "verlet"))
-    activation: str = opt(
-        "tanh", "activation function", choices=("tanh", "relu", "leaky_relu", "sigmoid", "softplus")
-    )
-
-
-@dataclass
-class TrainOptions:
-    method: str = opt("serial", "training method (see docs/methods/)")
-    optimizer: str = opt("adam", "update mapping A", choices=("sgd", "momentum", "adam"))
-    lr: float = opt(0.01, "learning rate", low=0.0, low_open=True)
-    momentum: float = opt(0.9, "momentum coefficient (optimizer = momentum)", low=0.0, high=1.0)
-    weight_decay: float = opt(0.0, "L2 regularisation R(U) = weight_decay/2 ||U||^2", low=0.0)
-    schedule: str = opt(
-        "constant", "learning-rate schedule", choices=("constant", "invtime", "step")
-    )
-    decay: float = opt(0.0, "invtime schedule: lr / (1 + decay * k)", low=0.0)
-    step_size: int = opt(1000, "step schedule: iterations between decays", low=1)
-    gamma: float = opt(0.5, "step schedule: decay factor", low=0.0, high=1.0, low_open=True)
-    batch_size: int = opt(16, "global mini-batch size (all ranks together); 0 = full batch", low=0)
-    epochs: float = opt(60.0, "training length in passes over the training set", low=0.0)
-    iterations: int = opt(0, "training length in iterations (overrides epochs when > 0)", low=0)
-    target_accuracy: float = opt(
-        0.0, "stop as soon as validation accuracy reaches this (0 = never)", low=0.0, high=1.0
-    )
-    eval_every: int = opt(0, "evaluate every this many iterations (0 = once per epoch)", low=0)
-    seed: int = opt(0, "seed of initialisation and mini-batch order", low=0)
-    on_divergence: str = opt(
-        "stop",
-        "when the loss or parameters become NaN/Inf: stop, or roll "
-        "back to the last good state and halve the step size",
-        choices=("stop", "rollback"),
-    )
-    max_rollbacks: int = opt(3, "rollback: give up after this many halvings", low=0)
-    memory_limit_gb: float = opt(
-        0.0,
-        "refuse to start when the estimated memory per rank exceeds this many GiB (0 = 80% of "
-        "the machine's memory or of the cgroup limit, divided by the ranks on the node)",
-        low=0.0,
-    )
-
-
-@dataclass
-class CheckpointOptions:
-    checkpoint: str | None = opt(None, "HDF5 checkpoint file (written by rank 0 only, atomically)")
-    checkpoint_every: int = opt(
-        0,
-        "write a checkpoint every this many iterations (0 = only at "
-        "the end when a checkpoint file is given)",
-        low=0,
-    )
-    checkpoint_seconds: float = opt(
-        0.0,
-        "also write a checkpoint when this many seconds passed since the last one (0 = off)",
-        low=0.0,
-    )
-    keep_last: int = opt(1, "keep this many previous checkpoints as FILE.1, FILE.2, ...", low=1)
-
-
-CORE_SECTIONS: dict[str, type] = {
-    "data": DataOptions,
-    "model": ModelOptions,
-    "train": TrainOptions,
-    "checkpoint": CheckpointOptions,
-}
-
-
-@dataclass
-class Config:
-    data: DataOptions = field(default_factory=DataOptions)
-    model: ModelOptions = field(default_factory=ModelOptions)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
-    method: Any = None  # the chosen method's Options dataclass
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        out = {name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}
-        if self.method is not None:
-            out[self.train.method] = dataclasses.asdict(self.method)
-        return out
+class FlagValue(str):
+    """A value typed on the command line: text, converted to the option's type (a value from a
+    TOML file or a Python mapping keeps its type and is refused when it is the wrong one)."""
 
 
 def method_sections() -> dict[str, type]:
     """Options dataclass of every registered method, by method name."""
     from pintopt.methods import METHODS
 
-    return {name: entry.options for name, entry in METHODS.items()}
+    return {name: cls.Options for name, cls in METHODS.items()}
 
 
 def _typename(tp: Any) -> str:
@@ -189,13 +62,23 @@ def _typename(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` (from TOML or a flag string) to the field type ``tp``."""
-    text = isinstance(value, str)
+    """Convert ``value`` to the field type ``tp``: a :class:`FlagValue` from its text, anything
+    else only when it already has the type (an int where a float is expected is a float)."""
     optional = type(None) in getattr(tp, "__args__", ())
     if optional:
-        if value is None or (text and value.lower() in ("none", "")):
-            return None
         tp = next(a for a in tp.__args__ if a is not type(None))
+        text_ok = isinstance(value, FlagValue) or (tp is str and isinstance(value, str))
+        if value is None or (text_ok and value.lower() in ("none", "")):
+            return None
+    text = isinstance(value, FlagValue)
+    if isinstance(value, str) and not text and tp is not str:
+        what = {bool: "true or false", int: "an integer"}.get(tp, "a number")
+        try:
+            _coerce(FlagValue(value), tp, where)
+            hint = " (write it without quotes)"
+        except ConfigError:
+            hint = ""
+        raise ConfigError(f"{where}: expected {what}, got the string {value!r}{hint}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -224,7 +107,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+        return str(value)
     raise ConfigError(f"{where}: unsupported option type {_typename(tp)}")  # pragma: no cover
 
 
@@ -276,8 +159,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML ({exc})") from None
 
 
-def make_config(raw: dict[str, Any]) -> Config:
-    """Validate a nested mapping ``{section: {key: value}}`` into a :class:`Config`."""
+def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) -> Config:
+    """Validate a nested mapping ``{section: {key: value}}`` into a :class:`Config`.
+
+    ``given``: the options the user set, as (section, key) (default: every key of ``raw``);
+    recorded as ``Config.given`` for :func:`ineffective_options`."""
     methods = method_sections()
     if not isinstance(raw, dict):
         raise ConfigError("configuration must be a table of sections")
@@ -297,7 +183,101 @@ def make_config(raw: dict[str, Any]) -> Config:
     for other in set(raw) & set(methods) - {name}:
         build_section(other, methods[other], raw[other])  # still validated: a typo is an error
     cfg.method = build_section(name, methods[name], raw.get(name, {}))
+    if given is None:
+        given = {(sec, key) for sec, values in raw.items() if isinstance(values, dict)
+                 for key in values}
+    cfg.given = frozenset(given)
     return cfg
+
+
+def _section_of(cfg: Config, section: str) -> Any:
+    return cfg.method if section == cfg.train.method else getattr(cfg, section, None)
+
+
+def _is_on(value: Any) -> bool:
+    return value not in (None, 0, 0.0, False, "none", "")
+
+
+def _wanted(values: Any) -> str:
+    if values == ON:
+        return "is set"
+    values = values if isinstance(values, tuple) else (values,)
+    return "= " + " or ".join(_toml_value(v) for v in values)
+
+
+def _requirement_met(value: Any, values: Any) -> bool:
+    if values == ON:
+        return _is_on(value)
+    return value in (values if isinstance(values, tuple) else (values,))
+
+
+def ineffective_options(cfg: Config) -> list[str]:
+    """One line for each option the user set (``cfg.given``) to a value other than its default
+    that has no effect with the rest of ``cfg``, from the ``requires`` and ``disables``
+    declarations of the option table (:func:`pintopt.options.opt`). Defaults are left out, so a
+    complete file (``--print-config``) passed back raises no warning."""
+    sections = {sec: _section_of(cfg, sec) for sec in [*CORE_SECTIONS, cfg.train.method]}
+    disabled: dict[str, str] = {}
+    for sec, obj in sections.items():
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            for other in f.metadata.get("disables", ()):
+                if _is_on(value):
+                    disabled.setdefault(other, f"{sec}.{f.name} = {_toml_value(value)}")
+    lines = []
+    for sec, obj in sections.items():
+        for f in fields(obj):
+            if (sec, f.name) not in cfg.given or getattr(obj, f.name) == f.default:
+                continue
+            where = f"{sec}.{f.name}"
+            if where in disabled:
+                lines.append(f"option {where} has no effect with {disabled[where]}")
+                continue
+            for other, values in f.metadata.get("requires", {}).items():
+                osec, okey = other.split(".", 1) if "." in other else (sec, other)
+                value = getattr(sections.get(osec), okey, None)
+                if not _requirement_met(value, values):
+                    lines.append(
+                        f"option {where} has no effect unless {osec}.{okey} {_wanted(values)} "
+                        f"(here {_toml_value(value)})"
+                    )
+                    break
+    return lines
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal (None, which TOML lacks, as the word none)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+def to_toml(cfg: Config, header: str = "") -> str:
+    """The whole configuration as a TOML file that ``--config`` reads back to the same
+    configuration: every option of the shared sections and of the chosen method's section, each
+    under a comment with its help text. Unset options (None) are written as comments."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, obj in [*((s, getattr(cfg, s)) for s in CORE_SECTIONS),
+                         (cfg.train.method, cfg.method)]:
+        if obj is None:
+            continue
+        lines += ["", f"[{section}]"]
+        for f in fields(obj):
+            meta = f.metadata
+            text = meta.get("help", "")
+            if meta.get("choices"):
+                text += f" ({' | '.join(meta['choices'])})"
+            lines += textwrap.wrap(text, 98, initial_indent="# ", subsequent_indent="# ")
+            value = getattr(obj, f.name)
+            if value is None:
+                lines.append(f"# {f.name} = (unset)")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def all_sections() -> dict[str, type]:
@@ -325,6 +305,12 @@ def options_markdown() -> str:
         for f in fields(cls):
             meta = f.metadata
             extra = f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else ""
+            needs = [f"`{o}` {_wanted(v)}" for o, v in meta.get("requires", {}).items()]
+            if needs:
+                extra += f" Has an effect only when {' and '.join(needs)}."
+            if meta.get("disables"):
+                extra += (f" When on, {', '.join(f'`{o}`' for o in meta['disables'])} "
+                          "have no effect.")
             default = f.default if f.default is not MISSING else "(required)"
             lines.append(
                 f"| `{f.name}` | `{flag_name(section, f.name)}` | `{default!r}` | "

@@ -798,6 +798,40 @@ def _flatten_x(x: np.ndarray, what: str, where: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Image pooling (a data option every method can use)
+
+POOLS = ("none", "avg", "max")
+
+
+def pool_images(ds: Dataset, kind: str, size: int) -> Dataset:
+    """Downsample an image dataset by ``size x size`` pooling (non-overlapping windows, stride
+    ``size``): ``avg`` takes the mean (pdADMM's 14 x 14 = 196 MNIST features, Wang et al. 2020,
+    Section V-A), ``max`` the maximum (Zhang & Li 2022, Section 5: 2 x 2 max-pooling twice on MNIST
+    is ``size = 4``, 7 x 7 = 49 features). Needs ``info["image_shape"]`` (H, W) with H and W
+    divisible by ``size``. Applied before standardisation."""
+    if kind == "none":
+        return ds
+    if kind not in POOLS:
+        raise DataError(f"pooling must be one of {', '.join(POOLS)}, got {kind!r}")
+    shape = ds.info.get("image_shape")
+    if shape is None or len(shape) != 2:
+        raise DataError(f"{_where(ds)}: pooling needs an image dataset (mnist), not {ds.name}")
+    H, W = (int(s) for s in shape)
+    if size < 2 or H % size or W % size:
+        raise DataError(f"{_where(ds)}: a {size} x {size} pooling window does not divide the "
+                        f"{H} x {W} images (choose a divisor of both, >= 2)")
+
+    def pooled(x: np.ndarray) -> np.ndarray:
+        blocks = x.reshape(x.shape[0], H // size, size, W // size, size)
+        out = blocks.mean(axis=(2, 4)) if kind == "avg" else blocks.max(axis=(2, 4))
+        return np.ascontiguousarray(out.reshape(x.shape[0], -1))
+
+    info = {**ds.info, "image_shape": (H // size, W // size), "pool": f"{kind} {size}x{size}"}
+    return Dataset(ds.name, pooled(ds.x_train), ds.y_train, pooled(ds.x_val), ds.y_val,
+                   ds.n_classes, info=info)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -813,6 +847,8 @@ def load_dataset(
     standardize: bool | None = None,
     n_train: int | None = None,
     n_features: int | None = None,
+    pool: str = "none",
+    pool_size: int = 2,
 ) -> Dataset:
     """Load or generate dataset ``name`` (one of ``DATASETS``), split and optionally standardised.
 
@@ -823,7 +859,8 @@ def load_dataset(
     with x_val); mnist splits head/tail (first n_train train), the others at random from ``seed``.
     ``standardize`` -- None (default) means True except for mnist and overparam. ``n_features`` --
     overparam only, the dimension d (default 2000). ``data_dir`` -- mnist; ``path`` -- libsvm,
-    npz, hdf5. See ``docs/data.md``.
+    npz, hdf5. ``pool``/``pool_size`` -- image downsampling (:func:`pool_images`). See
+    ``docs/data.md``.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -850,6 +887,7 @@ def load_dataset(
         ds = _load_libsvm(path, n, val_fraction, n_train, seed)
     else:
         ds = _load_arrays(name, path, n, val_fraction, n_train, seed)
+    ds = pool_images(ds, pool, pool_size)
     if standardize is None:
         standardize = name not in _NO_STANDARDIZE_BY_DEFAULT
     return standardize_dataset(ds) if standardize else ds
@@ -873,13 +911,16 @@ class BatchSampler:
     across seeds and cheap to gather.
 
     The generator is ``PCG64(SeedSequence([SAMPLER_STREAM, seed]))``, a stream of its own (see
-    ``SAMPLER_STREAM``). ``get_state()`` / ``set_state()`` save and restore the exact position
-    (a JSON-serialisable dict: epoch, position, and the bit-generator state at the start of the
-    epoch, from which the epoch's permutation is redrawn), so a resumed run -- on any number of
-    ranks -- continues with the same sequence.
+    ``SAMPLER_STREAM``); ``stream = s`` gives an independent sequence
+    ``SeedSequence([SAMPLER_STREAM, seed, s])`` (per-rank or per-node streams of methods whose
+    ranks draw their own batches). ``get_state()`` / ``set_state()`` save and restore the exact
+    position (a JSON-serialisable dict: epoch, position, and the bit-generator state at the start
+    of the epoch, from which the epoch's permutation is redrawn), so a resumed run -- on any
+    number of ranks -- continues with the same sequence.
     """
 
-    def __init__(self, m: int, batch_size: int, seed: int, drop_last: bool = True) -> None:
+    def __init__(self, m: int, batch_size: int, seed: int, drop_last: bool = True,
+                 stream: int | None = None) -> None:
         m = _strict_int(m, "m")
         batch_size = _strict_int(batch_size, "batch_size")
         seed = _strict_int(seed, "seed")
@@ -896,9 +937,9 @@ class BatchSampler:
         self.m = m
         self.batch_size = batch_size
         self.drop_last = bool(drop_last)
-        self._rng = np.random.Generator(
-            np.random.PCG64(np.random.SeedSequence([SAMPLER_STREAM, seed]))
-        )
+        key = [SAMPLER_STREAM, seed] if stream is None else \
+            [SAMPLER_STREAM, seed, _strict_int(stream, "stream")]
+        self._rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
         self._epoch = 0
         self._start_epoch()
 

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pintopt.comm import _env_seconds
+from pintopt.comm.base import env_seconds as _env_seconds
 
 # ---------------------------------------------------------------------------------------------
 # ending the job without losing its last words
@@ -108,13 +108,13 @@ def abort_job(comm: Any, code: int = 1) -> None:
     (:func:`drain_stdio`), through ``comm.abort`` (MPI Abort: the launcher kills every rank).
     Does not return: if Abort returns (MPICH's only notifies the launcher) the rank waits
     :data:`ABORT_GRACE_SECONDS` to be killed, then exits with ``code`` without running Python's
-    shutdown (which would finalise MPI and wait for ranks that will never come)."""
+    shutdown (which would finalise MPI and wait for ranks that will never come). A ``comm.abort``
+    that raises (logical ranks of :class:`pintopt.comm.LocalComm` end their thread that way) is
+    left to raise: exiting would end every logical rank's process, a user's notebook with it."""
     drain_stdio()
-    try:
-        comm.abort(code)
-    finally:
-        time.sleep(ABORT_GRACE_SECONDS)
-        os._exit(code)
+    comm.abort(code)
+    time.sleep(ABORT_GRACE_SECONDS)
+    os._exit(code)
 
 
 def abort_on_exception(comm: Any) -> None:
@@ -281,9 +281,9 @@ class Watchdog:
         else:
             why = f"watchdog limit {limit:g} s for a phase not seen before"
         sys.stderr.write(
-            f"pintopt: rank {self.comm.rank} of {self.comm.size}: no progress in training for "
-            f"{math.ceil(idle)} s (in {phase}; {why}): another rank is probably stopped, stuck or "
-            "dead; aborting the job\n"
+            f"pintopt: rank {self.comm.rank} of {self.comm.size}: no progress in {phase} for "
+            f"{math.ceil(idle)} s ({why}): another rank is probably stopped, stuck or dead; "
+            "aborting the job\n"
         )
         self._abort(self.comm, 1)
         return True

@@ -19,13 +19,19 @@ State layout: Euler, one array ``(m, width)``; Verlet, one array ``(2, m, width)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from pintopt.buffers import flat_buffer
 from pintopt.kernels import activations, dense, losses, residual
 
 SCHEMES = ("euler", "verlet")
+
+#: Roles of parameter arrays in a layer layout (see ``param_roles`` of the models): an integer is
+#: the layer that owns the array.
+STACKED, FIRST, LAST = "stacked", "first", "last"
 
 
 @dataclass(frozen=True)
@@ -72,40 +78,113 @@ class ResNetSpec:
         )
 
 
-@dataclass
-class Params:
-    """Parameters of a :class:`ResNet`, plain NumPy arrays (the controls U are ``K``, ``b``)."""
+class ParamSet:
+    """A model's parameters: named NumPy arrays in a fixed order, reachable as attributes
+    (``p.W0``, ``p.K``). Optimisers, Allreduce and checkpoints treat every model alike through
+    ``arrays()`` / ``as_dict()``; :meth:`zeros`, :meth:`copy` and :meth:`zeros_like` allocate
+    the arrays as views of one flat buffer (:attr:`flat`), so a whole set is updated or reduced
+    in one call. Assigning an attribute replaces that array (the set is then no longer flat)."""
 
-    W_in: np.ndarray  # (n_features, width)
-    b_in: np.ndarray  # (width,)
-    K: np.ndarray  # (depth, width, width)
-    b: np.ndarray  # (depth, width)
-    W_out: np.ndarray  # (width, n_classes)
-    b_out: np.ndarray  # (n_classes,)
-    names: tuple[str, ...] = field(default=("W_in", "b_in", "K", "b", "W_out", "b_out"), repr=False)
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.__dict__["_arrays"] = dict(arrays)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["_arrays"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: np.ndarray) -> None:
+        if name not in self._arrays:
+            raise AttributeError(f"{type(self).__name__} has no array {name!r}")
+        self._arrays[name] = value
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self._arrays.items())
+        return f"{type(self).__name__}({shapes})"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._arrays)
 
     def arrays(self) -> list[np.ndarray]:
         """The arrays in a fixed order (optimisers, Allreduce and checkpoints iterate over this)."""
-        return [getattr(self, n) for n in self.names]
+        return list(self._arrays.values())
 
-    def copy(self) -> Params:
-        return Params(*[a.copy() for a in self.arrays()])
+    @property
+    def flat(self) -> np.ndarray | None:
+        """The flat buffer behind all arrays, or None (see :func:`flat_buffer`)."""
+        return flat_buffer(self.arrays())
 
-    def zeros_like(self) -> Params:
-        return Params(*[np.zeros_like(a) for a in self.arrays()])
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return {n: getattr(self, n) for n in self.names}
+    def _new(self, arrays: dict[str, np.ndarray]) -> ParamSet:
+        out = object.__new__(type(self))
+        out.__dict__["_arrays"] = arrays
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, np.ndarray]) -> Params:
-        return cls(
-            *[
-                np.array(d[f.name], dtype=np.float64, order="C")
-                for f in fields(cls)
-                if f.name != "names"
-            ]
-        )
+    def zeros(cls, shapes: dict[str, tuple[int, ...]], dtype: Any = np.float64) -> ParamSet:
+        """Zero arrays of the given shapes, as views of one flat buffer."""
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes.values()]
+        buf = np.zeros(sum(sizes), dtype=dtype)
+        arrays, pos = {}, 0
+        for (name, shape), n in zip(shapes.items(), sizes):
+            arrays[name] = buf[pos : pos + n].reshape(shape)
+            pos += n
+        out = object.__new__(cls)
+        out.__dict__["_arrays"] = arrays
+        return out
+
+    def zeros_like(self) -> ParamSet:
+        return type(self).zeros({k: v.shape for k, v in self._arrays.items()},
+                                self.arrays()[0].dtype if self._arrays else np.float64)
+
+    def copy(self) -> ParamSet:
+        out = self.zeros_like()
+        for a, b in zip(out.arrays(), self.arrays()):
+            a[...] = b
+        return out
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return dict(self._arrays)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, np.ndarray], names: tuple[str, ...] | None = None) -> ParamSet:
+        """Copies of ``d``'s arrays (float64, flat-backed) in the order ``names`` (default: the
+        class's canonical order, :meth:`order`)."""
+        names = tuple(names) if names is not None else cls.order(d)
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise KeyError(f"parameter array {missing[0]!r} missing")
+        arrays = {n: np.asarray(d[n], dtype=np.float64) for n in names}
+        out = cls.zeros({n: a.shape for n, a in arrays.items()})
+        for n, a in arrays.items():
+            getattr(out, n)[...] = a
+        return out
+
+    @classmethod
+    def order(cls, d: dict[str, Any]) -> tuple[str, ...]:
+        """Canonical order of the names in ``d``: layer-numbered names (``W0, b0, W1, b1,
+        ...``) by layer, others as given."""
+        def key(k: str) -> tuple[int, str]:
+            digits = k.lstrip("Wb")
+            return (int(digits), k[0]) if digits.isdigit() and digits == k[1:] else (-1, k)
+        return tuple(sorted(d, key=key))
+
+
+class Params(ParamSet):
+    """Parameters of a :class:`ResNet` (the controls U are ``K``, ``b``):
+    ``W_in (n_features, width)``, ``b_in (width,)``, ``K (depth, width, width)``,
+    ``b (depth, width)``, ``W_out (width, n_classes)``, ``b_out (n_classes,)``."""
+
+    NAMES = ("W_in", "b_in", "K", "b", "W_out", "b_out")
+
+    def __init__(self, W_in: np.ndarray, b_in: np.ndarray, K: np.ndarray, b: np.ndarray,
+                 W_out: np.ndarray, b_out: np.ndarray) -> None:
+        super().__init__(dict(zip(self.NAMES, (W_in, b_in, K, b, W_out, b_out))))
+
+    @classmethod
+    def order(cls, d: dict[str, Any]) -> tuple[str, ...]:
+        return cls.NAMES
 
 
 class _Trajectory:
@@ -173,7 +252,23 @@ class ResNet:
             b=np.zeros((s.depth, s.width)),
             W_out=rng.standard_normal((s.width, s.n_classes)) / np.sqrt(s.width),
             b_out=np.zeros(s.n_classes),
-        )
+        ).copy()  # one flat buffer
+
+    # layers, as the layer layout (pintopt.layout) sees them -----------------------------------
+    @property
+    def n_layers(self) -> int:
+        """Layers a layer-parallel method splits over ranks: the time steps."""
+        return self.spec.depth
+
+    def param_roles(self) -> dict[str, str | int]:
+        """Where each parameter array lives: ``"stacked"`` (axis 0 runs over the layers),
+        ``"first"`` (the opening layer, owned with layer 0) or ``"last"`` (the classifier, owned
+        with the last layer)."""
+        return {"W_in": FIRST, "b_in": FIRST, "K": STACKED, "b": STACKED,
+                "W_out": LAST, "b_out": LAST}
+
+    def params_from_dict(self, d: dict[str, np.ndarray]) -> Params:
+        return Params.from_dict(d)
 
     def state_shape(self, m: int) -> tuple[int, ...]:
         return (2, m, self.spec.width) if self.verlet else (m, self.spec.width)
@@ -344,45 +439,6 @@ class MLPSpec:
         return self.depth + 1
 
 
-class ParamSet:
-    """Named arrays in a fixed order, with the interface of :class:`Params` (``arrays``, ``copy``,
-    ``zeros_like``, ``as_dict``, ``from_dict``) so optimisers, Allreduce and checkpoints treat
-    every model alike. Arrays are reachable as attributes (``p.W0``)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.__dict__["_arrays"] = dict(arrays)
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["_arrays"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: np.ndarray) -> None:
-        self._arrays[name] = value
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._arrays)
-
-    def arrays(self) -> list[np.ndarray]:
-        return list(self._arrays.values())
-
-    def copy(self) -> ParamSet:
-        return type(self)({k: v.copy() for k, v in self._arrays.items()})
-
-    def zeros_like(self) -> ParamSet:
-        return type(self)({k: np.zeros_like(v) for k, v in self._arrays.items()})
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return dict(self._arrays)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, np.ndarray]) -> ParamSet:
-        order = sorted(d, key=lambda k: (int(k[1:]), k[0]))  # W0, b0, W1, b1, ...
-        return cls({k: np.array(d[k], dtype=np.float64, order="C") for k in order})
-
-
 class MLP:
     """Forward and backward passes of an :class:`MLPSpec` chain, layer by layer.
 
@@ -405,7 +461,19 @@ class MLP:
         for i, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
             arrays[f"W{i}"] = rng.standard_normal((p, q)) * np.sqrt(gain / p)
             arrays[f"b{i}"] = np.zeros(q)
-        return ParamSet(arrays)
+        return ParamSet(arrays).copy()  # one flat buffer
+
+    @property
+    def n_layers(self) -> int:
+        """Layers a layer-parallel method splits over ranks: hidden layers and the classifier."""
+        return self.spec.n_layers
+
+    def param_roles(self) -> dict[str, str | int]:
+        """Layer ``l`` owns ``W{l}`` and ``b{l}``."""
+        return {f"{k}{i}": i for i in range(self.spec.n_layers) for k in "Wb"}
+
+    def params_from_dict(self, d: dict[str, np.ndarray]) -> ParamSet:
+        return ParamSet.from_dict(d)
 
     def forward(
         self, params: ParamSet, z: np.ndarray, lo: int = 0, hi: int | None = None

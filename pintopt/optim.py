@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pintopt.buffers import flat_buffer
 from pintopt.kernels import updates
 
 _F64 = np.dtype(np.float64)
@@ -70,9 +71,44 @@ class Optimizer:
     def current_lr(self) -> float:
         return learning_rate(self.lr, self.k, self.schedule, self.decay, self.step_size, self.gamma)
 
+    @property
+    def per_array(self) -> int:
+        """Moments kept per parameter array (Adam: 2, momentum: 1, SGD: 0)."""
+        return {"sgd": 0, "momentum": 1, "adam": 2}[self.kind]
+
     def _init_slots(self, params: Sequence[np.ndarray]) -> None:
-        per = {"sgd": 0, "momentum": 1, "adam": 2}[self.kind]
-        self.slots = [np.zeros_like(p) for p in params for _ in range(per)]
+        self._set_slots([np.zeros_like(p) for p in params for _ in range(self.per_array)])
+
+    def _set_slots(self, slots: Sequence[np.ndarray]) -> None:
+        """Keep ``slots`` (``slots[per * i + j]``: moment j of array i) as views of one flat
+        buffer per moment, so a flat-backed parameter set is updated in one call."""
+        per = self.per_array
+        if not per or len(slots) % per:
+            self.slots = [np.array(s, dtype=np.float64) for s in slots]
+            return
+        n = len(slots) // per
+        self.slots = [np.empty(0)] * len(slots)
+        for j in range(per):
+            kind = [np.asarray(slots[per * i + j], dtype=np.float64) for i in range(n)]
+            buf = np.empty(sum(a.size for a in kind))
+            pos = 0
+            for i, a in enumerate(kind):
+                view = buf[pos : pos + a.size].reshape(a.shape)
+                view[...] = a
+                self.slots[per * i + j] = view
+                pos += a.size
+
+    def _flat(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None:
+        """Flat buffers of params, grads and each moment when all tile one buffer each."""
+        p, g = flat_buffer(list(params)), flat_buffer(list(grads))
+        if p is None or g is None or p.dtype != _F64 or g.dtype != _F64 or p.size != g.size:
+            return None
+        per = self.per_array
+        kinds = [flat_buffer(self.slots[j::per]) for j in range(per)] if per else []
+        if any(k is None or k.size != p.size for k in kinds):
+            return None
+        return p, g, kinds
 
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         """One update U <- A(U, grad) of every array in ``params``."""
@@ -84,9 +120,18 @@ class Optimizer:
         c1 = 1 - self.beta1**self.k
         c2 = 1 - self.beta2**self.k
         kind = self.kind
+        flat = self._flat(params, grads)
+        if flat is not None:  # a flat-backed parameter set: one fused call (bitwise the same)
+            params, grads = [flat[0]], [flat[1]]
+            self_slots, slots_of = self.slots, flat[2]
+        else:
+            self_slots, slots_of = self.slots, None
         for i, (p, g) in enumerate(zip(params, grads)):
-            slots = self.slots[2 * i : 2 * i + 2] if kind == "adam" else \
-                self.slots[i : i + 1] if kind == "momentum" else ()
+            if slots_of is not None:
+                slots = slots_of
+            else:
+                slots = self_slots[2 * i : 2 * i + 2] if kind == "adam" else \
+                    self_slots[i : i + 1] if kind == "momentum" else ()
             if p.flags.c_contiguous and g.flags.c_contiguous and p.dtype == g.dtype == _F64 \
                     and all(s.flags.c_contiguous for s in slots):
                 # fused kernels: one pass instead of a dozen NumPy calls (bitwise the same)
@@ -120,4 +165,4 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         self.k = int(state["k"])
-        self.slots = [np.array(s, dtype=np.float64) for s in state["slots"]]
+        self._set_slots(state["slots"])

@@ -49,8 +49,9 @@ import numpy as np  # noqa: E402
 from pintopt.comm import SerialComm, world  # noqa: E402
 from pintopt.config import make_config  # noqa: E402
 from pintopt.data import load_dataset  # noqa: E402
+from pintopt.loop import train
 from pintopt.methods import METHODS  # noqa: E402
-from pintopt.methods.base import Problem, train  # noqa: E402
+from pintopt.methods.base import Problem  # noqa: E402
 from pintopt.model import ResNet, ResNetSpec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def build(raw: dict, comm, data):
     m = cfg.model
     spec = ResNetSpec(data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme,
                       m.activation)
-    return METHODS[cfg.train.method].trainer(Problem(ResNet(spec), data), cfg, comm)
+    return METHODS[cfg.train.method](Problem(ResNet(spec), data), cfg.train, cfg.method, comm)
 
 
 def time_to(history: dict, target: float) -> tuple[float | None, int | None]:
@@ -118,15 +119,17 @@ def run(raw: dict, comm, data) -> dict:
     res = train(trainer)
     share = (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9)
     out = {
-        "wall": res.wall_time, "iterations": res.iterations, "val_acc": res.val_acc,
+        "wall": res.train_time, "iterations": res.iterations, "val_acc": res.val_acc,
         "best_acc": max(res.history["val_acc"]), "history": {
-            k: res.history[k] for k in ("iteration", "val_acc", "wall", "loss")},
+            "iteration": res.history["iteration"], "val_acc": res.history["val_acc"],
+            "wall": res.history["train_time"], "loss": res.history["batch_loss"]},
         "stopped": res.stopped, "cpu_share": share,
     }
-    if hasattr(trainer, "coarse_time"):
-        out["coarse_time"] = comm.allreduce(trainer.coarse_time, op="max")
-        out["coarse_steps"] = trainer.coarse_steps
-        out["wait"] = comm.allgather(trainer.wait_time)
+    d = getattr(trainer, "diagnostics", None)
+    if d is not None:
+        out["coarse_time"] = comm.allreduce(d.coarse_time, op="max")
+        out["coarse_steps"] = d.coarse_steps
+        out["wait"] = comm.allgather(d.wait_time)
         out["counts"] = trainer.counts
     return out
 
@@ -434,7 +437,7 @@ def part_mse(comm, a, out):
                     t.regression.load_arrays({})
             for _ in range(a.mse_iterations):
                 t.step()
-            traces = comm.gather(t.mse_trace)
+            traces = comm.gather(list(t.diagnostics.trace))
             if comm.rank == 0:
                 tr = traces[0]
                 r = {"abs": [x[1] for x in tr], "rel": [x[2] for x in tr]}
@@ -458,10 +461,11 @@ def part_model(comm, a, out):
     ``d_first``, ``d_last``: the extra fixed cost of pint's first and last rank over that (their
     busy time minus ``T_serial(n_r)``, mean over --model-depths; the first rank predicts and fits
     a regression, the last owns the classifier). One message: half a round trip of a state-sized
-    buffer. Prediction with the slices of ``slice_counts`` (a middle rank costs like the first):
+    buffer. Prediction with the slices of ``LayerLayout.balanced`` (a middle rank costs like the
+    first):
     ``T(D, S) = max_r (T_serial(n_r) + d_r) + 2 * message`` (perfect pipelining).
     """
-    from pintopt.methods.pint import slice_counts
+    from pintopt.layout import LayerLayout
 
     data = dataset("swissroll")
     blocks, n = 7, 50
@@ -472,14 +476,15 @@ def part_model(comm, a, out):
         best, timers = float("inf"), {}
         for _ in range(blocks):
             sync()
-            for k in getattr(trainer, "timers", {}):
-                trainer.timers[k] = 0.0
+            d = getattr(trainer, "diagnostics", None)
+            if d is not None:
+                d.reset_timers()
             t0 = time.perf_counter()
             for _ in range(n):
                 trainer.step()
             dt = (time.perf_counter() - t0) / n
             if dt < best:
-                best, timers = dt, dict(getattr(trainer, "timers", {}))
+                best, timers = dt, dict(d.timers) if d is not None else {}
         return best, timers
 
     serial = {}
@@ -528,7 +533,7 @@ def part_model(comm, a, out):
                             for m in measured.values()]))
 
     def predict(depth, S):
-        counts = slice_counts(depth, S, a.balance)
+        counts = list(LayerLayout.balanced(depth, S, a.balance).counts)
         return max(t_serial(n_r) + (d_last if r == S - 1 else d_first)
                    for r, n_r in enumerate(counts)) + 2 * lat
 

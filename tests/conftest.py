@@ -64,4 +64,5 @@ def build_trainer(raw, comm=None, data=None):
         data = load_dataset(d.dataset, n=d.n, noise=d.noise, seed=cfg.train.seed,
                             standardize=d.standardize)
     model = build_model(cfg.model, data.n_features, data.n_classes)
-    return METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm or SerialComm())
+    return METHODS[cfg.train.method](Problem(model, data), cfg.train, cfg.method,
+                                     comm or SerialComm())

@@ -109,3 +109,62 @@ def test_resume_mlp_is_bitwise_identical(tmp_path):
     assert a.keys() == b.keys() and "params/W2" in a
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_keep_last_counts_files_in_all(tmp_path):
+    """keep_last = n keeps n files: FILE and n - 1 older copies (as --help and the docs say)."""
+    for n in (1, 2, 4):
+        d = tmp_path / str(n)
+        d.mkdir()
+        for v in range(6):
+            _save(d / "run.h5", float(v), keep_last=n)
+        assert len(list(d.iterdir())) == n
+
+
+@pytest.mark.parametrize("name", ["h.csv", "h.json", "h.txt"])
+def test_history_file_round_trip(tmp_path, name):
+    h = {"iteration": [5, 10, 15], "val_acc": [0.5, 0.625, 0.75], "val_loss": [0.7, 0.1 + 0.2,
+                                                                                 1e-300],
+         "bytes": [0, 8, 16], "reg_rel_mse": [0.25, 0.125]}  # a method column that started late
+    checkpoint.write_history(tmp_path / name, h)
+    back = checkpoint.read_history(tmp_path / name)
+    assert back["iteration"] == [5, 10, 15] and back["val_loss"] == h["val_loss"]
+    assert back["bytes"] == [0, 8, 16] and isinstance(back["bytes"][0], int)
+    if name.endswith(".json"):
+        assert back == h
+    else:
+        assert np.isnan(back["reg_rel_mse"][0]) and back["reg_rel_mse"][1:] == [0.25, 0.125]
+        assert (tmp_path / name).read_text().splitlines()[0] == \
+            "iteration,val_acc,val_loss,bytes,reg_rel_mse"
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left
+
+
+def test_read_history_of_a_checkpoint_and_refusals(tmp_path):
+    p = tmp_path / "run.h5"
+    _save(p, 1.0)
+    assert checkpoint.read_history(p) == {"val_acc": [0.5]}
+    with pytest.raises(CheckpointError, match="no such file"):
+        checkpoint.read_history(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": 1}')
+    with pytest.raises(CheckpointError, match="bad.json"):
+        checkpoint.read_history(bad)
+
+
+def test_data_preparation_is_stored_and_checksummed(tmp_path):
+    p = tmp_path / "run.h5"
+    prep = {"standardized": True, "mean": [0.5, -1.0], "scale": [2.0, 3.0]}
+    _save(p, 1.0, data=prep)
+    assert checkpoint.load(p)["data"] == prep
+    with h5py.File(p, "r+") as f:
+        f.attrs["data"] = '{"standardized": true, "mean": [0.5, -1.0], "scale": [2.0, 3.5]}'
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(p)
+    old = tmp_path / "old.h5"  # as written before the preparation was recorded: no "data"
+    _save(old, 1.0)
+    with h5py.File(old, "r+") as f:
+        del f.attrs["data"]
+        arrays = {"params/K": f["arrays/params/K"][()], "opt/0": f["arrays/opt/0"][()]}
+        summed = {k: f.attrs[k] for k in checkpoint._SUMMED if k in f.attrs}
+        f.attrs["checksum"] = checkpoint._checksum(arrays, summed)
+    assert checkpoint.load(old)["data"] == {}

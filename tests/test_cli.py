@@ -16,7 +16,7 @@ def test_default_job_runs_and_reports(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "default job" in out and "final: validation accuracy" in out
-    acc = float(out.split("final: validation accuracy")[1].split(",")[0])
+    acc = float(out.split("final: validation accuracy")[1].split()[0])
     assert acc >= 0.95
 
 
@@ -37,6 +37,9 @@ def test_info(capsys):
     (["train", "--config", "/nonexistent.toml"], "not found"),
     (["frobnicate"], "invalid choice"),
     (["resume", "/nonexistent.h5"], "no such file"),
+    (["train", "--epochs", "0"], "option train.epochs: expected a value > 0"),
+    (["train", "--architecture", "mlp", "--method", "pint"], "option model.architecture"),
+    (["plot", "/nonexistent.h5"], "no such file"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, needle):
     assert main(argv) == 2

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pintopt.comm import CommError, SerialComm, partition, require_items_per_rank, world
+from pintopt.comm import CommError, SerialComm, world
+from pintopt.layout import block_range as partition
+from pintopt.layout import require_items_per_rank
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 16, 33])

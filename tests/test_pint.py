@@ -8,22 +8,22 @@ import numpy as np
 import pytest
 from conftest import build_trainer as build
 
-from pintopt.comm import SerialComm, partition
+from pintopt.comm import SerialComm
 from pintopt.config import make_config
 from pintopt.data import load_dataset
+from pintopt.layout import LayerLayout
+from pintopt.layout import block_range as partition
+from pintopt.loop import train
 from pintopt.methods import METHODS
-from pintopt.methods.base import Problem, train
-from pintopt.methods.pint import (
-    _RecordingResNet,
-    from_rows,
+from pintopt.methods.base import Problem
+from pintopt.methods.pint_prediction import RecordingResNet as _RecordingResNet
+from pintopt.methods.pint_prediction import (
     optimizer_slots,
     prolong_controls,
     prolong_params,
     prolong_slots,
-    slice_counts,
-    to_rows,
 )
-from pintopt.methods.pint_regression import BoundaryRegression
+from pintopt.methods.pint_regression import BoundaryRegression, from_rows, to_rows
 from pintopt.model import Params, ResNet, ResNetSpec, build_model
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_one_rank_is_serial_algorithm_3(scheme, train_opts):
     pint = train(build(raw))
     for name, u, v in zip(serial.params.names, serial.params.arrays(), pint.params.arrays()):
         np.testing.assert_array_equal(v, u, err_msg=name)
-    assert pint.history["loss"] == serial.history["loss"]
+    assert pint.history["batch_loss"] == serial.history["batch_loss"]
 
 
 def test_one_rank_multilevel_is_coarse_then_fine_serial():
@@ -69,7 +69,7 @@ def test_one_rank_multilevel_is_coarse_then_fine_serial():
     ref = coarse.params
     np.testing.assert_array_equal(t.params.K, np.repeat(ref.K, 2, axis=0))
     np.testing.assert_array_equal(t.params.W_out, ref.W_out)
-    assert t.coarse_time > 0
+    assert t.diagnostics.coarse_time > 0
 
 
 class _CountingResNet(ResNet):
@@ -100,7 +100,7 @@ def test_coarse_check_ends_the_global_prediction_at_the_target(depth, coarsen):
     t = build(raw)
     t.opt.lr = 1e-300  # the first fine step keeps the prolongated parameters
     t.step()
-    n = t.coarse_steps
+    n = t.diagnostics.coarse_steps
     assert 0 < n < 3000 and n % check == 0
     assert t.evaluation_requested() and not t.evaluation_requested()  # reading clears it
     coarse = build({"model": {"depth": depth // coarsen},
@@ -123,7 +123,7 @@ def test_coarse_check_without_a_target_runs_the_whole_budget():
            "pint": {"levels": 3, "coarse_iterations": 30, "coarse_check_every": 10}}
     t = build(raw)
     t.step()
-    assert t.coarse_steps == 60 and not t.evaluation_requested()
+    assert t.diagnostics.coarse_steps == 60 and not t.evaluation_requested()
     with pytest.raises(ValueError, match="coarse_check_every"):
         build({"train": {"method": "pint"}, "pint": {"coarse_check_every": -1}})
 
@@ -201,8 +201,9 @@ def test_fine_optimizer_continues_the_coarse_one():
             coarse.step()
         assert t.opt.k == 7
         ref = prolong_slots(optimizer_slots(coarse.opt, coarse.params), 2, "constant", "adam")
-        # S = 1 owns [K, b, W_in, b_in, W_out, b_out]; slots interleave (m, v) per array
-        for i, name in enumerate(["K", "b", "W_in", "b_in", "W_out", "b_out"]):
+        # S = 1 owns every array (in the model's order); slots interleave (m, v) per array
+        assert t.slice.names == ("W_in", "b_in", "K", "b", "W_out", "b_out")
+        for i, name in enumerate(t.slice.names):
             for j in range(2):
                 np.testing.assert_array_equal(t.opt.slots[2 * i + j], getattr(ref[j], name))
 
@@ -390,7 +391,8 @@ def test_memory_estimate_matches_measured_allocations(model, batch, pint):
     one-process run allocates (tracemalloc), global prediction included."""
     import tracemalloc
 
-    from pintopt.cli import _load_data, memory_need
+    from pintopt.api import load_data as _load_data
+    from pintopt.memory import memory_need
 
     raw = {"data": {"dataset": "ellipses", "n": 1500}, "model": model,
            "train": {"method": "pint", "batch_size": batch, "iterations": 4, "eval_every": 2},
@@ -398,17 +400,21 @@ def test_memory_estimate_matches_measured_allocations(model, batch, pint):
     cfg = make_config(raw)
     data = _load_data(cfg, SerialComm())
     mdl = build_model(cfg.model, data.n_features, data.n_classes)
-    train(METHODS["pint"].trainer(Problem(build_model(cfg.model, data.n_features,
-                                                      data.n_classes), data), cfg, SerialComm()))
+    train(METHODS["pint"](Problem(build_model(cfg.model, data.n_features, data.n_classes), data),
+                          cfg.train, cfg.method, SerialComm()))
     need = memory_need(cfg, mdl.spec, data, 1)
     estimate = sum(v for k, v in need.items() if k != "data")
     tracemalloc.start()
     try:
-        train(METHODS["pint"].trainer(Problem(mdl, data), cfg, SerialComm()))
+        train(METHODS["pint"](Problem(mdl, data), cfg.train, cfg.method, SerialComm()))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert 0.9 * peak <= estimate <= 1.35 * peak, (estimate, peak, need)
+
+
+def slice_counts(depth, size, balance=0.0):
+    return list(LayerLayout.balanced(depth, size, balance).counts)
 
 
 def test_slice_counts():
@@ -431,4 +437,5 @@ def test_bad_options_are_refused():
     cfg = make_config({"model": {"architecture": "mlp"}, "train": {"method": "pint"}})
     data = load_dataset("swissroll", n=8)
     with pytest.raises(ValueError, match="ResNet"):
-        METHODS["pint"].trainer(Problem(build_model(cfg.model, 2, 2), data), cfg, SerialComm())
+        METHODS["pint"](Problem(build_model(cfg.model, 2, 2), data), cfg.train, cfg.method,
+                        SerialComm())

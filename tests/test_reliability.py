@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 
 from pintopt import checkpoint, faults
-from pintopt.cli import _load_data, main, memory_need
+from pintopt.api import load_data as _load_data
+from pintopt.cli import main
 from pintopt.comm import SerialComm, all_finite
 from pintopt.config import make_config
+from pintopt.loop import Divergence, Hooks, train
+from pintopt.memory import memory_need
 from pintopt.methods import METHODS
-from pintopt.methods.base import Divergence, Problem, train
+from pintopt.methods.base import Problem
 from pintopt.model import build_model
 
 TINY = ["train", "--quiet", "--depth", "4", "--batch-size", "8", "--eval-every", "5"]
@@ -34,7 +37,7 @@ def trainer_for(raw):
     comm = SerialComm()
     data = _load_data(cfg, comm)
     model = build_model(cfg.model, data.n_features, data.n_classes)
-    return METHODS[cfg.train.method].trainer(Problem(model, data), cfg, comm)
+    return METHODS[cfg.train.method](Problem(model, data), cfg.train, cfg.method, comm)
 
 
 RAW = {"model": {"depth": 4}, "train": {"batch_size": 8, "iterations": 30, "eval_every": 5}}
@@ -86,7 +89,12 @@ def test_rollback_halves_the_step_each_time_and_gives_up(inject):
     raw = {**RAW, "train": {**RAW["train"], "on_divergence": "rollback", "lr": 0.01}}
     inject("nan_params:0:12,nan_params:0:12")
     lines = []
-    result = train(trainer_for(raw), log=lines.append)
+
+    class Log(Hooks):
+        def log(self, line):
+            lines.append(line)
+
+    result = train(trainer_for(raw), Log())
     rb = result.extras["rollbacks"]
     assert [r["to"] for r in rb] == [10, 10]
     assert [r["lr"] for r in rb] == [[0.005], [0.0025]]
@@ -164,7 +172,7 @@ def test_memory_estimate_matches_measured_allocations(model, batch, extra):
     estimate = sum(v for k, v in need.items() if k != "data")
     tracemalloc.start()
     try:
-        tr = METHODS["serial"].trainer(Problem(mdl, data), cfg, SerialComm())
+        tr = METHODS["serial"](Problem(mdl, data), cfg.train, cfg.method, SerialComm())
         train(tr)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -342,7 +350,7 @@ def test_other_rank_count_is_refused_for_rank_dependent_methods(
     tmp_path, good, capsys, monkeypatch
 ):
     two = _resave(good, tmp_path / "two.h5", ranks=2)
-    monkeypatch.setattr(METHODS["serial"].trainer, "resume_any_ranks", False)
+    monkeypatch.setattr(METHODS["serial"], "resume_any_ranks", False)
     assert main(["resume", str(two), "--quiet"]) == 2
     assert "written by 2 rank(s); method serial resumes only on the same number" in (
         capsys.readouterr().err
@@ -620,7 +628,7 @@ def test_watchdog_adapts_to_each_phase(capsys):
     clock.now += 2.0
     assert wd.check() and comm.aborts == [1]
     err = capsys.readouterr().err
-    assert err.startswith("pintopt: rank 0 of 2: no progress in training for 61 s (in step; ")
+    assert err.startswith("pintopt: rank 0 of 2: no progress in step for 61 s (")
     assert "watchdog limit 60 s = max(60 s, 20 x the longest step so far, 0.002 s)" in err
 
 
@@ -635,9 +643,8 @@ def test_watchdog_waits_for_a_long_phase_not_seen_before(capsys):
     assert not wd.check()
     clock.now += 2.0
     assert wd.check() and comm.aborts == [1]
-    assert "(in evaluation; watchdog limit 600 s for a phase not seen before)" in (
-        capsys.readouterr().err
-    )
+    assert "no progress in evaluation for 601 s (watchdog limit 600 s for a phase not seen " \
+        "before)" in capsys.readouterr().err
 
 
 def test_watchdog_fixed_limit_and_environment(monkeypatch, capsys):
@@ -702,17 +709,89 @@ def test_watchdog_thread_ends_a_rank_that_stops_beating():
         wd.stop()
 
 
+def test_abort_job_lets_an_abort_that_raises_raise():
+    """Logical ranks (LocalComm) abort by raising in their thread: abort_job must not exit the
+    process, which would end every logical rank and the user's notebook with them."""
+    from pintopt.guards import abort_job
+
+    class C:
+        rank, size = 0, 2
+
+        def abort(self, code):
+            raise RuntimeError(f"aborted {code}")
+
+    with pytest.raises(RuntimeError, match="aborted 3"):
+        abort_job(C(), 3)
+
+
 def test_training_loop_names_its_phases_to_the_watchdog():
     """The beats the watchdog's per-phase limits rely on: "first step" once (pint's global
-    prediction runs in it), "step" before every later step, "evaluation" before gathering the
-    parameters of every evaluation (the CLI's checkpoint writer beats "checkpoint")."""
+    prediction runs in it), "step" before every later step, "evaluation" before every
+    evaluation, "hooks" before the caller's hooks after every step (the run's checkpoint writer
+    beats "checkpoint" itself)."""
     phases = []
-    train(trainer_for(RAW), beat=phases.append)
+
+    class Beats(Hooks):
+        def beat(self, phase):
+            phases.append(phase)
+
+    train(trainer_for(RAW), Beats())
     assert phases[0] == "first step" and phases.count("first step") == 1
     assert phases.count("step") == 29 and phases.count("evaluation") == 6
+    assert phases.count("hooks") == 30
     steps = 0
     for phase in phases:
-        if phase == "evaluation":
-            assert steps % 5 == 0  # right after the step that reached iteration 5, 10, ...
-        else:
+        if phase in ("first step", "step"):
             steps += 1
+        elif phase == "evaluation":
+            assert steps % 5 == 0  # right after the step that reached iteration 5, 10, ...
+
+
+def test_every_rank_spends_rank_0s_checkpoint_write_in_phase_checkpoint(tmp_path, monkeypatch):
+    """Two logical ranks, a checkpoint write made slow (0.3 s) on rank 0: rank 1 must not leave
+    the phase "checkpoint" before rank 0's write has ended (a barrier), or its watchdog would
+    count the write as part of its next step (whose limit may be 60 s while a write of a big
+    model takes longer)."""
+    import threading
+    import time
+
+    import pintopt
+    from pintopt.comm import run_ranks
+
+    ends = []
+    real_save = checkpoint.save
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.3)
+        real_save(*args, **kwargs)
+        ends.append(time.monotonic())
+
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    beats = {0: [], 1: []}
+    lock = threading.Lock()
+
+    class Recorder:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def start(self):
+            return self
+
+        def stop(self):
+            pass
+
+        def beat(self, phase):
+            with lock:
+                beats[self.rank].append((phase, time.monotonic()))
+
+    cfg = {"model": {"depth": 4}, "train": {"method": "dataparallel", "batch_size": 8,
+                                            "iterations": 20, "eval_every": 10},
+           "checkpoint": {"checkpoint": str(tmp_path / "ck.h5"), "checkpoint_every": 10}}
+    run_ranks(2, lambda c: pintopt.run(cfg, c, watchdog=Recorder(c.rank)))
+    assert len(ends) == 2  # iterations 10 and 20
+    for rank in (0, 1):
+        seq = beats[rank]
+        writes = [i for i, (phase, _) in enumerate(seq) if phase == "checkpoint"]
+        assert len(writes) == 2
+        for i, end in zip(writes, ends):
+            assert seq[i + 1][0] == "hooks" and seq[i + 1][1] >= end, (rank, seq[i:i + 2])

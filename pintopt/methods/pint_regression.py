@@ -45,6 +45,33 @@ _LAPACK_FROM = 64
 _KIND = {"state": K.STATE, "label": K.LABEL, "class": K.CLASS, "quadratic": K.QUADRATIC}
 
 
+def to_rows(state: np.ndarray) -> np.ndarray:
+    """A state or co-state in model layout -> one row per sample ``(m, dim)``: ``[Y | Z]`` for
+    Verlet (a copy)."""
+    if state.ndim == 3:  # Verlet [Y, Z]
+        return np.concatenate([state[0], state[1]], axis=1)
+    return np.array(state, copy=True)
+
+
+def from_rows(rows: np.ndarray, verlet: bool) -> np.ndarray:
+    """Inverse of :func:`to_rows`."""
+    if verlet:
+        w = rows.shape[1] // 2
+        return np.ascontiguousarray(np.stack([rows[:, :w], rows[:, w:]]))
+    return np.ascontiguousarray(rows)
+
+
+def rows_into(first: np.ndarray, second: np.ndarray | None, out: np.ndarray) -> None:
+    """:func:`to_rows` into a preallocated ``out``: ``first`` is the state (Euler) or its ``Y``
+    half, ``second`` the ``Z`` half (Verlet) or None."""
+    if second is None:
+        out[...] = first
+        return
+    w = first.shape[1]
+    out[:, :w] = first
+    out[:, w:] = second
+
+
 class BoundaryRegression:
     """Least-squares predictor ``P_hat = A phi(X, y) + B`` of the co-state at one boundary.
 
@@ -75,24 +102,6 @@ class BoundaryRegression:
         self.coef = np.zeros((self.blocks, self.p, dim))
         self._f = np.empty(self.p)
         self._work = np.empty((self.p, self.p))
-
-    # features ---------------------------------------------------------------------------------
-    def design(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Feature rows phi(X, y), shape (m, p) (for ``class``/``quadratic`` the block is chosen
-        by ``y``); for inspection and tests, the kernels build them row by row."""
-        m = X.shape[0]
-        F = np.empty((m, self.p))
-        if self.features == "label":
-            F[:, : self.dim] = X
-            F[:, self.dim :] = 0.0
-            F[np.arange(m), self.dim + y] = 1.0
-        else:
-            F[:, 0] = 1.0
-            F[:, 1 : 1 + self.dim] = X
-            if self.features == "quadratic":
-                iu = np.triu_indices(self.dim)
-                F[:, 1 + self.dim :] = X[:, iu[0]] * X[:, iu[1]]
-        return F
 
     # observations ------------------------------------------------------------------------------
     def add(self, X: np.ndarray, y: np.ndarray, P: np.ndarray) -> None:

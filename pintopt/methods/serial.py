@@ -17,40 +17,55 @@ from typing import Any
 
 import numpy as np
 
-from pintopt.comm import partition
-from pintopt.config import opt
-from pintopt.methods.base import Problem, Trainer
-from pintopt.model import Params
+from pintopt.layout import block_range
+from pintopt.methods.base import Method, Problem
 from pintopt.optim import Optimizer
+from pintopt.options import opt
+
+_LINE_SEARCH = {"line_search": True}
 
 
 @dataclass
 class SerialOptions:
     line_search: bool = opt(
         False,
-        "gradient descent with Armijo backtracking instead of "
-        "train.optimizer (the step starts from train.lr each iteration)",
+        "gradient descent with Armijo backtracking on the batch loss instead of train.optimizer: "
+        "each iteration first tries armijo_grow times the step accepted in the previous one "
+        "(train.lr in the first) and shrinks it until the loss decreases enough",
+        disables=("train.optimizer", "train.momentum", "train.weight_decay", "train.schedule",
+                  "train.decay", "train.step_size", "train.gamma"),
     )
     armijo_c: float = opt(
-        1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0, low_open=True
+        1e-4, "Armijo sufficient-decrease constant", low=0.0, high=1.0, low_open=True,
+        requires=_LINE_SEARCH,
     )
     armijo_shrink: float = opt(
-        0.5, "step shrink factor per backtrack", low=0.0, high=1.0, low_open=True
+        0.5, "step shrink factor per backtrack", low=0.0, high=1.0, low_open=True,
+        requires=_LINE_SEARCH,
     )
-    max_backtracks: int = opt(30, "backtracks before accepting the smallest step", low=0)
+    max_backtracks: int = opt(30, "backtracks before accepting the smallest step", low=0,
+                              requires=_LINE_SEARCH)
+    armijo_grow: float = opt(
+        2.0,
+        "first trial step of an iteration = this times the step accepted in the previous one (1 "
+        "= reuse it): a train.lr far from the usable step is outgrown in a few iterations",
+        low=1.0,
+        requires=_LINE_SEARCH,
+    )
 
 
 @dataclass
-class DataParallelOptions:
-    pass
+class DataParallelOptions(SerialOptions):
+    """The serial options: the batch split over ranks changes nothing else (Armijo's trial losses
+    are data-parallel too)."""
 
 
-def make_optimizer(cfg: Any) -> Optimizer:
-    """The update mapping A configured by ``[train]`` (shared by every gradient method)."""
-    tr = cfg.train
+def make_optimizer(tr: Any, lr: float | None = None) -> Optimizer:
+    """The update mapping A configured by the ``[train]`` options ``tr`` (shared by every
+    gradient method); ``lr`` overrides ``tr.lr``."""
     return Optimizer(
         tr.optimizer,
-        lr=tr.lr,
+        lr=tr.lr if lr is None else lr,
         momentum=tr.momentum,
         weight_decay=tr.weight_decay,
         schedule=tr.schedule,
@@ -60,18 +75,21 @@ def make_optimizer(cfg: Any) -> Optimizer:
     )
 
 
-class SerialTrainer(Trainer):
+class SerialTrainer(Method):
     """Serial-in-time training (Algorithm 3); ``data_parallel`` splits the batch over ranks."""
 
     name = "serial"
+    summary = "serial-in-time SGD/momentum/Adam or Armijo GD (PinT Algorithm 3)"
+    Options = SerialOptions
     data_parallel = False
 
-    def __init__(self, problem: Problem, cfg: Any, comm: Any) -> None:
-        super().__init__(problem, cfg, comm)
-        self.params = self.model.init_params(cfg.train.seed)
+    def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
+        super().__init__(problem, train, options, comm)
+        self.params = self.model.init_params(train.seed)
         self.grads = self.params.zeros_like()
-        self.opt = make_optimizer(cfg)
-        self.options = cfg.method if isinstance(cfg.method, SerialOptions) else SerialOptions()
+        self.opt = make_optimizer(train)
+        #: the step Armijo accepted last (line search); None before the first iteration
+        self.armijo_step: float | None = None
 
     def optimizers(self) -> list[Optimizer]:
         return [self.opt]
@@ -80,10 +98,10 @@ class SerialTrainer(Trainer):
         """This rank's share of the global batch and its weight in the global mean."""
         if not self.data_parallel or self.comm.size == 1:
             return idx, 1.0
-        lo, hi = partition(idx.size, self.comm.size, self.comm.rank)
+        lo, hi = block_range(idx.size, self.comm.size, self.comm.rank)
         return idx[lo:hi], (hi - lo) / idx.size
 
-    def loss_and_grad(self, params: Params, idx: np.ndarray, grads: Params | None) -> float:
+    def loss_and_grad(self, params: Any, idx: np.ndarray, grads: Any | None) -> float:
         """Mean loss over the global batch ``idx`` and, with ``grads``, its gradient."""
         local, weight = self._local_batch(idx)
         x, y = self.data.x_train[local], self.data.y_train[local]
@@ -115,23 +133,40 @@ class SerialTrainer(Trainer):
         self.iteration += 1
         return loss
 
+    def first_trial_step(self) -> float:
+        """The step Armijo tries first: ``armijo_grow`` times the last accepted step, or the
+        learning rate on the first iteration (Nocedal & Wright, Sec. 3.5, "initial step length":
+        a step that worked last time, allowed to grow so a too small ``train.lr`` is outgrown in
+        a few iterations instead of being retried every iteration)."""
+        if self.armijo_step is None:
+            return self.opt.current_lr()
+        return self.armijo_step * self.options.armijo_grow
+
     def _armijo(self, idx: np.ndarray, loss: float) -> None:
-        """Gradient descent with Armijo backtracking: shrink t until
-        ``f(U - t g) <= f(U) - c t ||g||^2`` (Nocedal & Wright, Algorithm 3.1)."""
+        """Gradient descent with Armijo backtracking: shrink t from :meth:`first_trial_step`
+        until ``f(U - t g) <= f(U) - c t ||g||^2`` (Nocedal & Wright, Algorithm 3.1)."""
         o = self.options
         g2 = sum(float(np.vdot(g, g)) for g in self.grads.arrays())
-        t = self.opt.current_lr()
+        t = self.first_trial_step()
         trial = self.params.copy()
-        for _ in range(o.max_backtracks + 1):
+        for backtracks in range(o.max_backtracks + 1):
+            if backtracks:
+                t *= o.armijo_shrink
             for p, p0, g in zip(trial.arrays(), self.params.arrays(), self.grads.arrays()):
                 np.subtract(p0, t * g, out=p)
             if self.loss_and_grad(trial, idx, None) <= loss - o.armijo_c * t * g2:
                 break
-            t *= o.armijo_shrink
         self.params = trial
+        self.armijo_step = t
         self.opt.k += 1
 
-    def global_params(self) -> Params:
+    def rollback(self, state: dict[str, Any], halvings: int) -> str:
+        change = super().rollback(state, halvings)
+        if self.armijo_step is not None:  # the line search's next first trial, likewise
+            self.armijo_step *= 0.5**halvings
+        return change
+
+    def global_params(self) -> Any:
         return self.params
 
     def state(self) -> dict[str, Any]:
@@ -144,24 +179,30 @@ class SerialTrainer(Trainer):
             "opt_k": opt_state["k"],
             "lr": self.opt.lr,
             "n_slots": len(opt_state["slots"]),
+            "armijo_step": self.armijo_step,
         }
         return {"arrays": arrays, "meta": meta}
 
     def load_state(self, state: dict[str, Any]) -> None:
         arrays, meta = state["arrays"], state["meta"]
-        self.params = type(self.params).from_dict(
+        self.params = self.model.params_from_dict(
             {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("params/")}
         )
+        self.grads = self.params.zeros_like()
         self.opt.load_state_dict(
             {"k": meta["opt_k"], "slots": [arrays[f"opt/{i}"] for i in range(meta["n_slots"])]}
         )
         self.opt.lr = float(meta["lr"])
         self.sampler.set_state(meta["sampler"])
         self.iteration = int(meta["iteration"])
+        step = meta.get("armijo_step")  # absent in checkpoints of earlier versions
+        self.armijo_step = None if step is None else float(step)
 
 
 class DataParallelTrainer(SerialTrainer):
     """Data-parallel SGD: Allreduce of gradients over ranks (the standard baseline)."""
 
     name = "dataparallel"
+    summary = "data-parallel SGD: the batch split over ranks, gradients summed with Allreduce"
+    Options = DataParallelOptions
     data_parallel = True
