@@ -724,6 +724,32 @@ def test_abort_job_lets_an_abort_that_raises_raise():
         abort_job(C(), 3)
 
 
+def test_a_rank_that_failed_alone_drains_its_lines_before_the_abort(monkeypatch, capsys):
+    """The CLI's exit path: a rank that does not meet the others at the exit prints its two
+    lines and ends the job through guards.abort_job (drain, then abort), not comm.abort."""
+    from pintopt import cli, guards
+
+    calls = []
+    monkeypatch.setattr(guards, "drain_stdio", lambda *a, **k: calls.append("drain") or True)
+
+    class C:
+        rank, size = 1, 2
+
+        def sync_exit(self, timeout=10.0):
+            return False
+
+        def abort(self, code):
+            calls.append(("abort", code))
+            raise RuntimeError("aborted")
+
+    with pytest.raises(RuntimeError, match="aborted"):
+        cli._finish(C(), 2, "option x: bad")
+    assert calls == ["drain", ("abort", 2)]
+    err = capsys.readouterr().err
+    assert "pintopt: rank 1: option x: bad" in err
+    assert "pintopt: rank 1: the other ranks did not stop with it; aborting the job" in err
+
+
 def test_training_loop_names_its_phases_to_the_watchdog():
     """The beats the watchdog's per-phase limits rely on: "first step" once (pint's global
     prediction runs in it), "step" before every later step, "evaluation" before every
