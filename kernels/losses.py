@@ -121,3 +121,64 @@ def accuracy(logits, y):
         if best == y[i]:
             hits += 1
     return hits / m
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses of the least-squares experiments of Zhang & Li (2022), Sec. 2.3.2 and Fig. 5 (quadratic
+# and quartic), also against one-hot class labels (least-squares classification).
+
+
+@numba.njit(cache=True)
+def quartic(pred, target, G):
+    """Mean quartic loss ``0.25/m * sum((pred - target)**4)``; writes ``G = (pred - target)**3/m``.
+
+    The quartic loss of Zhang & Li (2022), Fig. 5: its gradient decays as a power law under gradient
+    descent (Sec. 4's sub-linear case), where the squared loss decays linearly. ``m =
+    pred.shape[0]``. ``G`` may alias ``pred``.
+    """
+    if not G.flags.c_contiguous or G.size != pred.size or target.size != pred.size:
+        raise ValueError("quartic: G must be C-contiguous and pred, target, G equally sized")
+    m = pred.shape[0]
+    pf = pred.ravel()
+    tf = target.ravel()
+    gf = G.ravel()
+    inv_m = 1.0 / m
+    total = 0.0
+    for i in range(pf.size):
+        r = pf[i] - tf[i]
+        r3 = r * r * r
+        total += r3 * r
+        gf[i] = r3 * inv_m
+    return 0.25 * total * inv_m
+
+
+@numba.njit(cache=True)
+def squared_labels(pred, y, G):
+    """:func:`squared` against one-hot targets ``onehot(y)`` (pred (m, C), labels y (m,) in
+    [0, C)), without building the one-hot matrix. ``G`` may alias ``pred``."""
+    m, C = pred.shape
+    inv_m = 1.0 / m
+    total = 0.0
+    for i in range(m):
+        yi = y[i]
+        for c in range(C):
+            r = pred[i, c] - (1.0 if c == yi else 0.0)
+            total += r * r
+            G[i, c] = r * inv_m
+    return 0.5 * total * inv_m
+
+
+@numba.njit(cache=True)
+def quartic_labels(pred, y, G):
+    """:func:`quartic` against one-hot targets ``onehot(y)``. ``G`` may alias ``pred``."""
+    m, C = pred.shape
+    inv_m = 1.0 / m
+    total = 0.0
+    for i in range(m):
+        yi = y[i]
+        for c in range(C):
+            r = pred[i, c] - (1.0 if c == yi else 0.0)
+            r3 = r * r * r
+            total += r3 * r
+            G[i, c] = r3 * inv_m
+    return 0.25 * total * inv_m

@@ -31,6 +31,7 @@ from pintopt.options import (  # noqa: F401 - re-exported: the configuration's v
     Config,
     DataOptions,
     ModelOptions,
+    Not,
     TrainOptions,
     opt,
 )
@@ -201,6 +202,8 @@ def _is_on(value: Any) -> bool:
 def _wanted(values: Any) -> str:
     if values == ON:
         return "is set"
+    if isinstance(values, Not):
+        return "!= " + " and != ".join(_toml_value(v) for v in values.values)
     values = values if isinstance(values, tuple) else (values,)
     return "= " + " or ".join(_toml_value(v) for v in values)
 
@@ -208,6 +211,8 @@ def _wanted(values: Any) -> str:
 def _requirement_met(value: Any, values: Any) -> bool:
     if values == ON:
         return _is_on(value)
+    if isinstance(values, Not):
+        return value not in values.values
     return value in (values if isinstance(values, tuple) else (values,))
 
 

@@ -193,7 +193,9 @@ class Method:
 
 
 def n_params(spec: Any) -> int:
-    """Number of parameters of a ResNet or MLP spec."""
+    """Number of parameters of a ResNet or MLP spec (or a spec that counts its own)."""
+    if hasattr(spec, "n_params"):  # e.g. FeasibilitySpec
+        return int(spec.n_params)
     if hasattr(spec, "scheme"):  # ResNetSpec
         w, L, nf, c = spec.width, spec.depth, spec.n_features, spec.n_classes
         return nf * w + w + L * w * w + L * w + w * c + c
@@ -212,6 +214,8 @@ def activation_bytes(spec: Any, rows: int, training: bool, chunk: int = 512) -> 
     """
     if rows <= 0:
         return 0
+    if hasattr(spec, "activation_bytes"):  # a spec that estimates its own (FeasibilitySpec)
+        return int(spec.activation_bytes(rows, training))
     c = spec.n_classes
     if hasattr(spec, "scheme"):
         w, L, nf = spec.width, spec.depth, spec.n_features
