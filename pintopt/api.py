@@ -265,7 +265,8 @@ class RunHooks(Hooks):
     def write(self, method: Method, history: dict[str, list], times: tuple[float, float] | None
               = None) -> None:
         """Gather the state (collective), check it is finite on every rank, rank 0 writes the
-        checkpoint (and the history file)."""
+        checkpoint (and the history file); every rank spends the write in the watchdog's phase
+        "checkpoint" (a barrier ends it)."""
         from pintopt import checkpoint
 
         self.beat("checkpoint")
@@ -290,9 +291,13 @@ class RunHooks(Hooks):
                 keep_last=self.cfg.checkpoint.keep_last, data=self.data,
             )
         self.write_history(method, history)
+        # Every rank stays in phase "checkpoint" until rank 0 has written: otherwise the others
+        # wait for it inside the next step's collectives, and their watchdogs and training
+        # clocks count the write as part of a step.
+        comm.barrier()
         self.last_write = time.monotonic()
         self.last_saved = method.iteration
-        self.beat("step")
+        self.beat("hooks")
 
     def write_history(self, method: Method, history: dict[str, list] | None) -> None:
         """Rank 0 writes ``checkpoint.history`` (when set)."""

@@ -474,7 +474,9 @@ def _finish(comm: Any, status: int, message: str | None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        comm.abort(status)
+        from pintopt.guards import abort_job
+
+        abort_job(comm, status)  # not comm.abort: the launcher must get the lines above first
     if message:
         _say(comm, message, err=True)
     return status
