@@ -137,6 +137,12 @@ def _check(section: str, obj: Any) -> None:
             raise ConfigError(f"{where}: expected a value <= {high:g}, got {value!r}")
 
 
+def _shown(name: str) -> str:
+    """A name from the user's input as an error shows it: as typed, or quoted with escapes when it
+    holds a newline or another control character (an error is one line)."""
+    return name if name.isprintable() else repr(name)
+
+
 def build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     """Instantiate ``cls`` from a mapping, rejecting unknown keys and bad values."""
     if not isinstance(values, dict):
@@ -146,7 +152,7 @@ def build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(
-            f"unknown option {section}.{unknown[0]} (valid: {', '.join(sorted(known))})"
+            f"unknown option {section}.{_shown(unknown[0])} (valid: {', '.join(sorted(known))})"
         )
     kwargs = {k: _coerce(v, hints[k], f"option {section}.{k}") for k, v in values.items()}
     obj = cls(**kwargs)
@@ -180,7 +186,7 @@ def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) 
     unknown = sorted(set(raw) - set(CORE_SECTIONS) - set(methods))
     if unknown:
         valid = ", ".join(list(CORE_SECTIONS) + sorted(methods))
-        raise ConfigError(f"unknown config section [{unknown[0]}] (valid: {valid})")
+        raise ConfigError(f"unknown config section [{_shown(unknown[0])}] (valid: {valid})")
     sections = {
         name: build_section(name, cls, raw.get(name, {})) for name, cls in CORE_SECTIONS.items()
     }

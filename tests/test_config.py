@@ -48,6 +48,8 @@ def test_defaults_and_method_section():
     ({"data": {"dataset": 3}}, "expected a string"),
     ({"model": {"colour": 1}}, "unknown option model.colour"),
     ({"modle": {}}, "unknown config section [modle]"),
+    ({"checkpoi\nt": {}}, "unknown config section ['checkpoi\\nt']"),  # one line, escaped
+    ({"model": {"wid\tth": 1}}, "unknown option model.'wid\\tth'"),
     ({"train": 3}, "must be a table"),
     ({"serial": {"armijo_c": 2}}, "serial.armijo_c"),
     ({"train": {"method": "dataparallel"}, "serial": {"bogus": 1}}, "unknown option serial.bogus"),
@@ -55,7 +57,7 @@ def test_defaults_and_method_section():
 def test_errors_name_the_option(raw, needle):
     with pytest.raises(ConfigError) as info:
         make_config(raw)
-    assert needle in str(info.value)
+    assert needle in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("text,needle", [
