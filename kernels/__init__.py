@@ -1,9 +1,10 @@
 """Numba kernels of pintopt, importable as ``pintopt.kernels`` without MPI.
 
-Submodules: activations, dense, residual, losses, krylov, fista, admm, updates (fused optimiser
-steps), regression (the co-state regression of the parallel-in-time method), delay_compensation
-(DC-ASGD's delay-compensated gradient). Import the one you need, e.g.
-``from pintopt.kernels import residual``; this package does not import them eagerly.
+Submodules: activations, dense, residual, losses, krylov, fista, admm, pdadmm (pdADMM's capped
+step searches and smooth z update), updates (fused optimiser steps), regression (the co-state
+regression of the parallel-in-time method), delay_compensation (DC-ASGD's delay-compensated
+gradient). Import the one you need, e.g. ``from pintopt.kernels import residual``; this package
+does not import them eagerly.
 
 Where the compiled kernels are cached (``docs/packaging.md``): not next to the sources, as numba
 does by default, but in ``cache_dir()``, a per-user directory keyed by the location of this folder

@@ -346,7 +346,9 @@ def fista_zL(a: np.ndarray, zk: np.ndarray, y: np.ndarray, nu: float, mu: float,
     """pdADMM last-layer update (Wang et al. 2020, Eq. (5)) by FISTA; see :func:`fista_zL_jit`.
     a, zk, z (m, C), y (m,) labels in [0, C), work (>= 4, m*C); nu > 0, mu >= 0."""
     nu, mu = _zl_checks(_ZL, a, zk, y, nu, mu, z, work)
-    chk.distinct(_ZL.fn, "z", z, (("a", a), ("zk", zk)))
+    # zk is read only by the proximal term: with mu = 0 it may be z itself (pdADMM passes z_L^k
+    # as both when its proximal weight is off)
+    chk.distinct(_ZL.fn, "z", z, (("a", a), ("zk", zk)) if mu != 0.0 else (("a", a),))
     return fista_zL_jit(a, zk, y, nu, mu, z, chk.integer(_ZL.fn, "maxiter", maxiter, 0),
                         chk.positive(_ZL.fn, "tol", tol, strict=False), work)
 

@@ -237,3 +237,119 @@ for _f, _j in ((softmax_xent, softmax_xent_jit), (softmax_xent_hvp, softmax_xent
                (accuracy, accuracy_jit)):
     chk.jit_twin(_f, _j)
 del _f, _j
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses of the least-squares experiments of Zhang & Li (2022), Sec. 2.3.2 and Fig. 5 (quadratic
+# and quartic), also against one-hot class labels (least-squares classification).
+
+
+@numba.njit(cache=True)
+def quartic_jit(pred, target, G):
+    """Mean quartic loss ``0.25/m * sum((pred - target)**4)``; writes ``G = (pred - target)**3/m``.
+
+    The quartic loss of Zhang & Li (2022), Fig. 5: its gradient decays as a power law under gradient
+    descent (Sec. 4's sub-linear case), where the squared loss decays linearly. ``m =
+    pred.shape[0]``. ``G`` may alias ``pred``.
+    """
+    if not G.flags.c_contiguous or G.size != pred.size or target.size != pred.size:
+        raise ValueError("quartic: G must be C-contiguous and pred, target, G equally sized")
+    m = pred.shape[0]
+    pf = pred.ravel()
+    tf = target.ravel()
+    gf = G.ravel()
+    inv_m = 1.0 / m
+    total = 0.0
+    for i in range(pf.size):
+        r = pf[i] - tf[i]
+        r3 = r * r * r
+        total += r3 * r
+        gf[i] = r3 * inv_m
+    return 0.25 * total * inv_m
+
+
+@numba.njit(cache=True)
+def squared_labels_jit(pred, y, G):
+    """:func:`squared` against one-hot targets ``onehot(y)`` (pred (m, C), labels y (m,) in
+    [0, C)), without building the one-hot matrix. ``G`` may alias ``pred``."""
+    m, C = pred.shape
+    inv_m = 1.0 / m
+    total = 0.0
+    for i in range(m):
+        yi = y[i]
+        for c in range(C):
+            r = pred[i, c] - (1.0 if c == yi else 0.0)
+            total += r * r
+            G[i, c] = r * inv_m
+    return 0.5 * total * inv_m
+
+
+@numba.njit(cache=True)
+def quartic_labels_jit(pred, y, G):
+    """:func:`quartic` against one-hot targets ``onehot(y)``. ``G`` may alias ``pred``."""
+    m, C = pred.shape
+    inv_m = 1.0 / m
+    total = 0.0
+    for i in range(m):
+        yi = y[i]
+        for c in range(C):
+            r = pred[i, c] - (1.0 if c == yi else 0.0)
+            r3 = r * r * r
+            total += r3 * r
+            G[i, c] = r3 * inv_m
+    return 0.25 * total * inv_m
+
+
+# checked entry points of the least-squares losses (float64 only: their constants are float64)
+
+_QU = chk.Spec("losses.quartic", [("pred", None), ("target", None), ("G", None)],
+               outputs=("G",), dtypes=chk.F64_ONLY)
+_SQL = chk.Spec("losses.squared_labels", [("pred", ("m", "C")), ("G", ("m", "C"))],
+                outputs=("G",), dtypes=chk.F64_ONLY)
+_QUL = chk.Spec("losses.quartic_labels", [("pred", ("m", "C")), ("G", ("m", "C"))],
+                outputs=("G",), dtypes=chk.F64_ONLY)
+
+
+def quartic(pred: np.ndarray, target: np.ndarray, G: np.ndarray) -> float:
+    """Mean quartic loss ``0.25/m * sum((pred - target)**4)``, writes ``G = (pred - target)**3/m``
+    (may be ``pred``); see :func:`quartic_jit`. pred, target and G share one shape."""
+    if pred.__class__ is not np.ndarray:
+        chk.diagnose(_QU, (pred,), (None,))
+    if pred.ndim == 0:
+        raise ValueError(f"{_QU.fn}: pred must have at least one dimension (samples)")
+    s = pred.shape
+    chk.arrays(_QU, (pred, target, G), (s, s, s))
+    if s[0] == 0:
+        raise ValueError(f"{_QU.fn}: empty batch (pred has shape {s})")
+    return quartic_jit(pred, target, G)
+
+
+def _against_labels(spec: chk.Spec, pred: object, y: object, G: object) -> None:
+    m, C = chk.shape_of(spec, 0, pred)
+    if m == 0 or C == 0:
+        raise ValueError(f"{spec.fn}: pred has shape {(m, C)}; need at least one sample and "
+                         f"one class")
+    chk.labels(spec.fn, y, m)
+    chk.arrays(spec, (pred, G), ((m, C), (m, C)))
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= C:  # the kernel would regress onto a zero row without a word
+        raise ValueError(f"{spec.fn}: labels must lie in [0, {C}), got {lo if lo < 0 else hi}")
+
+
+def squared_labels(pred: np.ndarray, y: np.ndarray, G: np.ndarray) -> float:
+    """:func:`squared` against ``onehot(y)``; see :func:`squared_labels_jit`. ``G`` may be
+    ``pred``; labels integers in [0, C)."""
+    _against_labels(_SQL, pred, y, G)
+    return squared_labels_jit(pred, y, G)
+
+
+def quartic_labels(pred: np.ndarray, y: np.ndarray, G: np.ndarray) -> float:
+    """:func:`quartic` against ``onehot(y)``; see :func:`quartic_labels_jit`."""
+    _against_labels(_QUL, pred, y, G)
+    return quartic_labels_jit(pred, y, G)
+
+
+for _f, _j in ((quartic, quartic_jit), (squared_labels, squared_labels_jit),
+               (quartic_labels, quartic_labels_jit)):
+    chk.jit_twin(_f, _j)
+del _f, _j

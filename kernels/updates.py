@@ -115,3 +115,73 @@ def adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr_c1: floa
 for _f, _j in ((sgd, sgd_jit), (momentum, momentum_jit), (adam, adam_jit)):
     chk.jit_twin(_f, _j)
 del _f, _j
+
+
+@numba.njit(cache=True)
+def adagrad_jit(p, g, s, lr, eps, wd):
+    """Adagrad (Duchi, Hazan & Singer 2011; the form of PyTorch's ``torch.optim.Adagrad``):
+    ``s += g^2``; ``p -= lr g / (sqrt(s) + eps)`` (with ``g + wd * p`` for ``g`` when
+    ``wd != 0``). ``s`` is the running sum of squared gradients (zero at the start)."""
+    p, g, s = p.reshape(p.size), g.reshape(g.size), s.reshape(s.size)
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i] if wd != 0.0 else g[i]
+        si = s[i] + gi * gi
+        s[i] = si
+        p[i] -= lr * (gi / (np.sqrt(si) + eps))
+
+
+@numba.njit(cache=True)
+def adadelta_jit(p, g, sq, acc, lr, rho, eps, wd):
+    """Adadelta (Zeiler 2012, Algorithm 1; the form of PyTorch's ``torch.optim.Adadelta``):
+    ``sq = rho sq + (1-rho) g^2``; ``d = sqrt(acc + eps) / sqrt(sq + eps) * g``;
+    ``acc = rho acc + (1-rho) d^2``; ``p -= lr d`` (with ``g + wd * p`` for ``g`` when
+    ``wd != 0``). ``sq`` and ``acc`` are the running averages of squared gradients and squared
+    updates (zero at the start); Zeiler's method is ``lr = 1``."""
+    a = 1.0 - rho
+    p, g = p.reshape(p.size), g.reshape(g.size)
+    sq, acc = sq.reshape(sq.size), acc.reshape(acc.size)
+    for i in range(p.shape[0]):
+        gi = g[i] + wd * p[i] if wd != 0.0 else g[i]
+        si = sq[i] * rho + a * gi * gi
+        sq[i] = si
+        d = np.sqrt(acc[i] + eps) / np.sqrt(si + eps) * gi
+        acc[i] = acc[i] * rho + a * d * d
+        p[i] -= lr * d
+
+
+# checked entry points of Adagrad and Adadelta (float64 only: their constants are float64)
+
+_AG = chk.Spec("updates.adagrad", [("p", None), ("g", None), ("s", None)], outputs=("p", "s"),
+               dtypes=chk.F64_ONLY)
+_AD = chk.Spec("updates.adadelta", [("p", None), ("g", None), ("sq", None), ("acc", None)],
+               outputs=("p", "sq", "acc"), dtypes=chk.F64_ONLY)
+
+
+def adagrad(p: np.ndarray, g: np.ndarray, s: np.ndarray, lr: float, eps: float,
+            wd: float) -> None:
+    """Adagrad in place; see :func:`adagrad_jit`. p, g, s of one shape, float64; the sum of
+    squares s apart from p and g."""
+    fn = _AG.fn
+    sh = _shape(_AG, p)
+    chk.arrays(_AG, (p, g, s), (sh, sh, sh))
+    chk.distinct(fn, "s", s, (("p", p), ("g", g)))
+    adagrad_jit(p, g, s, chk.real(fn, "lr", lr), chk.real(fn, "eps", eps), chk.real(fn, "wd", wd))
+
+
+def adadelta(p: np.ndarray, g: np.ndarray, sq: np.ndarray, acc: np.ndarray, lr: float, rho: float,
+             eps: float, wd: float) -> None:
+    """Adadelta in place; see :func:`adadelta_jit`. p, g, sq, acc of one shape, float64; the
+    averages sq and acc apart from each other and from p and g."""
+    fn = _AD.fn
+    sh = _shape(_AD, p)
+    chk.arrays(_AD, (p, g, sq, acc), (sh, sh, sh, sh))
+    chk.distinct(fn, "sq", sq, (("p", p), ("g", g), ("acc", acc)))
+    chk.distinct(fn, "acc", acc, (("p", p), ("g", g)))
+    r = chk.real
+    adadelta_jit(p, g, sq, acc, r(fn, "lr", lr), r(fn, "rho", rho), r(fn, "eps", eps),
+                 r(fn, "wd", wd))
+
+
+for _f, _j in ((adagrad, adagrad_jit), (adadelta, adadelta_jit)):
+    chk.jit_twin(_f, _j)
+del _f, _j

@@ -110,13 +110,15 @@ def setup(cfg: Config, comm: Any, new_run: bool = True) -> Method:
             f"= {cfg.data.val_fraction}, data.n_train = {cfg.data.n_train}); hold out at least "
             "one sample"
         )
-    if data.n_classes < 2:
+    if data.n_classes < 2 and cfg.model.architecture in ("resnet", "mlp"):
         raise ConfigError(
             f"dataset {cfg.data.dataset}: the classifier needs at least two classes "
-            f"(found {data.n_classes}: a regression or single-class dataset)"
+            f"(found {data.n_classes}: a regression or single-class dataset; "
+            "model.architecture = linear fits regression targets)"
         )
     try:
-        model = build_model(cfg.model, data.n_features, data.n_classes)
+        targets = data.y_train.shape[1] if data.y_train.ndim == 2 else 1
+        model = build_model(cfg.model, data.n_features, data.n_classes, targets)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     memory.check_memory(cfg, model.spec, data, comm, budget, source)
@@ -263,7 +265,8 @@ class RunHooks(Hooks):
     def write(self, method: Method, history: dict[str, list], times: tuple[float, float] | None
               = None) -> None:
         """Gather the state (collective), check it is finite on every rank, rank 0 writes the
-        checkpoint (and the history file)."""
+        checkpoint (and the history file); every rank spends the write in the watchdog's phase
+        "checkpoint" (a barrier ends it)."""
         from pintopt import checkpoint
 
         self.beat("checkpoint")
@@ -288,9 +291,13 @@ class RunHooks(Hooks):
                 keep_last=self.cfg.checkpoint.keep_last, data=self.data,
             )
         self.write_history(method, history)
+        # Every rank stays in phase "checkpoint" until rank 0 has written: otherwise the others
+        # wait for it inside the next step's collectives, and their watchdogs and training
+        # clocks count the write as part of a step.
+        comm.barrier()
         self.last_write = time.monotonic()
         self.last_saved = method.iteration
-        self.beat("step")
+        self.beat("hooks")
 
     def write_history(self, method: Method, history: dict[str, list] | None) -> None:
         """Rank 0 writes ``checkpoint.history`` (when set)."""
@@ -513,20 +520,26 @@ def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None =
 
     spec, d, tr = method.model.spec, method.data, method.train
     unit, total, per_epoch = method.unit, method.total_iterations(), method.steps_per_epoch
-    if hasattr(spec, "scheme"):
+    if hasattr(spec, "describe"):  # linear and feasibility models describe themselves
+        model = spec.describe()
+    elif hasattr(spec, "scheme"):
         model = (f"{spec.depth} {spec.scheme} layers of width {spec.width} ({spec.activation}, "
                  f"T = {spec.final_time:g})")
     else:
         model = f"MLP of {spec.depth} hidden layers of width {spec.width} ({spec.activation})"
+    labels = (f"{d.n_classes} classes" if d.n_classes >= 2
+              else f"{d.y_train.shape[1] if d.y_train.ndim == 2 else 1} regression target(s)")
     what = (
         f"pintopt {__version__}: method {cfg.train.method} on {comm.size} rank(s); {d.name}: "
         f"{d.m_train} training and {d.m_val} validation samples, {d.n_features} features, "
-        f"{d.n_classes} classes; {model}"
+        f"{labels}; {model}"
     )
     epochs = f"{tr.epochs:g} epochs" if tr.iterations <= 0 else f"{total / per_epoch:.3g} epochs"
+    describe = method.describe_update()  # methods with their own update rule
     how = (
-        f"training: {_update_rule(cfg, unit)}; batch {method.batch_size}"
-        + (" (full batch)" if tr.batch_size == 0 else "")
+        (f"training: {describe}" if describe else
+         f"training: {_update_rule(cfg, unit)}; batch {method.batch_size}"
+         + (" (full batch)" if tr.batch_size == 0 else ""))
         + f"; budget {total} {unit}s ({epochs} of {per_epoch})"
         + f"; evaluation every {tr.eval_every or per_epoch} {unit}s"
         + (f"; stop at validation accuracy {tr.target_accuracy:g}" if tr.target_accuracy else "")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pintopt [train|resume|plot|info|options]`` (also the ``pintopt``
+"""Command line: ``python -m pintopt [train|resume|plot|info|options|tstar]`` (also the ``pintopt``
 script).
 
 With no arguments it runs the embedded default job. ``--print-config`` (with no command, after
@@ -58,6 +58,7 @@ from pintopt.config import (  # noqa: E402
     ineffective_options,
     load_toml,
     make_config,
+    method_options,
     options_markdown,
     to_toml,
 )
@@ -65,10 +66,13 @@ from pintopt.config import (  # noqa: E402
 #: When the command started (the final line's "in all" counts from here).
 _T0 = time.perf_counter()
 
-#: The embedded default job (``python -m pintopt`` with no arguments).
-#: Multilevel Verlet parallel-in-time training of a 512-layer ResNet on the swiss roll, on all ranks
-#: of the launch, stopping at 99% validation accuracy (settings from the study in
-#: docs/methods/pint.md; the serial baselines' defaults are the [train] option defaults).
+#: The embedded default job (``python -m pintopt`` with no arguments): parallel-in-time training
+#: (``pint`` with its option defaults: the automatic coarse hierarchy of 128, 32 and 8 layers,
+#: exact co-states through the pipeline) of a 512-layer Verlet ResNet of width 8 on the swiss roll
+#: (no data files), for a fixed budget of 30 epochs on all ranks of the launch. A fixed budget, not
+#: a target accuracy: the swiss roll is easy enough that the coarse hierarchy alone reaches 99%, and
+#: the job is there to show the gain of the ranks on the fine layers (``--compare-serial`` prints
+#: serial, one-process and S-rank times side by side; docs/benchmarks.md, "Default job").
 DEFAULT_JOB: dict[str, dict[str, Any]] = {
     "data": {"dataset": "swissroll"},
     "model": {"depth": 512, "width": 8, "scheme": "verlet"},
@@ -77,18 +81,7 @@ DEFAULT_JOB: dict[str, dict[str, Any]] = {
         "optimizer": "adam",
         "lr": 0.01,
         "batch_size": 16,
-        "epochs": 60,
-        "target_accuracy": 0.99,
-    },
-    "pint": {
-        "levels": 4,
-        "coarsen": 4,
-        "coarse_iterations": 600,
-        "coarse_check_every": 16,
-        "features": "quadratic",
-        "refit_every": 4,
-        "window": 40,
-        "balance_layers": 64,
+        "epochs": 30,
     },
 }
 
@@ -185,8 +178,32 @@ def _option_flag(group: Any, section: str, cls: type, f: Any, help: str | None =
     )
 
 
-def _add_option_flags(parser: argparse.ArgumentParser) -> None:
-    for section, cls in all_sections().items():
+def _flag_sections(argv: list[str] | None) -> dict[str, type]:
+    """The sections whose flags the parser of ``argv`` needs: every one for None or ``train
+    --help``; the shared ones for another command (their parsers have no method flags); else the
+    shared ones and each method whose flags (``--name-...``) ``argv`` uses -- or may abbreviate,
+    as argparse allows -- so a run imports the code of no other method."""
+    if argv is None:
+        return all_sections()
+    # only ``train`` has option flags (argparse takes the first word as the subcommand)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or not "train".startswith(command):
+        return dict(CORE_SECTIONS)
+    if "-h" in argv or "--help" in argv:
+        return all_sections()
+    from pintopt.methods import METHODS
+
+    words = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+
+    def named(method: str) -> bool:
+        prefix = flag_name(method, "")  # "--pint-"
+        return any(w.startswith(prefix) or prefix.startswith(w) for w in words)
+
+    return {**CORE_SECTIONS, **{m: method_options(m) for m in METHODS if named(m)}}
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    for section, cls in _flag_sections(argv).items():
         group = parser.add_argument_group(f"[{section}] options")
         for f in fields(cls):
             _option_flag(group, section, cls, f)
@@ -196,7 +213,9 @@ PRINT_CONFIG_HELP = ("print the whole configuration of this run as TOML (edit it
                      "back with --config) instead of running it")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, with the flags of the methods it names only
+    (:func:`_flag_sections`)."""
     parser = _Parser(
         prog="pintopt",
         description="Layer- and time-parallel training on MPI. "
@@ -225,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--quiet", action="store_true", help="no progress rows")
     train.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
-    _add_option_flags(train)
+    _add_option_flags(train, argv)
     resume = sub.add_parser(
         "resume", help="continue a run from its checkpoint",
         description="Continue a run from its checkpoint, to its budget or a new one "
@@ -251,7 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="image file to write (default: PATH with the suffix .png)")
     sub.add_parser("info", help="versions, MPI library, ranks, threading")
     sub.add_parser("options", help="print the reference of every option (Markdown)")
+    _add_tstar_arguments(sub.add_parser(
+        "tstar", help="local SGD: the optimal number of local steps T* (Zhang & Li, Sec. 4)"))
     return parser
+
+
+def _add_tstar_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m pintopt tstar`` (its report is ``methods.local_sgd_cost``; the
+    parser lives here so that ``--help`` imports no method module and no scipy)."""
+    parser.add_argument("--r", type=float, help="cost ratio C_g / C_c (or give --cg and --cc)")
+    parser.add_argument("--cg", type=float, help="cost of one local gradient step (any unit)")
+    parser.add_argument("--cc", type=float, help="cost of one communication (same unit)")
+    parser.add_argument("--rate", choices=("linear", "power"), default="linear",
+                        help="local convergence: linear h(t) = beta^t, or power "
+                             "h(t) = (1 + a t)^-beta [default: linear]")
+    parser.add_argument("--beta", type=float, help="beta of h(t) (linear: 0 < beta < 1; power: "
+                        "beta > 1)")
+    parser.add_argument("--a", type=float, help="power: a > 0 of h(t) = (1 + a t)^-beta")
+    parser.add_argument("--monomial", type=int, metavar="L",
+                        help="power: gradient descent on x^(2L) (a = 2L-2, beta = (2L-1)/(2L-2); "
+                             "L = 2 is the quartic loss)")
 
 
 def _raw_config(args: argparse.Namespace, base: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -393,7 +431,16 @@ def _info(comm: Any) -> None:
 
     version = mpi4py_version()
     lines.append(f"mpi4py {version}" if version else "mpi4py: not installed (serial only)")
-    lines.append(f"MPI: {comm.describe()}")
+    from pintopt.comm import SERIAL_ENV, SerialComm, launcher
+
+    choice = os.environ.get(SERIAL_ENV, "").strip()
+    if choice in ("0", "1"):
+        how = f" ({SERIAL_ENV}={choice})"
+    elif isinstance(comm, SerialComm):
+        how = f" (no MPI launcher detected; {SERIAL_ENV}=0 initialises MPI)"
+    else:
+        how = f" (launcher: {launcher()})"
+    lines.append(f"MPI: {comm.describe()}{how}")
     import pintopt.kernels
 
     lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
@@ -427,7 +474,9 @@ def _finish(comm: Any, status: int, message: str | None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        comm.abort(status)
+        from pintopt.guards import abort_job
+
+        abort_job(comm, status)  # not comm.abort: the launcher must get the lines above first
     if message:
         _say(comm, message, err=True)
     return status
@@ -435,7 +484,7 @@ def _finish(comm: Any, status: int, message: str | None) -> int:
 
 def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
     """argparse, with ``--help``/``--version`` printed by rank 0 only."""
-    parser = build_parser()
+    parser = build_parser(argv)
     if comm.rank == 0:
         return parser.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -445,11 +494,14 @@ def _parse(argv: list[str], comm: Any) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input, 3 diverged, 4 interrupted,
     1 failure)."""
+    if argv is None:  # the process's own command line: the program, not a caller's test
+        from pintopt.startup import preload_cython_blas
+
+        preload_cython_blas()  # before numba loads a kernel (docs/benchmarks.md, "Startup")
     from pintopt import faults
     from pintopt.checkpoint import CheckpointError
     from pintopt.comm import world
     from pintopt.guards import Watchdog, abort_on_exception
-    from pintopt.loop import Divergence
 
     argv = sys.argv[1:] if argv is None else list(argv)
     comm = world()
@@ -488,6 +540,13 @@ def main(argv: list[str] | None = None) -> int:
             _info(comm)
         elif args.command == "options":
             _say(comm, options_markdown())
+        elif args.command == "tstar":
+            from pintopt.methods.local_sgd_cost import tstar_report
+
+            try:
+                _say(comm, *tstar_report(args))
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         elif args.command == "plot":
             return _plot(args, comm)
         elif args.command == "train":
@@ -509,29 +568,59 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except (UsageError, ConfigError, CheckpointError) as exc:
         return _finish(comm, EXIT_USAGE, f"pintopt: error: {exc}")
-    except Divergence as exc:
+    except Exception as exc:
+        # pintopt.loop (numba, the kernels) is loaded by a run only, so --help, --version, info
+        # and options start without it; no run, no Divergence
+        loop = sys.modules.get("pintopt.loop")
+        if loop is None or not isinstance(exc, loop.Divergence):
+            raise
         return _finish(comm, EXIT_DIVERGED, f"pintopt: error: {exc}")
 
 
 def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
+    """After a run of ``cfg``: the serial method on the same problem and, for a parallel method
+    launched on several ranks, the same method and options on one process, both on rank 0 alone
+    (the other ranks wait in a sleeping receive, so rank 0 has a core to itself); then the three
+    training times side by side. ``vs 1 proc`` is the gain of the ranks alone: a speedup of the
+    method on one process over serial (pint's coarse-to-fine start) is not one of the ranks."""
+    import numpy as np
+
+    from pintopt.api import run
+    from pintopt.comm import SerialComm
+
+    done_tag = 77  # rank 0's "comparisons finished" to the waiting ranks
+    method, size = cfg.train.method, comm.size
     raw = cfg.to_dict()
-    raw.pop(cfg.train.method, None)
-    raw["train"]["method"] = "serial"
     raw["checkpoint"]["checkpoint"] = None
-    serial = _run(make_config(raw), comm, quiet=True)
+    rows: list[tuple[str, Any]] = []
+    if comm.rank == 0:
+        serial = {k: v for k, v in raw.items() if k != method}
+        serial["train"] = {**raw["train"], "method": "serial"}
+        rows.append(("serial", run(serial, SerialComm())))
+        if size > 1 and method != "serial":
+            rows.append((f"{method}, 1 process", run(raw, SerialComm())))
+        for r in range(1, size):
+            comm.send(np.zeros(1), r, tag=done_tag)
+    else:  # sleep until rank 0 is done (a failing rank 0 aborts the job); rank 0 prints
+        comm.recv_(np.zeros(1), 0, tag=done_tag, timeout=7 * 24 * 3600.0)
+        return
+    rows.append((f"{method}, {size} rank{'s' if size > 1 else ''}", result))
     target = cfg.train.target_accuracy
-    basis = (
-        f"time to {target:g} validation accuracy (coarse phase included)"
-        if target
-        else "same iteration budget; --target-accuracy compares time to an accuracy"
-    )
-    _say(
-        comm,
-        f"serial: validation accuracy {serial.val_acc:.4f}, wall time {serial.train_time:.2f} s; "
-        f"{cfg.train.method}: validation accuracy {result.val_acc:.4f}, wall time "
-        f"{result.train_time:.2f} s; speedup of {cfg.train.method} over serial ({basis}): "
-        f"{serial.train_time / max(result.train_time, 1e-12):.2f}x",
-    )
+    basis = (f"training time to {target:g} validation accuracy" if target else
+             "training time of the same iteration budget (--target-accuracy compares time to an "
+             "accuracy)") + (", coarse phase included" if method == "pint" else "")
+    width = max(len(name) for name, _ in rows)
+    lines = [f"compare ({basis}):"]
+    for name, res in rows:
+        lines.append(f"  {name:<{width}}  {res.train_time:8.2f} s  validation accuracy "
+                     f"{res.val_acc:.4f}  {res.iterations} iterations ({res.stopped})")
+    t = {name: res.train_time for name, res in rows}
+    mine = result.train_time
+    summary = f"  {rows[-1][0]}: {t['serial'] / max(mine, 1e-12):.2f}x vs serial"
+    if len(rows) == 3:
+        summary += f", {rows[1][1].train_time / max(mine, 1e-12):.2f}x vs 1 proc"
+    lines.append(summary)
+    _say(comm, *lines)
 
 
 def _resume(args: argparse.Namespace, comm: Any, watchdog: Any = None) -> Any:

@@ -31,6 +31,7 @@ from pintopt.options import (  # noqa: F401 - re-exported: the configuration's v
     Config,
     DataOptions,
     ModelOptions,
+    Not,
     TrainOptions,
     opt,
 )
@@ -51,10 +52,17 @@ class FlagValue(str):
 
 
 def method_sections() -> dict[str, type]:
-    """Options dataclass of every registered method, by method name."""
+    """Options dataclass of every registered method, by method name (imports every method)."""
     from pintopt.methods import METHODS
 
     return {name: cls.Options for name, cls in METHODS.items()}
+
+
+def method_options(name: str) -> type:
+    """Options dataclass of the registered method ``name`` (imports that method only)."""
+    from pintopt.methods import METHODS
+
+    return METHODS[name].Options
 
 
 def _typename(tp: Any) -> str:
@@ -129,6 +137,12 @@ def _check(section: str, obj: Any) -> None:
             raise ConfigError(f"{where}: expected a value <= {high:g}, got {value!r}")
 
 
+def _shown(name: str) -> str:
+    """A name from the user's input as an error shows it: as typed, or quoted with escapes when it
+    holds a newline or another control character (an error is one line)."""
+    return name if name.isprintable() else repr(name)
+
+
 def build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     """Instantiate ``cls`` from a mapping, rejecting unknown keys and bad values."""
     if not isinstance(values, dict):
@@ -138,7 +152,7 @@ def build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(
-            f"unknown option {section}.{unknown[0]} (valid: {', '.join(sorted(known))})"
+            f"unknown option {section}.{_shown(unknown[0])} (valid: {', '.join(sorted(known))})"
         )
     kwargs = {k: _coerce(v, hints[k], f"option {section}.{k}") for k, v in values.items()}
     obj = cls(**kwargs)
@@ -164,13 +178,15 @@ def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) 
 
     ``given``: the options the user set, as (section, key) (default: every key of ``raw``);
     recorded as ``Config.given`` for :func:`ineffective_options`."""
-    methods = method_sections()
+    from pintopt.methods import METHODS
+
+    methods = sorted(METHODS)  # names; a method is imported when its options are needed
     if not isinstance(raw, dict):
         raise ConfigError("configuration must be a table of sections")
     unknown = sorted(set(raw) - set(CORE_SECTIONS) - set(methods))
     if unknown:
         valid = ", ".join(list(CORE_SECTIONS) + sorted(methods))
-        raise ConfigError(f"unknown config section [{unknown[0]}] (valid: {valid})")
+        raise ConfigError(f"unknown config section [{_shown(unknown[0])}] (valid: {valid})")
     sections = {
         name: build_section(name, cls, raw.get(name, {})) for name, cls in CORE_SECTIONS.items()
     }
@@ -180,9 +196,9 @@ def make_config(raw: dict[str, Any], given: set[tuple[str, str]] | None = None) 
         raise ConfigError(
             f"option train.method: expected one of {', '.join(sorted(methods))}; got {name!r}"
         )
-    for other in set(raw) & set(methods) - {name}:
-        build_section(other, methods[other], raw[other])  # still validated: a typo is an error
-    cfg.method = build_section(name, methods[name], raw.get(name, {}))
+    for other in sorted(set(raw) & set(methods) - {name}):
+        build_section(other, method_options(other), raw[other])  # a typo is still an error
+    cfg.method = build_section(name, method_options(name), raw.get(name, {}))
     if given is None:
         given = {(sec, key) for sec, values in raw.items() if isinstance(values, dict)
                  for key in values}
@@ -201,6 +217,8 @@ def _is_on(value: Any) -> bool:
 def _wanted(values: Any) -> str:
     if values == ON:
         return "is set"
+    if isinstance(values, Not):
+        return "!= " + " and != ".join(_toml_value(v) for v in values.values)
     values = values if isinstance(values, tuple) else (values,)
     return "= " + " or ".join(_toml_value(v) for v in values)
 
@@ -208,6 +226,8 @@ def _wanted(values: Any) -> str:
 def _requirement_met(value: Any, values: Any) -> bool:
     if values == ON:
         return _is_on(value)
+    if isinstance(values, Not):
+        return value not in values.values
     return value in (values if isinstance(values, tuple) else (values,))
 
 

@@ -19,6 +19,8 @@ Sources (``DATASETS``):
 - ``overparam`` -- synthetic over-parameterised linear regression (d > m), a stand-in of the same
   shape for the colon-cancer least-squares experiment of Zhang & Li, "Distributed optimization for
   over-parameterized learning" (2022), Sec. 2.3.2.
+- ``twodiscs`` -- the two convex sets of the same paper's Sec. 2.3.1 (the disc of centre (0, 1) and
+  radius 1, the half-plane y <= 0), one per sample, for the ``feasibility`` model.
 
 Mini-batches come from :class:`BatchSampler`, which every MPI rank builds from the same seed so all
 ranks agree on each global batch without communicating.
@@ -49,7 +51,7 @@ __all__ = [
     "standardize_dataset",
 ]
 
-DATASETS = ("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam")
+DATASETS = ("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam", "twodiscs")
 
 # Default validation fraction for every source that is split here (80/20 as in the NumDL
 # EClass_Ellipses.m example and the 8,000/2,000 MNIST split of the shared data README).
@@ -57,8 +59,8 @@ DEFAULT_VAL_FRACTION = 0.2
 
 # Sources whose features are left unscaled unless the caller asks: MNIST pixels are already in
 # [0, 1] and per-pixel standardisation turns rarely-inked border pixels into values near
-# sqrt(m_train); overparam keeps its exact generative model y = x w*.
-_NO_STANDARDIZE_BY_DEFAULT = frozenset({"mnist", "overparam"})
+# sqrt(m_train); overparam keeps its exact generative model y = x w*; twodiscs rows are geometry.
+_NO_STANDARDIZE_BY_DEFAULT = frozenset({"mnist", "overparam", "twodiscs"})
 
 
 # Stream tags: the data draws and the mini-batch order get their own PCG64 streams, independent of
@@ -416,6 +418,22 @@ def make_overparam(
         0,
         info={"split": "random (seeded)", "w_star": w, "noise": noise},
     )
+
+
+def make_twodiscs() -> Dataset:
+    """The two-disc convex feasibility problem of Zhang & Li (2022), Sec. 2.3.1 (after Beck &
+    Teboulle 2003): sample 0 is the disc ``{(x, y) : x^2 + (y - 1)^2 <= 1}`` (row ``(0, 1, 1)``,
+    label 0 = ball: centre and radius), sample 1 the half-plane ``{y <= 0}`` (row ``(0, 1, 0)``,
+    label 1 = half-space ``a . p <= b``). With the ``feasibility`` model their squared distances
+    are the paper's ``f1 = max(sqrt(x^2 + (y-1)^2) - 1, 0)^2`` and ``f2 = max(y, 0)^2``; the sets
+    meet only at the origin. There is nothing to generalise to: the validation part is the same
+    two sets, so the loop's val_loss is the objective f(x) itself (the loop refuses an empty
+    validation set)."""
+    x = np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    y = np.array([0, 1], dtype=np.int64)
+    return Dataset("twodiscs", x, y, x.copy(), y.copy(), 2,
+                   info={"split": "none (the validation part repeats the two sets)",
+                         "sets": "label 0: row (c, rho) a ball; 1: row (a, b) a.p <= b"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -857,10 +875,10 @@ def load_dataset(
     samples. ``noise`` -- std of Gaussian noise for the synthetic sources. ``val_fraction``
     (default 0.2) / ``n_train`` -- split sizes; ignored where the split is fixed (swissroll, files
     with x_val); mnist splits head/tail (first n_train train), the others at random from ``seed``.
-    ``standardize`` -- None (default) means True except for mnist and overparam. ``n_features`` --
-    overparam only, the dimension d (default 2000). ``data_dir`` -- mnist; ``path`` -- libsvm,
-    npz, hdf5. ``pool``/``pool_size`` -- image downsampling (:func:`pool_images`). See
-    ``docs/data.md``.
+    ``standardize`` -- None (default) means True except for mnist, overparam and twodiscs.
+    ``n_features`` -- overparam only, the dimension d (default 2000). ``data_dir`` -- mnist;
+    ``path`` -- libsvm, npz, hdf5. ``pool``/``pool_size`` -- image downsampling
+    (:func:`pool_images`). See ``docs/data.md``.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -881,6 +899,8 @@ def load_dataset(
             val_fraction,
             n_train,
         )
+    elif name == "twodiscs":
+        ds = make_twodiscs()
     elif name == "mnist":
         ds = _load_mnist(data_dir, n, val_fraction, n_train)
     elif name == "libsvm":

@@ -15,6 +15,11 @@ loss with respect to the state ``X_j`` (the paper's ``P`` up to its sign).
 
 State layout: Euler, one array ``(m, width)``; Verlet, one array ``(2, m, width)`` holding
 ``[Y, Z]`` (Haber & Ruthotto's two variables; the classifier reads ``Y``; ``Z_0 = 0``).
+
+Also here: the MLP chain of the layer-wise methods, and two shallow convex models for the
+experiments of Zhang & Li (2022) -- :class:`Linear` (least squares, quartic regression, softmax
+regression) and :class:`Feasibility` (squared distance to convex sets); :func:`build_model` builds
+any of them from the ``[model]`` options.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pintopt.buffers import flat_buffer
-from pintopt.kernels import activations, dense, losses, residual
+from pintopt.kernels import activations, dense, feasibility, losses, residual
 
 SCHEMES = ("euler", "verlet")
 
@@ -537,13 +542,239 @@ class MLP:
         return losses.softmax_xent(logits, y, G), losses.accuracy(logits, y)
 
 
-ARCHITECTURES = ("resnet", "mlp")
+# --------------------------------------------------------------------------------------------------
+# Shallow convex models of Zhang & Li, "Distributed optimization for over-parameterized learning"
+# (2022), for local SGD's experiments (any method can train them):
+#
+# - Linear (architecture "linear"): pred = x W + b, one affine layer (an MLP with no hidden layer),
+#   with model.loss "xent" (softmax regression: the "1 layer neural network" of Sec. 3.2.1 / Fig. 3,
+#   784 -> 10 "intersected", after 2 x 2 max-pooling twice "non-intersected"), "squared"
+#   ((1/2m) sum ||pred - y||^2: the over-parameterised mean-square regression of Sec. 2.3.2 /
+#   Fig. 2(b), whose local optimal sets are intersecting affine subspaces) or "quartic"
+#   ((1/4m) sum (pred - y)^4: Fig. 5, power-law local convergence, Sec. 4). Real targets are the
+#   dataset's (m, k) array; on class labels squared/quartic regress the one-hot vectors.
+# - Feasibility (architecture "feasibility"): the parameters are one point p in R^d and each sample
+#   is a convex set (pintopt.kernels.feasibility); the loss is the mean squared distance to the
+#   sets. With the twodiscs dataset and two nodes each node's loss is the paper's f1 or f2
+#   (Sec. 2.3.1).
+#
+# evaluate() reports accuracy as NaN where there are no classes, and (NaN, NaN) for no samples.
+
+LOSSES = ("xent", "squared", "quartic")
 
 
-def build_model(options: object, n_features: int, n_classes: int) -> ResNet | MLP:
-    """The model described by a ``[model]`` config section for a dataset's shape."""
+@dataclass(frozen=True)
+class LinearSpec:
+    """Shape of a linear model: ``n_features -> n_outputs`` with ``loss``; ``n_classes`` is the
+    number of classes of the labels (0: real targets, ``n_outputs`` of them)."""
+
+    n_features: int
+    n_outputs: int
+    loss: str = "xent"
+    n_classes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "n_outputs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"option model.loss: expected one of {', '.join(LOSSES)}, "
+                             f"got {self.loss!r}")
+        if self.loss == "xent" and self.n_classes < 2:
+            raise ValueError("option model.loss: xent (softmax regression) needs class labels "
+                             "(at least two classes); use squared or quartic for regression")
+        if self.n_classes and self.n_classes != self.n_outputs:
+            raise ValueError(f"a linear classifier of {self.n_classes} classes needs "
+                             f"{self.n_classes} outputs, got {self.n_outputs}")
+
+    @property
+    def sizes(self) -> list[int]:
+        """Layer widths, as an MLP's (no hidden layer): [n_features, n_outputs]."""
+        return [self.n_features, self.n_outputs]
+
+    @property
+    def n_layers(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        kind = {"xent": "softmax regression", "squared": "least squares",
+                "quartic": "quartic regression"}[self.loss]
+        return f"linear model ({kind}, {self.n_features} -> {self.n_outputs})"
+
+
+class Linear:
+    """``pred = x W + b`` with the loss of :class:`LinearSpec` (see the module docstring).
+
+    Parameters ``W (n_features, n_outputs)``, ``b (n_outputs,)``, one flat buffer."""
+
+    def __init__(self, spec: LinearSpec) -> None:
+        self.spec = spec
+        self.classes = spec.n_classes >= 2
+
+    def init_params(self, seed: int) -> ParamSet:
+        """Zero weights: the minimum-norm start of Zhang & Li's convex experiments (gradient
+        descent from zero stays in the row space of the data). ``seed`` is unused (every start
+        is the same), kept for the model interface."""
+        s = self.spec
+        return ParamSet.zeros({"W": (s.n_features, s.n_outputs), "b": (s.n_outputs,)})
+
+    @property
+    def n_layers(self) -> int:
+        return 1
+
+    def param_roles(self) -> dict[str, str | int]:
+        return {"W": 0, "b": 0}
+
+    def params_from_dict(self, d: dict[str, np.ndarray]) -> ParamSet:
+        return ParamSet.from_dict(d, ("W", "b"))
+
+    def predict(self, params: ParamSet, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], self.spec.n_outputs))
+        np.dot(x, params.W, out=out)
+        out += params.b
+        return out
+
+    def _loss(self, pred: np.ndarray, y: np.ndarray, G: np.ndarray) -> float:
+        loss = self.spec.loss
+        if loss == "xent":
+            return losses.softmax_xent(pred, y, G)
+        if self.classes:
+            fn = losses.squared_labels if loss == "squared" else losses.quartic_labels
+        else:
+            fn = losses.squared if loss == "squared" else losses.quartic
+        return fn(pred, y, G)
+
+    def loss_and_grad(self, params: ParamSet, x: np.ndarray, y: np.ndarray, grads: ParamSet
+                      ) -> tuple[float, np.ndarray]:
+        """Mean loss of the batch and its gradient ``dW = x^T G``, ``db = sum_rows G`` (G the
+        loss gradient w.r.t. the predictions); returns (loss, predictions)."""
+        pred = self.predict(params, x)
+        G = np.empty_like(pred)
+        value = self._loss(pred, y, G)
+        np.dot(x.T, G, out=grads.W)
+        np.sum(G, axis=0, out=grads.b)
+        return float(value), pred
+
+    def evaluate(self, params: ParamSet, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy); accuracy NaN for real targets; (NaN, NaN) for no samples."""
+        if x.shape[0] == 0:
+            return float("nan"), float("nan")
+        pred = self.predict(params, x)
+        G = np.empty_like(pred)
+        value = float(self._loss(pred, y, G))
+        return value, float(losses.accuracy(pred, y)) if self.classes else float("nan")
+
+
+@dataclass(frozen=True)
+class FeasibilitySpec:
+    """A point in R^dim and samples that are convex sets (rows of ``dim + 1`` numbers)."""
+
+    dim: int
+    init_scale: float = 2.0
+
+    def __post_init__(self) -> None:
+        if int(self.dim) < 1:
+            raise ValueError(f"the feasibility model needs sets in R^d with d >= 1 (data with at "
+                             f"least 2 features), got d = {self.dim}")
+
+    @property
+    def n_features(self) -> int:
+        return self.dim + 1
+
+    @property
+    def n_params(self) -> int:
+        return self.dim
+
+    def activation_bytes(self, rows: int, training: bool) -> int:
+        return 8 * self.dim * 4  # the gradient and two temporaries of d entries
+
+    @property
+    def n_layers(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        return f"convex feasibility (a point in R^{self.dim}, squared distance to the sets)"
+
+
+class Feasibility:
+    """Mean squared distance of a point to convex sets (:mod:`pintopt.kernels.feasibility`);
+    labels are the set kinds (0 ball, 1 half-space). Parameter ``p (dim,)``."""
+
+    def __init__(self, spec: FeasibilitySpec) -> None:
+        self.spec = spec
+
+    def init_params(self, seed: int) -> ParamSet:
+        """A random start ``p ~ N(0, init_scale^2 I)`` from ``seed`` (Zhang & Li: "a start point
+        x_0 is randomly selected")."""
+        rng = np.random.default_rng(seed)
+        out = ParamSet.zeros({"p": (self.spec.dim,)})
+        out.p[...] = self.spec.init_scale * rng.standard_normal(self.spec.dim)
+        return out
+
+    @property
+    def n_layers(self) -> int:
+        return 1
+
+    def param_roles(self) -> dict[str, str | int]:
+        return {"p": 0}
+
+    def params_from_dict(self, d: dict[str, np.ndarray]) -> ParamSet:
+        return ParamSet.from_dict(d, ("p",))
+
+    def _sets(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[1] != self.spec.dim + 1:
+            raise ValueError(f"feasibility model of dimension {self.spec.dim}: sets need "
+                             f"{self.spec.dim + 1} numbers, got {x.shape[1]}")
+        return np.ascontiguousarray(x)
+
+    def loss_and_grad(self, params: ParamSet, x: np.ndarray, y: np.ndarray, grads: ParamSet
+                      ) -> tuple[float, np.ndarray]:
+        value = feasibility.sq_distance(params.p, self._sets(x), np.ascontiguousarray(y), grads.p)
+        return float(value), params.p
+
+    def predict(self, params: ParamSet, x: np.ndarray) -> np.ndarray:
+        """The point itself, once per sample (there is nothing to predict)."""
+        return np.broadcast_to(params.p, (x.shape[0], self.spec.dim)).copy()
+
+    def evaluate(self, params: ParamSet, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        if x.shape[0] == 0:
+            return float("nan"), float("nan")
+        g = np.empty(self.spec.dim)
+        value = feasibility.sq_distance(params.p, self._sets(x), np.ascontiguousarray(y), g)
+        return float(value), float("nan")
+
+
+ARCHITECTURES = ("resnet", "mlp", "linear", "feasibility")
+
+
+def build_model(options: object, n_features: int, n_classes: int, n_targets: int = 1
+                ) -> ResNet | MLP | Linear | Feasibility:
+    """The model described by a ``[model]`` config section for a dataset's shape (``n_classes``
+    0 means real targets, ``n_targets`` of them). Bad combinations raise ValueError naming the
+    option."""
     o = options
-    if getattr(o, "architecture", "resnet") == "mlp":
+    arch = getattr(o, "architecture", "resnet")
+    loss = getattr(o, "loss", "auto")
+    if arch == "linear":
+        if n_classes == 1:
+            raise ValueError("option model.architecture: linear needs at least two classes or "
+                             "real regression targets (found one class)")
+        if loss == "auto":
+            loss = "xent" if n_classes >= 2 else "squared"
+        outputs = n_classes if n_classes >= 2 else n_targets
+        return Linear(LinearSpec(n_features, outputs, loss, n_classes))
+    if arch == "feasibility":
+        if loss != "auto":
+            raise ValueError("option model.loss: the feasibility model's loss is the squared "
+                             "distance to the sets (leave model.loss = auto)")
+        if n_classes < 1:
+            raise ValueError("option model.architecture: feasibility needs sets as samples, their "
+                             "kinds as labels (data such as twodiscs), not regression targets")
+        return Feasibility(FeasibilitySpec(n_features - 1))
+    if loss not in ("auto", "xent"):
+        raise ValueError(f"option model.loss: {loss} needs model.architecture = linear (the "
+                         f"{arch} network ends in softmax cross-entropy)")
+    if arch == "mlp":
         return MLP(MLPSpec(n_features, n_classes, o.width, o.depth, o.activation))
     return ResNet(
         ResNetSpec(n_features, n_classes, o.width, o.depth, o.final_time, o.scheme, o.activation)

@@ -3,7 +3,9 @@
 An optimiser updates a list of arrays in place from a list of gradients of the same shapes, so the
 same code serves the whole network (serial), one rank's slice of layers (parallel-in-time) or a
 local model (local SGD). Plain SGD is the mapping of Lemma 2.2; momentum and Adam are the general
-mappings the paper allows. Learning-rate schedules: ``constant``; ``invtime``
+mappings the paper allows; Adagrad (Duchi et al. 2011) and Adadelta (Zeiler 2012) are the
+baselines of pdADMM's accuracy comparison (Wang et al. 2020, Section V-D). Learning-rate
+schedules: ``constant``; ``invtime``
 ``lr / (1 + decay * k)`` which satisfies Theorem 4.2's conditions (sum eta = inf, sum eta^2 < inf);
 ``step`` (multiply by ``gamma`` every ``step_size`` iterations).
 """
@@ -18,7 +20,11 @@ from pintopt.buffers import flat_buffer
 from pintopt.kernels import updates
 
 _F64 = np.dtype(np.float64)
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "adadelta")
+#: Moments kept per parameter array.
+SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adagrad": 1, "adadelta": 2}
+#: Default epsilon of each kind (Adam: Kingma & Ba; Adagrad, Adadelta: PyTorch's defaults).
+EPS = {"adam": 1e-8, "adagrad": 1e-10, "adadelta": 1e-6}
 SCHEDULES = ("constant", "invtime", "step")
 
 
@@ -41,7 +47,10 @@ def learning_rate(
 
 
 class Optimizer:
-    """``step(params, grads)`` updates ``params`` in place; state: a list of arrays + a counter."""
+    """``step(params, grads)`` updates ``params`` in place; state: a list of arrays + a counter.
+
+    ``eps`` defaults to the kind's usual value (:data:`EPS`); ``rho`` is Adadelta's decay of its
+    running averages (PyTorch's 0.9; Zeiler uses 0.95)."""
 
     def __init__(
         self,
@@ -50,12 +59,13 @@ class Optimizer:
         momentum: float = 0.9,
         beta1: float = 0.9,
         beta2: float = 0.999,
-        eps: float = 1e-8,
+        eps: float | None = None,
         weight_decay: float = 0.0,
         schedule: str = "constant",
         decay: float = 0.0,
         step_size: int = 1000,
         gamma: float = 0.5,
+        rho: float = 0.9,
     ) -> None:
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
@@ -63,7 +73,9 @@ class Optimizer:
             raise ValueError(f"learning rate must be positive, got {lr!r}")
         learning_rate(lr, 0, schedule)  # validates the schedule name
         self.kind, self.lr, self.momentum = kind, lr, momentum
+        eps = EPS.get(kind, 1e-8) if eps is None else eps
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self.rho = rho
         self.schedule, self.decay, self.step_size, self.gamma = schedule, decay, step_size, gamma
         self.k = 0
         self.slots: list[np.ndarray] = []
@@ -73,8 +85,8 @@ class Optimizer:
 
     @property
     def per_array(self) -> int:
-        """Moments kept per parameter array (Adam: 2, momentum: 1, SGD: 0)."""
-        return {"sgd": 0, "momentum": 1, "adam": 2}[self.kind]
+        """Moments kept per parameter array (Adam, Adadelta: 2, momentum, Adagrad: 1, SGD: 0)."""
+        return SLOTS[self.kind]
 
     def _init_slots(self, params: Sequence[np.ndarray]) -> None:
         self._set_slots([np.zeros_like(p) for p in params for _ in range(self.per_array)])
@@ -119,7 +131,7 @@ class Optimizer:
         wd = float(self.weight_decay)
         c1 = 1 - self.beta1**self.k
         c2 = 1 - self.beta2**self.k
-        kind = self.kind
+        kind, per = self.kind, self.per_array
         flat = self._flat(params, grads)
         if flat is not None:  # a flat-backed parameter set: one fused call (bitwise the same)
             params, grads = [flat[0]], [flat[1]]
@@ -130,8 +142,7 @@ class Optimizer:
             if slots_of is not None:
                 slots = slots_of
             else:
-                slots = self_slots[2 * i : 2 * i + 2] if kind == "adam" else \
-                    self_slots[i : i + 1] if kind == "momentum" else ()
+                slots = self_slots[per * i : per * i + per]
             if p.flags.c_contiguous and g.flags.c_contiguous and p.dtype == g.dtype == _F64 \
                     and all(s.flags.c_contiguous for s in slots):
                 # fused kernels: one pass instead of a dozen NumPy calls (bitwise the same)
@@ -140,8 +151,12 @@ class Optimizer:
                                  self.eps, wd)
                 elif kind == "sgd":
                     updates.sgd(p, g, lr, wd)
-                else:
+                elif kind == "momentum":
                     updates.momentum(p, g, slots[0], lr, self.momentum, wd)
+                elif kind == "adagrad":
+                    updates.adagrad(p, g, slots[0], lr, self.eps, wd)
+                else:
+                    updates.adadelta(p, g, slots[0], slots[1], lr, self.rho, self.eps, wd)
                 continue
             if wd:
                 g = g + wd * p  # R(U) = wd/2 ||U||^2 of eq. (1)
@@ -152,6 +167,18 @@ class Optimizer:
                 v *= self.momentum
                 v += g
                 p -= lr * v
+            elif self.kind == "adagrad":
+                s = slots[0]
+                s += g * g
+                p -= lr * (g / (np.sqrt(s) + self.eps))
+            elif self.kind == "adadelta":
+                sq, acc = slots
+                sq *= self.rho
+                sq += (1 - self.rho) * g * g
+                d = np.sqrt(acc + self.eps) / np.sqrt(sq + self.eps) * g
+                acc *= self.rho
+                acc += (1 - self.rho) * d * d
+                p -= lr * d
             else:
                 m, v = slots
                 m *= self.beta1

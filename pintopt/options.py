@@ -18,6 +18,16 @@ T = TypeVar("T")
 ON = "(on)"
 
 
+class Not:
+    """In ``requires``: the other option has any value but these (``Not(1)``: not 1)."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"Not{self.values!r}"
+
+
 def opt(
     default: Any,
     help: str,
@@ -32,11 +42,12 @@ def opt(
     unless ``low_open``).
 
     ``requires`` says when the option has an effect: ``{"other": values}``, every listed option
-    having one of ``values`` (a value, a tuple of values, or :data:`ON`); ``"key"`` names an
-    option of the same section, ``"section.key"`` one of a shared section. ``disables`` names
-    options (``"section.key"``) that have no effect while this one is on. A user who sets an
-    option that has no effect is warned (:func:`pintopt.config.ineffective_options`), and the
-    options page says when each option applies.
+    having one of ``values`` (a value, a tuple of values, :data:`ON`, or :class:`Not` of values);
+    ``"key"`` names an option of the same section, ``"section.key"`` one of a shared section.
+    ``disables`` names options (``"section.key"``) that have no effect while this one is on. A
+    user who sets an option that has no effect is warned
+    (:func:`pintopt.config.ineffective_options`), and the options page says when each option
+    applies.
     """
     return field(
         default=default,
@@ -54,7 +65,8 @@ class DataOptions:
     dataset: str = opt(
         "swissroll",
         "dataset to train on",
-        choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam"),
+        choices=("swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam",
+                 "twodiscs"),
     )
     data_dir: str | None = opt(None, "directory holding the dataset files (mnist: the IDX files)",
                                requires={"dataset": "mnist"})
@@ -97,20 +109,38 @@ class DataOptions:
     standardize: bool | None = opt(
         None,
         "standardize features with training-set mean and std (default: per dataset, on for "
-        "swissroll/ellipses/libsvm/npz/hdf5, off for mnist pixels and overparam)",
+        "swissroll/ellipses/libsvm/npz/hdf5, off for mnist pixels, overparam and twodiscs)",
     )
+
+
+#: Architectures with hidden layers (width, depth and activation mean nothing to linear and
+#: feasibility).
+_NETWORKS = ("resnet", "mlp")
 
 
 @dataclass
 class ModelOptions:
     architecture: str = opt(
         "resnet",
-        "network: resnet (ResNet-as-ODE, layers are time steps) or mlp (a fully connected chain "
-        "of depth hidden layers of width units, for the layer-parallel methods)",
-        choices=("resnet", "mlp"),
+        "network: resnet (ResNet-as-ODE, layers are time steps), mlp (a fully connected chain "
+        "of depth hidden layers of width units, for the layer-parallel methods), linear (one "
+        "affine layer x W + b: softmax regression, least squares; width/depth unused) or "
+        "feasibility (a point in R^d, samples are convex sets, loss the mean squared distance "
+        "to them: dataset twodiscs)",
+        choices=("resnet", "mlp", "linear", "feasibility"),
     )
-    width: int = opt(8, "number of channels of the residual layers", low=1)
-    depth: int = opt(16, "number of residual layers (time steps)", low=1)
+    loss: str = opt(
+        "auto",
+        "loss: auto (softmax cross-entropy for class labels; squared for real targets with "
+        "architecture linear), xent, squared ((1/2m) sum ||pred - y||^2) or quartic "
+        "((1/4m) sum (pred - y)^4); squared and quartic need architecture linear (on class "
+        "labels they regress the one-hot vectors)",
+        choices=("auto", "xent", "squared", "quartic"),
+    )
+    width: int = opt(8, "number of channels of the residual layers", low=1,
+                     requires={"architecture": _NETWORKS})
+    depth: int = opt(16, "number of residual layers (time steps)", low=1,
+                     requires={"architecture": _NETWORKS})
     final_time: float = opt(
         4.0, "final time T of the ODE; step size h = final_time / depth", low=0.0, low_open=True,
         requires={"architecture": "resnet"},
@@ -118,14 +148,20 @@ class ModelOptions:
     scheme: str = opt("verlet", "time discretisation", choices=("euler", "verlet"),
                       requires={"architecture": "resnet"})
     activation: str = opt(
-        "tanh", "activation function", choices=("tanh", "relu", "leaky_relu", "sigmoid", "softplus")
+        "tanh", "activation function",
+        choices=("tanh", "relu", "leaky_relu", "sigmoid", "softplus"),
+        requires={"architecture": _NETWORKS},
     )
 
 
 @dataclass
 class TrainOptions:
     method: str = opt("serial", "training method (see docs/methods/)")
-    optimizer: str = opt("adam", "update mapping A", choices=("sgd", "momentum", "adam"))
+    optimizer: str = opt(
+        "adam",
+        "update mapping A (adagrad, adadelta: PyTorch's forms; adadelta is Zeiler's with lr = 1)",
+        choices=("sgd", "momentum", "adam", "adagrad", "adadelta"),
+    )
     lr: float = opt(0.01, "learning rate", low=0.0, low_open=True)
     momentum: float = opt(0.9, "momentum coefficient (optimizer = momentum)", low=0.0, high=1.0,
                           requires={"optimizer": "momentum"})

@@ -32,7 +32,7 @@ __all__ = ["Trained", "load"]
 class Trained:
     """A network, its parameters and everything the checkpoint recorded about its run."""
 
-    network: Any  # pintopt.model.ResNet or MLP: predict(params, x), evaluate(params, x, y)
+    network: Any  # pintopt.model.ResNet, MLP, Linear or Feasibility: predict, evaluate
     params: Any  # its ParamSet
     config: dict[str, dict[str, Any]]
     history: dict[str, list]
@@ -85,10 +85,14 @@ class Trained:
         return np.argmax(self.predict(x, prepared), axis=1)
 
     def evaluate(self, x: Any, y: Any, prepared: bool = False) -> tuple[float, float]:
-        """(mean cross-entropy loss, accuracy) on samples ``x`` with class indices ``y``."""
+        """(mean loss, accuracy) on samples ``x`` with class indices ``y`` (a linear regression
+        model: real targets ``y``, accuracy NaN)."""
         xp = np.asarray(x, dtype=np.float64) if prepared else self.prepare(x)
+        regression = getattr(self.network.spec, "n_classes", 1) == 0 and \
+            hasattr(self.network.spec, "n_outputs")
+        y = np.asarray(y, dtype=np.float64 if regression else np.int64)
         return self.network.evaluate(self.params, np.ascontiguousarray(xp),
-                                     np.asarray(y, dtype=np.int64))
+                                     np.ascontiguousarray(y))
 
     @property
     def label_values(self) -> list[Any] | None:
@@ -119,12 +123,28 @@ def load(path: str | os.PathLike) -> Trained:
     :class:`pintopt.checkpoint.CheckpointError` for a file that is not a usable checkpoint."""
     from pintopt.checkpoint import CheckpointError
     from pintopt.checkpoint import load as load_checkpoint
-    from pintopt.model import MLP, MLPSpec, ResNet, ResNetSpec
+    from pintopt.model import (
+        MLP,
+        Feasibility,
+        FeasibilitySpec,
+        Linear,
+        LinearSpec,
+        MLPSpec,
+        ResNet,
+        ResNetSpec,
+    )
 
     ck = load_checkpoint(path)
     spec = ck["model"]
     try:
-        network = ResNet(ResNetSpec(**spec)) if "scheme" in spec else MLP(MLPSpec(**spec))
+        if "scheme" in spec:
+            network = ResNet(ResNetSpec(**spec))
+        elif "n_outputs" in spec:  # architecture linear
+            network = Linear(LinearSpec(**spec))
+        elif "dim" in spec:  # architecture feasibility
+            network = Feasibility(FeasibilitySpec(**spec))
+        else:
+            network = MLP(MLPSpec(**spec))
         arrays = {k.split("/", 1)[1]: v for k, v in ck["state"]["arrays"].items()
                   if k.startswith("params/")}
         if not arrays:

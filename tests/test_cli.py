@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -77,3 +78,25 @@ def test_module_entry_point_subprocess():
     out = subprocess.run([sys.executable, "-m", "pintopt", "train", "--depth", "x"],
                          capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+def test_version_is_printed_once_and_exits_0(capsys):
+    """``--version`` (issue 14 item 9: never run by a test before): the package's version on
+    stdout, nothing else, status 0."""
+    from pintopt import __version__
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)*", __version__)  # PEP 440-like, from one place
+    assert main(["--version"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"pintopt {__version__}\n" and err == ""
+
+
+def test_version_under_mpiexec_is_one_line(mpiexec):
+    """Every rank parses the command line; rank 0 alone prints the version."""
+    from pintopt import __version__
+
+    out = subprocess.run(["timeout", "300", mpiexec, "-n", "2", sys.executable, "-m", "pintopt",
+                          "--version"], capture_output=True, text=True, timeout=360,
+                         env=subprocess_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"pintopt {__version__}\n"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from pintopt.cli import main
 from pintopt.config import all_sections, flag_name
-from pintopt.options import CORE_SECTIONS, ON
+from pintopt.options import CORE_SECTIONS, ON, Not
 
 #: Every run is small: two iterations (or a twentieth of an epoch when iterations is the option
 #: under test and set to 0), a tiny network, a memory cap that refuses a huge one.
@@ -49,6 +49,8 @@ def _context(section: str, field: dataclasses.Field, method: str, tmp: str) -> l
     out = []
     for other, values in field.metadata.get("requires", {}).items():
         osec, okey = other.split(".", 1) if "." in other else (section, other)
+        if isinstance(values, Not):  # "anything but": the other option's default is left alone
+            continue
         if values == ON:
             value = {"checkpoint": f"{tmp}/ck.h5", "target_accuracy": "0.5"}.get(okey, "1")
         else:

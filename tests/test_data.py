@@ -245,7 +245,8 @@ def test_dataset_validation_errors():
 
 
 def test_unknown_dataset_and_missing_sources(tmp_path):
-    assert set(DATASETS) == {"swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam"}
+    assert set(DATASETS) == {"swissroll", "ellipses", "mnist", "libsvm", "npz", "hdf5", "overparam",
+                             "twodiscs"}
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("cifar")
     with pytest.raises(DataError, match="data_dir"):

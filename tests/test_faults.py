@@ -5,11 +5,17 @@ Each test launches ``mpiexec -n 2`` or ``-n 3`` (oversubscribed on 2 cores) as a
 fault from :mod:`pintopt.faults` (``PINTOPT_FAULT=<point>:<rank>:<iteration>``), under a
 subprocess timeout that kills the whole process group, so a hang fails the test instead of the
 suite. Runs are tiny (depth 4, 30 iterations). The table in docs/reliability.md points here.
+
+The tests must pass on a loaded machine (scripts/stress_faults.sh runs them beside two busy
+processes): timeouts a test sets are far beyond what starvation can cause, and stderr is checked
+for pintopt's own lines, not for the absence of any library's warnings.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +36,11 @@ pytestmark = pytest.mark.skipif(mpiexec_path() is None, reason="no mpiexec avail
 PROMPT = 30.0
 #: Subprocess limit: far beyond PROMPT, only there so a hang cannot stall the suite.
 HARD_LIMIT = 90.0
+
+#: Jobs each load test launches: a handful in the suite, more from scripts/stress_faults.sh.
+LOAD_RUNS = int(os.environ.get("PINTOPT_STRESS_RUNS", "4"))
+#: The adaptive watchdog's floor (pintopt.guards.Watchdog): a stopped rank ends the job after it.
+WATCHDOG_FLOOR = 60.0
 
 BASE = [
     "train", "--quiet", "--depth", "4", "--batch-size", "8", "--eval-every", "5",
@@ -63,6 +74,33 @@ def launch(n, args, cwd, fault=None, env=None, timeout=HARD_LIMIT):
         out, err = proc.communicate()
         pytest.fail(f"job did not end within {timeout} s:\n{out}\n{err}")
     return proc.returncode, out, err, time.monotonic() - t0
+
+
+#: A warning line of Python (``file:12: SomeWarning: ...``) or of a native library (UCX, hwloc).
+WARNING = re.compile(r"^(.*:\d+: \w*Warning: |.*\bWARN(ING)?\b)")
+
+
+def without_warnings(err):
+    """stderr minus library warnings (and the indented source line Python prints under one):
+    a deprecation notice from a dependency is not the job's output."""
+    kept, under_warning = [], False
+    for line in err.splitlines():
+        if WARNING.match(line):
+            under_warning = True
+        elif not (under_warning and line.startswith((" ", "\t"))):
+            under_warning = False
+            kept.append(line)
+    return "\n".join(kept)
+
+
+@pytest.fixture
+def busy_machine():
+    """Two processes that spin beside the test's jobs, as on a shared machine."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
 
 
 def params(path):
@@ -121,6 +159,114 @@ def test_exception_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert_resumable(tmp_path / "ck.h5", tmp_path)
 
 
+# ---- the failing rank's line reaches the user (issue 9 item 7, issue 14 item 1) ----------------
+
+#: (ranks, fault, method, the line the failing rank must get through)
+FAILURES = [
+    (2, "step:1:12", "dataparallel", "rank 1 of 2 failed: InjectedFault: injected fault in step"),
+    (3, "step:1:12", "pint", "rank 1 of 3 failed: InjectedFault: injected fault in step 13"),
+    (2, "kernel:0:12", "serial", "rank 0 of 2 failed: RuntimeError: injected fault inside a numba"),
+    (3, "checkpoint_write:0:15", "dataparallel", "rank 0 of 3 failed: InjectedFault: injected "
+     "fault while writing the checkpoint"),
+]  # fmt: skip
+
+
+def test_failure_line_reaches_the_user_under_load(tmp_path, busy_machine):
+    """Beside two busy processes, each failing job's line reaches mpiexec's stderr. Before the
+    fix about 1 job in 30 printed nothing (the abort overtook the line in hydra's proxy); a
+    handful of jobs here, PINTOPT_STRESS_RUNS of them (each config in turn) from
+    scripts/stress_faults.sh, whose count is in docs/reliability.md."""
+    lost = []
+    for i in range(LOAD_RUNS):
+        n, fault, method, needle = FAILURES[i % len(FAILURES)]
+        cwd = tmp_path / f"run{i}"
+        cwd.mkdir()
+        status, out, err, secs = launch(n, ARGS + ["--method", method], cwd, fault=fault)
+        assert status != 0 and secs < PROMPT, (fault, err)
+        if f"pintopt: {needle}" not in err:
+            lost.append(f"run {i} ({n} ranks, {fault}, {method}): stderr {err!r}")
+    assert not lost, f"{len(lost)} of {LOAD_RUNS} failure lines lost:\n" + "\n".join(lost)
+
+
+# The last rank fails when the test says so, after waking the launcher's proxy (a line on
+# stdout), so that the proxy re-enters its poll while the test delays it.
+LATE_JOB = """
+import os, sys, time
+from pintopt.comm import world
+from pintopt.guards import abort_on_exception
+comm = world()
+abort_on_exception(comm)
+with open(f"ready.{comm.rank}", "w") as f:
+    f.write(str(os.getpid()))
+comm.barrier()
+if comm.rank == comm.size - 1:
+    while not os.path.exists("go"):
+        time.sleep(0.01)
+    print("about to fail", flush=True)
+    time.sleep(0.15)
+    raise RuntimeError("the line that must arrive")
+comm.barrier()
+"""
+
+
+def _tracer(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("TracerPid:")).split()[1])
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (to slow the launcher)")
+def test_failure_line_survives_a_launcher_that_reads_late(tmp_path):
+    """The mechanism of the lost line, made deterministic: strace delays every poll and read of
+    hydra's proxy by 0.3 s (as a loaded machine delays its scheduling), so the proxy finds the
+    rank's stderr and its PMI abort readable in the same poll and, polling PMI sockets first,
+    forwards the abort first; mpiexec exits on it. Without waiting for the proxy to take the
+    bytes before the abort this loses the line every time (6 of 6); MPICH's own ``Abort(1)``
+    line, written inside MPI_Abort, is still lost (not asserted)."""
+    (tmp_path / "job.py").write_text(LATE_JOB)
+    e = subprocess_env()
+    e.pop("PINTOPT_FAULT", None)
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "job.py"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    tracer = None
+    try:
+        ready = tmp_path / "ready.1"
+        deadline = time.monotonic() + HARD_LIMIT
+        while not (ready.exists() and ready.read_text()) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.02)
+        rank = int(ready.read_text())
+        with open(f"/proc/{rank}/stat") as f:
+            proxy = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{proxy}/comm") as f:
+            if f.read().strip() != "hydra_pmi_proxy":
+                pytest.skip("the launcher is not MPICH's hydra")
+        tracer = subprocess.Popen(
+            ["strace", "-qq", "-o", os.devnull, "-e", "trace=read,poll",
+             "-e", "inject=read,poll:delay_enter=300ms", "-p", str(proxy)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while _tracer(proxy) == 0:
+            if tracer.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"strace cannot attach here: {tracer.communicate()[1].strip()}")
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        (tmp_path / "go").touch()
+        out, err = proc.communicate(timeout=HARD_LIMIT)
+        secs = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        if tracer is not None and tracer.poll() is None:
+            tracer.kill()
+            tracer.communicate()
+    assert proc.returncode != 0 and secs < PROMPT, err
+    assert "pintopt: rank 1 of 2 failed: RuntimeError: the line that must arrive" in err, err
+    assert err.count("Traceback") == 1  # once: not again after MPI_Abort returned
+
+
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     status, out, err, secs = launch(2, ARGS, tmp_path, fault="checkpoint_kill:0:15")
     assert status != 0 and secs < PROMPT
@@ -172,13 +318,36 @@ def test_resume_on_another_number_of_ranks(tmp_path):
 
 def test_stopped_rank_is_caught_by_the_watchdog(tmp_path):
     """A rank stopped with SIGSTOP neither dies nor answers: hydra would wait forever. The
-    watchdog of the rank waiting for it aborts the job."""
+    watchdog of the rank waiting for it aborts the job. A fixed limit of 10 s
+    (PINTOPT_WATCHDOG): a healthy rank starved by a loaded machine stays far below it, and the
+    job still ends within PROMPT."""
     status, out, err, secs = launch(
         2, ARGS + ["--method", "dataparallel"], tmp_path, fault="sigstop:1:12",
-        env={"PINTOPT_WATCHDOG": "3"},
+        env={"PINTOPT_WATCHDOG": "10"},
     )  # fmt: skip
     assert status != 0 and secs < PROMPT
     assert "rank 0 of 2: no progress in step for" in err and "watchdog" in err
+    assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
+    assert_resumable(tmp_path / "ck.h5", tmp_path)
+
+
+def test_stopped_rank_with_the_default_watchdog_ends_the_job(tmp_path):
+    """The default (adaptive) watchdog: iterations of a few milliseconds, so the job ends about
+    WATCHDOG_FLOOR (60 s) after a rank stopped (issue 14 item 2: it used to take 600 s), with
+    the line of the rank that waited for it; never before the floor."""
+    status, out, err, secs = launch(
+        2, ARGS + ["--method", "dataparallel"], tmp_path, fault="sigstop:1:12",
+        env={"PINTOPT_WATCHDOG": ""}, timeout=WATCHDOG_FLOOR + HARD_LIMIT,
+    )  # fmt: skip
+    line = re.search(
+        r"pintopt: rank 0 of 2: no progress in step for (\d+) s \(watchdog limit "
+        r"(\d+) s = max\(60 s, 20 x the longest step so far, [^)]*\)\): another rank is "
+        r"probably stopped, stuck or dead; aborting the job", err,
+    )  # fmt: skip
+    assert status != 0 and line, err
+    limit = float(line[2])
+    assert limit >= WATCHDOG_FLOOR and float(line[1]) > limit
+    assert WATCHDOG_FLOOR <= secs < limit + PROMPT
     assert checkpoint.load(tmp_path / "ck.h5")["iteration"] == 10
     assert_resumable(tmp_path / "ck.h5", tmp_path)
 
@@ -271,7 +440,7 @@ def test_bad_input_under_mpi_exits_2_with_one_message(tmp_path, good_checkpoint,
 
 def test_help_under_mpi_is_printed_once(tmp_path):
     status, out, err, _ = launch(3, ["train", "--help"], tmp_path)
-    assert status == 0 and out.count("usage: pintopt train") == 1 and not err
+    assert status == 0 and out.count("usage: pintopt train") == 1 and not without_warnings(err)
 
 
 @pytest.mark.parametrize(

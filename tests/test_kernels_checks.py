@@ -121,12 +121,24 @@ def _cases():
          ()),
         ("losses.squared_hvp", LS.squared_hvp, dict(V=f(m, C), out=e(m, C)), ("out",), ()),
         ("losses.accuracy", LS.accuracy, dict(logits=f(m, C), y=y), (), ()),
+        ("losses.quartic", LS.quartic, dict(pred=f(m, C), target=f(m, C), G=e(m, C)), ("G",),
+         ()),
+        ("losses.squared_labels", LS.squared_labels, dict(pred=f(m, C), y=y, G=e(m, C)),
+         ("G",), ()),
+        ("losses.quartic_labels", LS.quartic_labels, dict(pred=f(m, C), y=y, G=e(m, C)),
+         ("G",), ()),
         ("updates.sgd", U.sgd, dict(p=f(n, q), g=f(n, q), lr=0.1, wd=0.01), ("p",), ()),
         ("updates.momentum", U.momentum,
          dict(p=f(n, q), g=f(n, q), v=f(n, q), lr=0.1, mu=0.9, wd=0.0), ("p", "v"), ()),
         ("updates.adam", U.adam,
          dict(p=f(n, q), g=f(n, q), m=f(n, q), v=np.abs(f(n, q)), lr_c1=0.1, beta1=0.9,
               beta2=0.999, c2=0.5, eps=1e-8, wd=0.0), ("p", "m", "v"), ()),
+        ("updates.adagrad", U.adagrad,
+         dict(p=f(n, q), g=f(n, q), s=np.abs(f(n, q)), lr=0.1, eps=1e-10, wd=0.0), ("p", "s"),
+         ()),
+        ("updates.adadelta", U.adadelta,
+         dict(p=f(n, q), g=f(n, q), sq=np.abs(f(n, q)), acc=np.abs(f(n, q)), lr=1.0, rho=0.9,
+              eps=1e-6, wd=0.0), ("p", "sq", "acc"), ()),
         ("regression.gram_update", RG.gram_update,
          dict(X=f(m, n), y=y, P=f(m, n), kind=k, sign=1.0, G=np.zeros((C, pf, pf)),
               R=np.zeros((C, pf, n)), f=e(pf)), ("G", "R", "f"), ()),
@@ -198,7 +210,8 @@ def _cases():
 
 
 CASES = {c[0]: c for c in _cases()}
-F64_ONLY = ("krylov.", "fista.", "admm.", "delay_compensation.")
+F64_ONLY = ("krylov.", "fista.", "admm.", "delay_compensation.", "losses.quartic",
+            "losses.squared_labels", "updates.adagrad", "updates.adadelta")
 _ACTS = ("activations.apply", "activations.derivative", "activations.second_derivative",
          "activations.apply_and_derivative")
 # arguments that may be longer (a free length, or the array that sets the sizes alone) ...
@@ -409,6 +422,8 @@ ALIASES = [
     ("losses.softmax_xent_hvp", "out", "logits"),
     ("updates.momentum", "v", "g"),
     ("updates.adam", "m", "v"),
+    ("updates.adagrad", "s", "g"),
+    ("updates.adadelta", "acc", "sq"),
     ("regression.predict", "out", "X"),
     ("krylov.cg", "x", "b"),
     ("krylov.fd_hvp", "out", "v"),
@@ -451,7 +466,8 @@ def test_allowed_aliases_still_work():
 
 
 @pytest.mark.parametrize("name", ["losses.softmax_xent", "losses.accuracy", "fista.fista_zL",
-                                  "fista.zL_objective"])
+                                  "fista.zL_objective", "losses.squared_labels",
+                                  "losses.quartic_labels"])
 def test_labels(name):
     case = CASES[name]
     y = case[2]["y"].copy()
@@ -462,6 +478,15 @@ def test_labels(name):
         _call(case, y=case[2]["y"].astype(float))
     with pytest.raises(ValueError, match=rf"^{name}: shapes do not agree: y has shape"):
         _call(case, y=case[2]["y"][:-1].copy())
+
+
+def test_fista_zL_centre_may_be_z_only_without_the_proximal_term():
+    # pdADMM passes z_L^k as both the centre and the start when mu = 0 (the centre is unused)
+    case = CASES["fista.fista_zL"]
+    z = case[2]["z"].copy()
+    _call(case, zk=z, z=z, mu=0.0)
+    with pytest.raises(ValueError, match=r"^fista.fista_zL: z must not share memory with zk"):
+        _call(case, zk=z, z=z, mu=0.5)
 
 
 def test_label_check_writes_nothing():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import build_trainer as build
 
-from pintopt.comm import SerialComm
+from pintopt.comm import SerialComm, run_ranks
 from pintopt.config import make_config
 from pintopt.data import load_dataset
-from pintopt.layout import LayerLayout
+from pintopt.layout import LayerLayout, Slice
 from pintopt.layout import block_range as partition
 from pintopt.loop import train
 from pintopt.methods import METHODS
@@ -24,6 +24,7 @@ from pintopt.methods.pint_prediction import (
     prolong_slots,
 )
 from pintopt.methods.pint_regression import BoundaryRegression, from_rows, to_rows
+from pintopt.methods.serial import make_optimizer
 from pintopt.model import Params, ResNet, ResNetSpec, build_model
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def test_one_rank_multilevel_is_coarse_then_fine_serial():
     """S = 1 multilevel: the global prediction is serial Algorithm 3 on the coarse model (its own
     batch stream), and the fine phase starts from the prolongated controls."""
     raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
-           "pint": {"levels": 2, "coarse_iterations": 25, "prolong": "constant"}}
+           "pint": {"levels": 2, "coarsen": 2, "coarse_iterations": 25, "prolong": "constant"}}
     t = build(raw)
     t.opt.lr = 1e-300  # the one fine step leaves the prolongated parameters unchanged
     t.step()
@@ -120,10 +121,12 @@ def test_coarse_check_ends_the_global_prediction_at_the_target(depth, coarsen):
 
 def test_coarse_check_without_a_target_runs_the_whole_budget():
     raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
-           "pint": {"levels": 3, "coarse_iterations": 30, "coarse_check_every": 10}}
+           "pint": {"levels": 3, "coarsen": 2, "coarse_iterations": 30,
+                    "coarse_check_every": 10}}
     t = build(raw)
     t.step()
     assert t.diagnostics.coarse_steps == 60 and not t.evaluation_requested()
+    assert t.diagnostics.coarse_level_steps == [30, 30]
     with pytest.raises(ValueError, match="coarse_check_every"):
         build({"train": {"method": "pint"}, "pint": {"coarse_check_every": -1}})
 
@@ -189,7 +192,8 @@ def test_fine_optimizer_continues_the_coarse_one():
     prolongated and scaled, and the step count continues; off: a fresh optimiser."""
     for on in (True, False):
         raw = {"model": {"depth": 8}, "train": {"method": "pint", "iterations": 1},
-               "pint": {"levels": 2, "coarse_iterations": 7, "prolong_optimizer": on}}
+               "pint": {"levels": 2, "coarsen": 2, "coarse_iterations": 7,
+                        "prolong_optimizer": on}}
         t = build(raw)
         t._global_prediction()
         if not on:
@@ -439,3 +443,186 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="ResNet"):
         METHODS["pint"](Problem(build_model(cfg.model, 2, 2), data), cfg.train, cfg.method,
                         SerialComm())
+
+
+# ---------------------------------------------------------------------------------------------
+# exact co-states through the pipeline (pint.costates = "delayed")
+
+
+def delayed_reference(raw, size, iterations):
+    """An independent serial implementation of delayed exact co-states (pint_delayed): the exact
+    gradient of the whole network for batch k at U^k (serial Algorithm 3's gradient), of which
+    the block of rank r is applied at iteration k + d_r, d_r = size - 1 - r, by rank r's own
+    optimiser; nothing is applied before a rank's first gradient arrives."""
+    cfg = make_config(raw)
+    t = build(raw)  # one process: its data, model and initial parameters
+    model, data = t.model, t.data
+    params = t.params.copy()
+    layout = LayerLayout.balanced(cfg.model.depth, size, cfg.method.balance_layers)
+    slices = [Slice(model, layout, r) for r in range(size)]
+    opts = [make_optimizer(cfg.train) for _ in range(size)]
+    grads = []
+    for k in range(iterations):
+        idx = t.sampler.next()
+        g = params.zeros_like()
+        model.loss_and_grad(params, data.x_train[idx], data.y_train[idx], g)
+        grads.append(g)
+        for r in range(size):
+            d = size - 1 - r
+            if k - d >= 0:
+                opts[r].step(slices[r].owned(params), slices[r].owned(grads[k - d]))
+    return params
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("scheme,optimizer", [("euler", "sgd"), ("verlet", "adam"),
+                                              ("verlet", "momentum")])
+def test_delayed_costates_are_exact_delayed_gradients(size, scheme, optimizer):
+    """On S logical ranks, rank r applies the exact gradient of batch k - d_r at the iterate
+    U^{k - d_r}: the parameters equal the independent serial reference (9 layers: uneven
+    slices; balance_layers moves layers to the last rank)."""
+    raw = {"model": {"depth": 9, "scheme": scheme},
+           "train": {"method": "pint", "iterations": 25, "optimizer": optimizer, "lr": 0.02},
+           "pint": {"levels": 1, "costates": "delayed", "balance_layers": 1.0}}
+    ref = delayed_reference(raw, size, 25)
+
+    def run(comm):
+        t = build(raw, comm)
+        for _ in range(25):
+            t.step()
+        return t.global_params()
+
+    for got in run_ranks(size, run):
+        for name, u, v in zip(ref.names, ref.arrays(), got.arrays()):
+            np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_delayed_costates_on_one_rank_are_serial():
+    """S = 1: nothing to wait for, the method is serial Algorithm 3 bit for bit."""
+    raw = {"model": {"depth": 5}, "train": {"iterations": 20, "eval_every": 10}}
+    serial = train(build(raw))
+    raw["train"]["method"] = "pint"
+    raw["pint"] = {"levels": 1, "costates": "delayed"}
+    pint = train(build(raw))
+    for u, v in zip(serial.params.arrays(), pint.params.arrays()):
+        np.testing.assert_array_equal(v, u)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_delayed_resume_is_exact_and_moves_between_rank_counts(levels):
+    """state() holds the batches between forward and backward solve (recomputed on load from
+    their controls and input states) and the co-state in flight: resuming on the same ranks
+    continues bit for bit. On other ranks the pipeline refills (the reference's updates of the
+    batches in flight are lost), with the parameters and optimiser state carried over."""
+    raw = {"model": {"depth": 12}, "train": {"method": "pint", "iterations": 30},
+           "pint": {"levels": levels, "coarse_iterations": 10, "costates": "delayed"}}
+
+    def uninterrupted(comm):
+        t = build(raw, comm)
+        for _ in range(30):
+            t.step()
+        return t.global_params()
+
+    def resumed(comm, state=None, steps=11):
+        t = build(raw, comm)
+        if state is not None:
+            t.load_state(state)
+        for _ in range(steps):
+            t.step()
+        return t
+
+    ref = run_ranks(3, uninterrupted)[0]
+    states = run_ranks(3, lambda c: resumed(c).state())
+    assert all(any(k.startswith("delay/3/0/") for k in s["arrays"]) for s in states)
+    got = run_ranks(3, lambda c: resumed(c, states[c.rank], 19).global_params())
+    for g in got:
+        for u, v in zip(ref.arrays(), g.arrays()):
+            np.testing.assert_array_equal(v, u)
+    # on 2 ranks: the run continues from the same parameters (finite, trained further)
+    moved = run_ranks(2, lambda c: (lambda t: (t.iteration, t.global_params()))(
+        resumed(c, states[0], 19)))
+    for iteration, params in moved:
+        assert iteration == 30
+        assert all(np.isfinite(a).all() for a in params.arrays())
+        assert any(np.any(u != v) for u, v in zip(ref.arrays(), params.arrays()))
+
+
+def test_delayed_costate_error_shrinks_with_the_step():
+    """Assumption (7) for delayed co-states: the co-state used differs from the exact one at
+    the current iterate only through the updates in between, so ``||P_used - P|| / ||P||`` is
+    ``eps_p eta`` with ``eps_p`` independent of the step: the history column costate_rel_err
+    (its square) falls like eta^2. Full batch, SGD, two step sizes 8x apart, measured after 4
+    iterations (the same point up to O(eta))."""
+    eps = {}
+    for lr in (0.08, 0.01):
+        raw = {"data": {"dataset": "swissroll", "n": 8}, "model": {"depth": 9},
+               "train": {"method": "pint", "iterations": 4, "eval_every": 4,
+                         "batch_size": 0, "optimizer": "sgd", "lr": lr},
+               "pint": {"levels": 1, "costates": "delayed"}}
+        res = run_ranks(3, lambda c, raw=raw: train(build(raw, c)))[0]
+        err = res.history["costate_rel_err"][-1]
+        assert np.isfinite(err) and err > 0
+        eps[lr] = np.sqrt(err) / lr
+    assert eps[0.01] == pytest.approx(eps[0.08], rel=0.3), eps
+
+
+def test_automatic_levels():
+    """levels = 0 (the default): the most levels, at most 4, whose coarsest model keeps 4 or more
+    layers, with coarsen^(levels-1) dividing the depth."""
+    from pintopt.methods.pint_options import auto_levels
+
+    for depth, coarsen, levels in [(512, 4, 4), (256, 4, 4), (128, 4, 3), (64, 4, 3),
+                                   (16, 4, 2), (20, 4, 2), (100, 4, 2), (8, 4, 1), (7, 4, 1),
+                                   (48, 2, 4), (12, 2, 2)]:
+        assert auto_levels(depth, coarsen) == levels, (depth, coarsen)
+    t = build({"model": {"depth": 64}, "train": {"method": "pint"}})
+    assert t.options.levels == 3 and t.options.coarsen == 4
+    assert build({"model": {"depth": 6}, "train": {"method": "pint"}}).options.levels == 1
+
+
+def test_compare_serial_on_one_process(capsys):
+    """``--compare-serial`` on one process: serial against the run, no one-process repeat; with
+    a target the basis is the time to it."""
+    from pintopt.cli import main
+
+    assert main(["train", "--method", "pint", "--depth", "8", "--iterations", "30",
+                 "--eval-every", "10", "--target-accuracy", "0.6", "--quiet",
+                 "--compare-serial"]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("compare (training time to 0.6 validation accuracy, coarse phase "
+                          "included):"):].splitlines()
+    assert lines[1].split()[0] == "serial" and lines[2].startswith("  pint, 1 rank ")
+    assert "vs serial" in lines[3] and "vs 1 proc" not in lines[3]
+
+
+def test_options_without_effect_are_named():
+    """issue 16: an option changed from its default that has no effect with the others gets one
+    line naming it and why, from the option table's ``requires``/``disables``; defaults never
+    do."""
+    from pintopt.config import ineffective_options, make_config, options_markdown
+
+    def lines(pint: dict, **train) -> list[str]:
+        return ineffective_options(make_config({"train": {"method": "pint", **train},
+                                                "pint": pint}))
+
+    assert lines({}) == []
+    assert lines({"levels": 0, "costates": "delayed", "coarsen": 4}) == []  # the defaults, given
+    assert lines({"features": "quadratic", "window": 5}, target_accuracy=0.95) == [
+        'option pint.features has no effect unless pint.costates = "regression" '
+        '(here "delayed")',
+        'option pint.window has no effect unless pint.costates = "regression" (here "delayed")']
+    assert lines({"costates": "regression", "features": "quadratic"}) == []
+    assert lines({"coarse_check_every": 4}) == [
+        "option pint.coarse_check_every has no effect unless train.target_accuracy is set "
+        "(here 0.0)"]
+    assert lines({"coarse_check_every": 4}, target_accuracy=0.9) == []
+    assert lines({"levels": 1, "coarse_iterations": 50, "coarse_lr": 0.1}) == [
+        "option pint.coarse_iterations has no effect unless pint.levels != 1 (here 1)",
+        "option pint.coarse_lr has no effect unless pint.levels != 1 (here 1)"]
+    assert lines({"coarse_iterations": 0, "prolong": "linear"}) == [
+        "option pint.prolong has no effect unless pint.coarse_iterations is set (here 0)"]
+    assert lines({"oracle": True, "costates": "regression", "window": 5}) == [
+        "option pint.costates has no effect with pint.oracle = true",
+        "option pint.window has no effect with pint.oracle = true"]
+    page = [row for row in options_markdown().splitlines() if row.startswith("| `coarse_lr`")]
+    assert "Has an effect only when `levels` != 1 and `coarse_iterations` is set." in page[0]

@@ -444,3 +444,380 @@ def test_bad_data_exits_2_naming_the_file(tmp_path, capsys, make):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pintopt: error:") and needle in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# ---- guards: the failing rank's last words reach the launcher; the watchdog (issue 14) -------
+#
+# The MPI side (real mpiexec jobs, a stopped rank, a launcher that reads late, load) is in
+# test_faults.py; here the pieces run in one process against fakes.
+
+# A failing "rank" whose stderr is a pipe read by a slow reader thread (a launcher proxy that has
+# not been scheduled yet); the fake comm's abort (MPI Abort) records what the reader had taken
+# and how much was still unread at that instant, prints it on stdout and ends the process as a
+# launcher would.
+SLOW_READER = r"""
+import fcntl, json, os, sys, termios, threading, time
+from pintopt import guards
+
+r, w = os.pipe()
+os.dup2(w, 2)
+os.close(w)
+sys.stderr = open(2, "w", closefd=False)
+got = bytearray()
+
+def reader():
+    time.sleep(float(sys.argv[1]))
+    while chunk := os.read(r, 65536):
+        got.extend(chunk)
+
+threading.Thread(target=reader, daemon=True).start()
+
+class FakeComm:
+    rank, size = 1, 2
+    def abort(self, code):
+        unread = bytearray(4)
+        fcntl.ioctl(2, termios.FIONREAD, unread, True)
+        unread = int.from_bytes(unread, sys.byteorder)
+        print(json.dumps({"unread": unread, "got": got.decode(), "code": code}), flush=True)
+        os._exit(7)
+
+guards.abort_on_exception(FakeComm())
+raise RuntimeError("the line that must arrive")
+"""
+
+
+def _run_script(code, *args, timeout=60):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=timeout)  # fmt: skip
+
+
+def test_abort_waits_until_the_launcher_has_read_the_failure_line():
+    """Before the fix the hook called MPI Abort right after flush(): the reader (hydra's proxy)
+    had taken nothing yet, and the launcher, which exits on the abort, lost the line."""
+    import json
+
+    out = _run_script(SLOW_READER, 0.5)
+    assert out.returncode == 7, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["unread"] == 0 and seen["code"] == 1
+    assert "RuntimeError: the line that must arrive" in seen["got"]  # the traceback ...
+    assert "pintopt: rank 1 of 2 failed: RuntimeError: the line that must arrive" in seen["got"]
+
+
+def test_abort_that_returns_ends_the_rank_without_a_second_traceback():
+    """MPICH's MPI_Abort only notifies the launcher and returns; the rank then waits to be
+    killed and exits with the status itself, instead of printing the traceback again through
+    the previous hook and finalising MPI (which waits for ranks that will never come)."""
+    code = (
+        "import sys\nfrom pintopt import guards\nguards.ABORT_GRACE_SECONDS = 0.2\n"
+        "class C:\n    rank, size = 0, 3\n    def abort(self, code): print('abort', code)\n"
+        "guards.abort_on_exception(C())\nraise ValueError('bad\\nsecond line')\n"
+    )
+    out = _run_script(code)
+    assert out.returncode == 1 and out.stdout.split() == ["abort", "1"]
+    assert out.stderr.count("Traceback") == 1
+    assert out.stderr.rstrip().endswith("pintopt: rank 0 of 3 failed: ValueError: bad")
+
+
+def test_unread_bytes_of_pipes_sockets_terminals_and_files(tmp_path):
+    import os
+    import socket
+
+    from pintopt.guards import drain_stdio, unread_bytes
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x" * 100)
+        assert unread_bytes(w) == 100 and unread_bytes(r) == 100  # either end
+        os.read(r, 60)
+        assert unread_bytes(w) == 40
+        os.read(r, 40)
+        assert unread_bytes(w) == 0
+    finally:
+        os.close(r)
+        os.close(w)
+    a, b = socket.socketpair()  # a Unix stream socket: positive until the peer has read all
+    with a, b:
+        a.sendall(b"y" * 50)
+        assert unread_bytes(a.fileno()) >= 50  # the kernel counts its buffers, not the bytes
+        assert b.recv(100) == b"y" * 50
+        assert unread_bytes(a.fileno()) == 0
+    master, slave = os.openpty()  # a terminal is written directly: nothing to wait for
+    try:
+        assert unread_bytes(slave) is None
+    finally:
+        os.close(master)
+        os.close(slave)
+    with open(tmp_path / "log", "w") as f:
+        f.write("z" * 10)
+        f.flush()
+        assert unread_bytes(f.fileno()) is None
+    assert unread_bytes(12345) is None  # not open
+    assert drain_stdio(timeout=0.0) in (True, False)  # whatever pytest made of fds 1 and 2
+
+
+def test_drain_gives_up_on_a_reader_that_never_reads():
+    """Bounded: a launcher that never reads cannot keep a failing rank from aborting."""
+    code = (
+        "import os, sys, time\nfrom pintopt import guards\nr, w = os.pipe()\nos.dup2(w, 2)\n"
+        "os.write(2, b'never read')\nt = time.monotonic()\nok = guards.drain_stdio(timeout=0.3)\n"
+        "print(ok, guards.unread_bytes(2), time.monotonic() - t >= 0.3)\n"
+    )
+    out = _run_script(code)
+    assert out.stdout.split() == ["False", "10", "True"], out.stderr
+
+
+class _FakeComm:
+    """A communicator of 2 ranks whose abort records the call (the watchdog's only MPI use)."""
+
+    rank, size = 0, 2
+
+    def __init__(self):
+        self.aborts = []
+
+    def abort(self, code=1):
+        self.aborts.append(code)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _watchdog(**kw):
+    from pintopt.guards import Watchdog
+
+    comm, clock = _FakeComm(), _Clock()
+    wd = Watchdog(comm, clock=clock, abort=lambda c, code: c.abort(code), **kw)
+    return wd, comm, clock
+
+
+def test_watchdog_adapts_to_each_phase(capsys):
+    """Every 2 ms a step: the verdict comes after the 60 s floor, not after 600 s; a phase that
+    once took long (a checkpoint of 10 s) gets 20 times that; phases not seen yet get generous
+    limits; the time between two beats belongs to the phase the first one entered."""
+    wd, comm, clock = _watchdog()
+    wd.start(thread=False)  # armed in phase "start"; the test calls check() itself
+    assert wd.limit("start") == 1800 and wd.limit("first step") == 1800
+    assert wd.limit("step") == wd.limit("evaluation") == 600
+    clock.now += 30.0  # kernel loading
+    wd.beat("first step")
+    clock.now += 120.0  # pint's global prediction
+    wd.beat("step")
+    for _ in range(100):
+        clock.now += 0.002
+        wd.beat("step")
+    clock.now += 0.002
+    wd.beat("checkpoint")
+    clock.now += 10.0
+    wd.beat("step")
+    assert wd.longest["start"] == 30.0 and wd.longest["first step"] == 120.0
+    assert wd.longest["step"] == pytest.approx(0.002)
+    assert wd.limit("step") == 60 and wd.limit("checkpoint") == pytest.approx(200)
+    assert wd.limit("evaluation") == 600  # still not seen
+    clock.now += 59.0
+    assert not wd.check() and not comm.aborts
+    clock.now += 2.0
+    assert wd.check() and comm.aborts == [1]
+    err = capsys.readouterr().err
+    assert err.startswith("pintopt: rank 0 of 2: no progress in step for 61 s (")
+    assert "watchdog limit 60 s = max(60 s, 20 x the longest step so far, 0.002 s)" in err
+
+
+def test_watchdog_waits_for_a_long_phase_not_seen_before(capsys):
+    wd, comm, clock = _watchdog()
+    wd.start(thread=False)
+    clock.now += 1.0
+    wd.beat("step")
+    clock.now += 0.01
+    wd.beat("evaluation")  # the first evaluation of a big model: minutes, healthy
+    clock.now += 599.0
+    assert not wd.check()
+    clock.now += 2.0
+    assert wd.check() and comm.aborts == [1]
+    assert "no progress in evaluation for 601 s (watchdog limit 600 s for a phase not seen " \
+        "before)" in capsys.readouterr().err
+
+
+def test_watchdog_fixed_limit_and_environment(monkeypatch, capsys):
+    from pintopt.guards import WATCHDOG_ENV, Watchdog
+
+    wd, comm, clock = _watchdog(fixed=3.0)
+    wd.start(thread=False)
+    wd.beat("first step")
+    assert wd.limit("first step") == wd.limit("step") == 3.0
+    clock.now += 3.5
+    assert wd.check() and comm.aborts == [1]
+    assert f"watchdog limit 3 s from {WATCHDOG_ENV}" in capsys.readouterr().err
+    monkeypatch.setenv(WATCHDOG_ENV, "7.5")
+    assert Watchdog.from_env(_FakeComm()).fixed == 7.5
+    monkeypatch.setenv(WATCHDOG_ENV, "")
+    assert Watchdog.from_env(_FakeComm()).fixed is None  # adaptive
+    monkeypatch.setenv(WATCHDOG_ENV, "0")
+    assert Watchdog.from_env(_FakeComm()) is None  # off
+    monkeypatch.delenv(WATCHDOG_ENV)
+    assert Watchdog.from_env(SerialComm()) is None  # one rank: nobody to wait for
+    monkeypatch.setenv(WATCHDOG_ENV, "soon")
+    with pytest.raises(ValueError, match=WATCHDOG_ENV):
+        Watchdog.from_env(_FakeComm())
+
+
+def test_watchdog_is_inert_unless_started():
+    wd, comm, clock = _watchdog(fixed=1.0)
+    wd.beat("step")
+    clock.now += 100.0
+    assert not wd.check() and not comm.aborts  # never started
+    wd.start(thread=False)
+    wd.beat("step")
+    wd.stop()
+    clock.now += 100.0
+    assert not wd.check() and not comm.aborts  # stopped
+
+
+def test_watchdog_thread_ends_a_rank_that_stops_beating():
+    """The real thread and clock: beats keep it quiet; when they stop it aborts, once."""
+    import threading
+    import time
+
+    from pintopt.guards import Watchdog
+
+    fired = threading.Event()
+    comm = _FakeComm()
+
+    def abort(c, code):
+        c.abort(code)
+        fired.set()
+
+    wd = Watchdog(comm, floor=0.3, factor=1.0, unseen=0.3, one_off={}, abort=abort).start()
+    try:
+        for _ in range(20):  # 1 s of healthy beats, each well within the 0.3 s limit
+            time.sleep(0.05)
+            wd.beat("step")
+        assert not comm.aborts
+        assert fired.wait(30.0)  # then silence: aborted within about 0.3 s (30 s under load)
+        time.sleep(0.2)
+        assert comm.aborts == [1]
+    finally:
+        wd.stop()
+
+
+def test_abort_job_lets_an_abort_that_raises_raise():
+    """Logical ranks (LocalComm) abort by raising in their thread: abort_job must not exit the
+    process, which would end every logical rank and the user's notebook with them."""
+    from pintopt.guards import abort_job
+
+    class C:
+        rank, size = 0, 2
+
+        def abort(self, code):
+            raise RuntimeError(f"aborted {code}")
+
+    with pytest.raises(RuntimeError, match="aborted 3"):
+        abort_job(C(), 3)
+
+
+def test_a_rank_that_failed_alone_drains_its_lines_before_the_abort(monkeypatch, capsys):
+    """The CLI's exit path: a rank that does not meet the others at the exit prints its two
+    lines and ends the job through guards.abort_job (drain, then abort), not comm.abort."""
+    from pintopt import cli, guards
+
+    calls = []
+    monkeypatch.setattr(guards, "drain_stdio", lambda *a, **k: calls.append("drain") or True)
+
+    class C:
+        rank, size = 1, 2
+
+        def sync_exit(self, timeout=10.0):
+            return False
+
+        def abort(self, code):
+            calls.append(("abort", code))
+            raise RuntimeError("aborted")
+
+    with pytest.raises(RuntimeError, match="aborted"):
+        cli._finish(C(), 2, "option x: bad")
+    assert calls == ["drain", ("abort", 2)]
+    err = capsys.readouterr().err
+    assert "pintopt: rank 1: option x: bad" in err
+    assert "pintopt: rank 1: the other ranks did not stop with it; aborting the job" in err
+
+
+def test_training_loop_names_its_phases_to_the_watchdog():
+    """The beats the watchdog's per-phase limits rely on: "first step" once (pint's global
+    prediction runs in it), "step" before every later step, "evaluation" before every
+    evaluation, "hooks" before the caller's hooks after every step (the run's checkpoint writer
+    beats "checkpoint" itself)."""
+    phases = []
+
+    class Beats(Hooks):
+        def beat(self, phase):
+            phases.append(phase)
+
+    train(trainer_for(RAW), Beats())
+    assert phases[0] == "first step" and phases.count("first step") == 1
+    assert phases.count("step") == 29 and phases.count("evaluation") == 6
+    assert phases.count("hooks") == 30
+    steps = 0
+    for phase in phases:
+        if phase in ("first step", "step"):
+            steps += 1
+        elif phase == "evaluation":
+            assert steps % 5 == 0  # right after the step that reached iteration 5, 10, ...
+
+
+def test_every_rank_spends_rank_0s_checkpoint_write_in_phase_checkpoint(tmp_path, monkeypatch):
+    """Two logical ranks, a checkpoint write made slow (0.3 s) on rank 0: rank 1 must not leave
+    the phase "checkpoint" before rank 0's write has ended (a barrier), or its watchdog would
+    count the write as part of its next step (whose limit may be 60 s while a write of a big
+    model takes longer)."""
+    import threading
+    import time
+
+    import pintopt
+    from pintopt.comm import run_ranks
+
+    ends = []
+    real_save = checkpoint.save
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.3)
+        real_save(*args, **kwargs)
+        ends.append(time.monotonic())
+
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    beats = {0: [], 1: []}
+    lock = threading.Lock()
+
+    class Recorder:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def start(self):
+            return self
+
+        def stop(self):
+            pass
+
+        def beat(self, phase):
+            with lock:
+                beats[self.rank].append((phase, time.monotonic()))
+
+    cfg = {"model": {"depth": 4}, "train": {"method": "dataparallel", "batch_size": 8,
+                                            "iterations": 20, "eval_every": 10},
+           "checkpoint": {"checkpoint": str(tmp_path / "ck.h5"), "checkpoint_every": 10}}
+    run_ranks(2, lambda c: pintopt.run(cfg, c, watchdog=Recorder(c.rank)))
+    assert len(ends) == 2  # iterations 10 and 20
+    for rank in (0, 1):
+        seq = beats[rank]
+        writes = [i for i, (phase, _) in enumerate(seq) if phase == "checkpoint"]
+        assert len(writes) == 2
+        for i, end in zip(writes, ends):
+            assert seq[i + 1][0] == "hooks" and seq[i + 1][1] >= end, (rank, seq[i:i + 2])

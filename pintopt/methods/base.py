@@ -169,6 +169,11 @@ class Method:
         """Method-specific values to record at each evaluation (collective)."""
         return {}
 
+    def describe_update(self) -> str | None:
+        """The update in words for the run's start line, for a method whose update is not
+        ``train.optimizer`` on ``train.batch_size`` (None: the start line describes those)."""
+        return None
+
     def stop_requested(self) -> bool:
         """True when the method asks the loop to stop as a signal would (polled at the decision
         points on the driver ranks; ASYNC: a worker was signalled and told the server)."""
@@ -193,7 +198,9 @@ class Method:
 
 
 def n_params(spec: Any) -> int:
-    """Number of parameters of a ResNet or MLP spec."""
+    """Number of parameters of a ResNet or MLP spec (or a spec that counts its own)."""
+    if hasattr(spec, "n_params"):  # e.g. FeasibilitySpec
+        return int(spec.n_params)
     if hasattr(spec, "scheme"):  # ResNetSpec
         w, L, nf, c = spec.width, spec.depth, spec.n_features, spec.n_classes
         return nf * w + w + L * w * w + L * w + w * c + c
@@ -212,6 +219,8 @@ def activation_bytes(spec: Any, rows: int, training: bool, chunk: int = 512) -> 
     """
     if rows <= 0:
         return 0
+    if hasattr(spec, "activation_bytes"):  # a spec that estimates its own (FeasibilitySpec)
+        return int(spec.activation_bytes(rows, training))
     c = spec.n_classes
     if hasattr(spec, "scheme"):
         w, L, nf = spec.width, spec.depth, spec.n_features

@@ -1,18 +1,20 @@
 """Parallel-in-time training: predict globally, correct locally (Parpas & Muir 2019).
 
 Implements Algorithm 4 with Remarks 1 and 2 (S sub-systems = S ranks, mini-batches), the global
-prediction phase of Section 3.1 and the co-state regression (6) of Section 3.2.
+prediction phase of Section 3.1, and two sources of the co-states at the slice boundaries: the
+regression (6) of Section 3.2, and exact co-states that arrive through the pipeline a few
+iterations later (``pint.costates``; docs/methods/pint.md explains why the second is the default).
 
-**Global prediction** (``pint.levels >= 2``, :mod:`pintopt.methods.pint_prediction`): serial
-Algorithm 3 on a hierarchy of coarse models, prolongated to the fine grid -- controls, optimiser
-moments and the first co-state observations at every slice boundary. With ``levels = 1`` (single
-level) the fine model starts from its random initialisation and the regressions from zero
-observations (``P_hat = 0`` until the first observation arrives).
+**Global prediction** (``pint.levels >= 2``, :mod:`pintopt.methods.pint_prediction`): Algorithm 3
+on a hierarchy of coarse models (serially on every rank or shared by the ranks,
+``coarse_parallel``), prolongated to the fine grid -- controls, optimiser moments and, for the
+regression, the first co-state observations at every slice boundary. With ``levels = 1`` (single
+level) the fine model starts from its random initialisation.
 
 **Local correction** on S ranks, rank r owning layers ``[lo_r, hi_r)`` (the shared layer layout,
 :class:`~pintopt.layout.LayerLayout`, optionally shifted towards the last rank by
 ``balance_layers``); rank 0 also owns the opening layer, the last rank the classifier. Every rank
-draws the same mini-batch sequence (Remark 2). Rank r's iteration k is
+draws the same mini-batch sequence (Remark 2). With regression co-states rank r's iteration k is
 
 1. co-state at its right boundary: the last rank evaluates the loss of batch k and its true
    terminal co-state ``P_T``; every other rank predicts ``P_hat(s) = A phi(X(s), y) + B`` from
@@ -24,24 +26,29 @@ draws the same mini-batch sequence (Remark 2). Rank r's iteration k is
    received from rank r-1 (rank 0: the opening layer), sending the right-boundary state to r+1;
 5. receive the left-boundary co-state of batch k from rank r+1 and refit the regression.
 
+With delayed co-states (:mod:`pintopt.methods.pint_delayed`, :meth:`PintTrainer._step_delayed`)
+every rank but the last solves batch ``k - d_r`` backwards in step 2, ``d_r = S - 1 - r``, from the
+exact co-state received in step 5 of the previous iteration, with the controls that batch went
+forward with, and keeps its newest ``d_r + 1`` batches for that; there is no step 1 and no
+regression.
+
 Message lags. The state message of batch k+1 is sent and received in iteration k, after the
 sender's update, so every forward trajectory is exactly the serial forward solve with the current
-controls (no stale states); the only approximation is ``P_hat``. The co-state observation of batch
-k is sent in step 2 and received in step 5 of the same iteration k, so the regression used in
-iteration k+1 has seen batches up to k (lag one). Both dependencies point from a neighbour's
-*earlier* phase, so the ranks run as a pipeline: rank r trails rank r-1 by one slice's forward
-solve and, in steady state, nobody idles; there is no collective inside an iteration. After every
-iteration no message is in flight, which makes evaluations, checkpoints and rollbacks clean. With
-``pint.oracle = true`` each rank instead waits, before its backward solve, for the true co-state of
-batch k from rank r+1: the iterates are then exactly those of serial Algorithm 3 (and the method is
-serial in time) -- the test of the plumbing.
+controls (no stale states). The co-state of a batch is sent in step 2 and received in step 5 of the
+same iteration. Both dependencies point from a neighbour's *earlier* phase, so the ranks run as a
+pipeline: rank r trails rank r-1 by one slice's forward solve and, in steady state, nobody idles;
+there is no collective inside an iteration. After every iteration no message is in flight, which
+makes evaluations, checkpoints and rollbacks clean. With ``pint.oracle = true`` each rank instead
+waits, before its backward solve, for the true co-state of batch k from rank r+1: the iterates are
+then exactly those of serial Algorithm 3 (and the method is serial in time) -- the test of the
+plumbing.
 
 The loss every rank reports travels with the co-state messages (:mod:`.pint_pipeline`): on
 S >= 3 ranks iteration k reports the loss of batch ``k - (S - 2)``.
 
-Results are deterministic for a fixed seed and rank count. They depend on the rank count (the
-slices and hence the boundaries change), except with S = 1 or in oracle mode, where they equal the
-serial method's.
+Results are deterministic for a fixed seed, rank count and coarse-phase choice. They depend on the
+rank count (the slices and hence the boundaries change), except with S = 1 or in oracle mode, where
+they equal the serial method's.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ import numpy as np
 from pintopt.comm import FOREVER
 from pintopt.layout import LayerLayout, Slice, interleave_slots, require_items_per_rank, slot_sets
 from pintopt.methods.base import Method, Problem, activation_bytes, n_params, serial_memory_estimate
+from pintopt.methods.pint_delayed import DelayRing
 from pintopt.methods.pint_diagnostics import PintDiagnostics
-from pintopt.methods.pint_options import PintOptions
+from pintopt.methods.pint_options import PintOptions, resolved
 from pintopt.methods.pint_pipeline import Pipe
 from pintopt.methods.pint_prediction import (
     Prediction,
@@ -75,8 +83,9 @@ class PintTrainer(Method):
     docstring for the schedule and message lags)."""
 
     name = "pint"
-    summary = ("parallel-in-time: coarse global prediction, local correction with co-state "
-               "regression on S = ranks slices (Parpas & Muir 2019, Algorithm 4)")
+    summary = ("parallel-in-time: coarse global prediction, local correction on S = ranks time "
+               "slices with exact delayed or regression co-states (Parpas & Muir 2019, "
+               "Algorithm 4)")
     Options = PintOptions
     #: models it trains (pintopt.run refuses the others before estimating memory)
     architectures = ("resnet",)
@@ -86,11 +95,11 @@ class PintTrainer(Method):
         """``layout`` overrides the slicing; the parallel global prediction uses it to give every
         rank the same time interval on the coarse grid."""
         super().__init__(problem, train, options, comm)
-        o = self.options
         if not isinstance(self.model, ResNet):
             raise ValueError("method pint needs the ResNet-as-ODE model (model.architecture = "
                              "resnet): its layers are the time steps it splits over the ranks")
         spec = self.model.spec
+        o = self.options = resolved(self.options, spec.depth)
         S, r = comm.size, comm.rank
         require_items_per_rank(spec.depth, S)
         if o.levels > 1 and o.coarse_iterations and spec.depth % (o.coarsen ** (o.levels - 1)):
@@ -113,7 +122,15 @@ class PintTrainer(Method):
         self.params = self.model.init_params(train.seed)
         self.grads = self.params.zeros_like()
         self.opt = make_optimizer(train)
-        self.regression = None if self.last or o.oracle else BoundaryRegression(
+        #: pipelined exact co-states (pint.costates = "delayed"): every rank but the last keeps
+        #: its d = S-1-r newest batches until their co-state arrives
+        self.delayed = o.costates == "delayed" and not o.oracle and not self.last
+        self.ring = DelayRing(spec, self.lo, self.hi, S - 1 - r,
+                              self.model.state_shape(self.batch_size),
+                              self.params.K.dtype) if self.delayed else None
+        self._k0: int | None = None  # iteration at which the pipeline started (re)filling
+        self._gathered: tuple[int | None, Any] = (None, None)  # the last global_params()
+        self.regression = None if self.last or o.oracle or self.delayed else BoundaryRegression(
             spec.n_classes, self.dim, o.features, o.window, o.ridge)
         # the global prediction runs inside the first step so its time counts as training time
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
@@ -142,7 +159,7 @@ class PintTrainer(Method):
         moments of the owned slice, the trajectory of the largest slice, the global prediction
         (a serial trainer of the coarse model, alive during the first step), the regression
         window, and the shared checkpoint/evaluation items of the default estimate."""
-        o = options if isinstance(options, PintOptions) else PintOptions()
+        o = resolved(options if isinstance(options, PintOptions) else PintOptions(), spec.depth)
         out = serial_memory_estimate(cls, spec, train, o, size, m_train, m_val)
         P = n_params(spec)
         slots = {"sgd": 0, "momentum": 1, "adam": 2}.get(train.optimizer, 2)
@@ -153,6 +170,15 @@ class PintTrainer(Method):
         P_own = P - spec.depth * layer + n_max * layer
         out["params"] = 8 * (3 * P + (slots + 3) * P_own)
         training = activation_bytes(dataclasses.replace(spec, depth=n_max), batch, training=True)
+        if o.costates == "delayed" and not o.oracle and size > 1:
+            # rank 0 keeps S trajectories of its slice, their controls and input states, and a
+            # full-depth copy of K for the backward solve
+            w = spec.width
+            n0 = LayerLayout.balanced(spec.depth, size, o.balance_layers).counts[0]
+            state = batch * w * (2 if spec.scheme == "verlet" else 1)
+            training = max(training, size * (
+                activation_bytes(dataclasses.replace(spec, depth=n0), batch, training=True)
+                + 8 * (n0 * (w * w + w) + state)) + 8 * spec.depth * w * w)
         if o.levels > 1 and o.coarse_iterations and spec.depth % o.coarsen == 0:
             coarse = spec.coarsened(o.coarsen)
             training = max(training, 8 * n_params(coarse) * (2 + slots + 3)
@@ -164,6 +190,8 @@ class PintTrainer(Method):
         window = o.window or max(o.coarse_iterations, 1) + train.iterations
         out["regression"] = 8 * (window * (batch * (2 * dim + 1) + blocks * p * (p + dim))
                                  + 3 * blocks * p * (p + dim))
+        if o.costates == "delayed" and not o.oracle:
+            out["regression"] = 0
         out["training"] = training
         return out
 
@@ -177,7 +205,7 @@ class PintTrainer(Method):
         o, d = self.options, self.diagnostics
         t0 = time.perf_counter()
         ccounts = coarse_counts(self.counts, o.coarsen)
-        if o.coarse_parallel and self.S > 1 and ccounts is not None:
+        if o.coarse_parallel == "pint" and self.S > 1 and ccounts is not None:
             coarse = PintTrainer(
                 Problem(ResNet(self.model.spec.coarsened(o.coarsen)), self.data),
                 dataclasses.replace(self.train, lr=o.coarse_lr or self.train.lr,
@@ -186,10 +214,13 @@ class PintTrainer(Method):
             pred = parallel_prediction(coarse, self.train, o)
         else:
             pred = serial_prediction(self.model, self.data, self.train, o,
-                                     None if o.oracle else self.boundary)
+                                     None if self.regression is None else self.boundary,
+                                     self.comm)
         self._start(pred)
         d.coarse_time, d.coarse_loss = time.perf_counter() - t0, pred.coarse_loss
         d.coarse_steps += pred.steps
+        d.coarse_modes = list(pred.modes)
+        d.coarse_level_steps = list(pred.level_steps)
 
     def _start(self, pred: Prediction) -> None:
         self.params = pred.params
@@ -237,7 +268,12 @@ class PintTrainer(Method):
             state = self.model.open(self.params, self.data.x_train[idx])
         else:
             state = self.pipe.recv_state()
-        self.traj = self.model.forward(self.params, state, self.lo, self.hi)
+        if self._k0 is None:
+            self._k0 = self.iteration
+        if self.ring is not None:
+            self.traj = self.ring.forward(self.params, state, idx, self.iteration)
+        else:
+            self.traj = self.model.forward(self.params, state, self.lo, self.hi)
         loss = 0.0
         if self.last:
             end = self.traj.state(self.hi - self.lo)
@@ -252,6 +288,8 @@ class PintTrainer(Method):
             self._global_prediction()
         if self.traj is None:
             self._fill()
+        if self.ring is not None:
+            return self._step_delayed()
         o, model, p, g = self.options, self.model, self.params, self.grads
         k, idx, L, tj = self.iteration, self.cur_idx, self.hi - self.lo, self.traj
         y = self.data.y_train[idx]
@@ -306,6 +344,47 @@ class PintTrainer(Method):
         self.diagnostics.steps += 1
         return self.pipe.reported_loss(k)
 
+    def _step_delayed(self) -> float:
+        """One iteration of a rank left of the last with exact co-states through the pipeline
+        (:mod:`pintopt.methods.pint_delayed`): the backward solve of batch ``k - d`` with the
+        exact co-state received in the previous iteration, the update, the forward solve of batch
+        ``k + 1``, and the receive of the co-state of batch ``k + 1 - d``. While the pipeline fills
+        (the first ``d`` iterations of a run) there is no co-state yet, hence no update."""
+        model, p, g, ring, pipe = self.model, self.params, self.grads, self.ring, self.pipe
+        k, d = self.iteration, ring.delay
+        t0 = t1 = t2 = t3 = time.perf_counter()
+        if k - d >= self._k0:
+            if not ring.has_p_next:  # pragma: no cover - the message protocol guarantees it
+                raise RuntimeError(f"rank {self.rank}: no co-state for batch {k - d}")
+            P_lo = ring.backward(p, k - d, ring.p_next, g)
+            ring.has_p_next = False
+            if self.first:
+                model.open_backward(p, self.data.x_train[ring.indices(k - d)], P_lo, g)
+            else:
+                pipe.send_costate(P_lo)
+            t2 = time.perf_counter()
+            self._update()
+            t3 = time.perf_counter()
+        self.iteration += 1
+        nxt = self.sampler.next()
+        if self.first:
+            state = model.open(p, self.data.x_train[nxt])
+        else:
+            state = pipe.recv_state()
+        t4 = time.perf_counter()
+        self.traj = ring.forward(p, state, nxt, k + 1)
+        self.cur_idx = nxt
+        self._send_state(self.traj)
+        t5 = t6 = time.perf_counter()
+        if k + 1 - d >= self._k0:
+            ring.p_next[...] = pipe.recv_costate()
+            ring.has_p_next = True
+            t6 = time.perf_counter()
+        self.diagnostics.add_times(head_or_predict=t1 - t0, backward=t2 - t1, update=t3 - t2,
+                                   receive=(t4 - t3) + (t6 - t5), forward=t5 - t4)
+        self.diagnostics.steps += 1
+        return pipe.reported_loss(k)
+
     def _send_state(self, traj: Any) -> None:
         L = traj.hi - traj.lo
         self.pipe.send_state(traj.Xs[L], traj.Zs[L] if self.verlet else None)
@@ -344,7 +423,9 @@ class PintTrainer(Method):
         sends first: every message of an iteration is received within that iteration, so they
         are done or about to be, and no request outlives the run."""
         self.pipe.wait_sends()
-        return self.slice.gather(self.params, self.comm)
+        full = self.slice.gather(self.params, self.comm)
+        self._gathered = (self.iteration, full)
+        return full
 
     def slot_params(self) -> list[Params]:
         """The optimiser's moments as full-size parameter sets, gathered (collective)."""
@@ -367,6 +448,13 @@ class PintTrainer(Method):
         local = {}
         if self.regression is not None:
             local = {f"obs/{self.boundary}/{k}": v for k, v in self.regression.arrays().items()}
+        if self.ring is not None and self._k0 is not None:
+            # the batches between forward and backward solve (the newest is the batch in flight,
+            # which the pipeline fill recomputes) and the co-state received for the oldest
+            k, d = self.iteration, self.ring.delay
+            pending = list(range(max(k - d, self._k0), k))
+            local.update({f"delay/{self.S}/{self.rank}/{key}": v
+                          for key, v in self.ring.arrays(pending).items()})
         for part in self.comm.allgather(local):
             arrays.update(part)
         known: dict[int, float] = {}
@@ -382,6 +470,11 @@ class PintTrainer(Method):
             "predicted": bool(self.predicted),
             "known_idx": keep,
             "known_loss": [known[i] for i in keep],
+            # where the pipeline of delayed co-states started, and for which slicing
+            "pipeline_start": self._k0,
+            "layout": list(self.counts),
+            "costates": "delayed" if self.options.costates == "delayed" and not
+            self.options.oracle else "other",
         }
         return {"arrays": arrays, "meta": meta}
 
@@ -405,6 +498,20 @@ class PintTrainer(Method):
             self.cur_idx = np.asarray(self.cur_idx, dtype=np.int64)
         self.traj = None
         self.pipe.known = {int(i): float(v) for i, v in zip(meta["known_idx"], meta["known_loss"])}
+        self._k0 = None
+        # the batches between forward and backward solve continue only on the same slicing (the
+        # decision uses the shared meta data, so every rank takes the same one); elsewhere the
+        # pipeline refills: each rank's next d updates are lost
+        same = (meta.get("costates") == "delayed" and meta.get("layout") == list(self.counts)
+                and meta.get("pipeline_start") is not None)
+        if same:
+            self._k0 = int(meta["pipeline_start"])
+        if self.ring is not None:
+            self.ring.has_p_next = False
+            if same:
+                key = f"delay/{self.S}/{self.rank}/"
+                self.ring.load_arrays({k[len(key):]: v for k, v in arrays.items()
+                                       if k.startswith(key)}, self.params)
         if self.regression is not None:
             key = f"obs/{self.boundary}/"
             obs = {k[len(key):]: v for k, v in arrays.items() if k.startswith(key)}
@@ -413,11 +520,46 @@ class PintTrainer(Method):
             self.regression.load_arrays(obs)
 
     def history_columns(self) -> dict[str, float]:
-        """Mean co-state regression error since the last evaluation over all boundaries
-        (collective): ``reg_mse`` and ``reg_rel_mse`` (relative: Theorem 4.1 needs it below 1)."""
+        """Theorem 4.1's condition, the co-state error, over all boundaries (collective).
+
+        ``costate_rel_err``: relative error ``||P_used - P||^2 / ||P||^2`` of the co-states the
+        updates use against the exact co-state ``P`` of the same batch at the iterate of the
+        update (assumption (7) of the paper asks ``||P_used - P|| <= eps_p eta ||P_used||``).
+        Regression: the
+        mean over the iterations since the last evaluation, also as ``reg_mse`` (absolute, per
+        element) and ``reg_rel_mse``. Delayed: the co-state each rank uses next, against the
+        exact co-state of its batch at the current iterate (one serial solve per rank and
+        evaluation, outside the training time)."""
         if self.S == 1 or self.options.oracle:
             return {}
+        if self.options.costates == "delayed":
+            it, full = self._gathered
+            if it != self.iteration:  # not right after the loop's gather (same on every rank)
+                full = self.global_params()
+            n, rel = np.sum(self.comm.allgather(self._delay_error(full)), axis=0)
+            return {"costate_rel_err": float(rel / n) if n else float("nan")}
         n, mse, rel = np.sum(self.comm.allgather(self.diagnostics.since_evaluation()), axis=0)
         if not n:
-            return {"reg_mse": float("nan"), "reg_rel_mse": float("nan")}
-        return {"reg_mse": float(mse / n), "reg_rel_mse": float(rel / n)}
+            return {"reg_mse": float("nan"), "reg_rel_mse": float("nan"),
+                    "costate_rel_err": float("nan")}
+        return {"reg_mse": float(mse / n), "reg_rel_mse": float(rel / n),
+                "costate_rel_err": float(rel / n)}
+
+    def _delay_error(self, full: Params) -> tuple[int, float]:
+        """(1, relative error) of the delayed co-state this rank uses next, or (0, 0) (the last
+        rank; a pipeline still filling). The exact co-state of that batch at the current
+        iterate: a forward solve of the whole network with the gathered controls ``full``, the
+        loss, and the backward solve from the end to this rank's right boundary. (The update
+        also uses the batch's trajectory of then; this measures the co-state part.)"""
+        ring = self.ring
+        if ring is None or not ring.has_p_next:
+            return (0, 0.0)
+        idx = ring.indices(self.iteration - ring.delay)
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        probe, D = ResNet(self.model.spec), self.model.spec.depth
+        scratch = full.zeros_like()
+        traj = probe.forward(full, probe.open(full, x), 0, D, reuse=False)
+        P = probe.head(full, traj.state_view(D), y, scratch)[2]
+        P = probe.backward(full, traj.block(self.hi, D), P, scratch)
+        diff = ring.p_next - P
+        return (1, float(np.vdot(diff, diff) / max(np.vdot(P, P), 1e-300)))

@@ -25,6 +25,9 @@ class PintDiagnostics:
         self.coarse_time = 0.0
         self.coarse_loss = float("nan")
         self.coarse_steps = 0  # iterations of the global prediction, all levels
+        #: how each coarse level ran (serial, data, pint), coarsest first
+        self.coarse_modes: list[str] = []
+        self.coarse_level_steps: list[int] = []  # iterations of each coarse level, same order
         #: newest (iteration, MSE, relative error) of the regression at this rank's boundary
         self.trace: deque[tuple[int, float, float]] = deque(maxlen=trace_len)
         self.observed = 0  # errors recorded in all

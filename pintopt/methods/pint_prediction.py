@@ -10,17 +10,21 @@ optimiser continues the coarse one), and the co-state observations ``(X(s), y, P
 finest coarse model saw at the slice boundary ``s`` (:class:`RecordingResNet`; interpolated
 linearly in time where ``s`` falls between coarse steps), which seed the boundary regressions.
 
-Every rank runs the same serial computation (:func:`serial_prediction`), so no message is needed;
-with ``coarse_parallel`` the coarse model is instead trained by the parallel-in-time method itself
-on all ranks (:func:`parallel_prediction`). With ``coarse_check_every`` a level ends as soon as its
-model reaches ``train.target_accuracy`` (:class:`TargetCheck`), so ``coarse_iterations`` is a
-maximum.
+How the ranks share it (``coarse_parallel``, :func:`serial_prediction`): every rank runs the same
+serial computation (``serial``, the paper: no message, but Amdahl's serial part), the ranks split
+each coarse batch and sum the gradients (``data``: the serial iterates up to round-off, one
+Allreduce per iteration), or ``auto`` chooses between the two per level from the measured time of
+a few iterations of each (:class:`ModeChoice`). With ``pint`` the coarse model is instead trained
+by the parallel-in-time method itself on all ranks (:func:`parallel_prediction`). With
+``coarse_check_every`` a level ends as soon as its model reaches ``train.target_accuracy``
+(:class:`TargetCheck`), so ``coarse_iterations`` is a maximum.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,25 +169,78 @@ class TargetCheck:
     accuracy of the coarse model on the training batches it saw since the last check, then on
     the validation set, must reach ``target``. After a failed validation check the next one waits
     twice as long. The fine model is not evaluated here: the training loop evaluates it after the
-    first fine iteration (the method's ``evaluation_requested``)."""
+    first fine iteration (the method's ``evaluation_requested``).
 
-    def __init__(self, data: Any, target: float, check: int) -> None:
+    With a communicator of several ranks the check is collective and rank 0 decides: its
+    validation accuracy is broadcast (data-parallel Allreduce may round differently on different
+    ranks, and every rank must end the level at the same iteration)."""
+
+    def __init__(self, data: Any, target: float, check: int, comm: Any = None) -> None:
         self.data, self.target = data, target
+        self.comm = comm if comm is not None and comm.size > 1 else None
         self.next_eval = 0
         self.backoff = check
 
     def __call__(self, model: ResNet, params: Params, iteration: int,
                  seen: tuple[int, int] | None = None) -> bool:
-        """``seen``: (correct, samples) of the recent training batches (None: no batch gate)."""
+        """``seen``: (correct, samples) of the recent training batches (None: no batch gate),
+        the same on every rank."""
         if seen is not None and seen[0] < self.target * max(seen[1], 1):
             return False
         if iteration < self.next_eval:
             return False
-        if model.evaluate(params, self.data.x_val, self.data.y_val)[1] >= self.target:
+        acc = 0.0
+        if self.comm is None or self.comm.rank == 0:
+            acc = model.evaluate(params, self.data.x_val, self.data.y_val)[1]
+        if self.comm is not None:
+            acc = self.comm.bcast(acc)
+        if acc >= self.target:
             return True
         self.next_eval = iteration + self.backoff
         self.backoff *= 2
         return False
+
+
+class ModeChoice:
+    """``coarse_parallel`` on one coarse level: whether iteration i runs data-parallel.
+
+    ``auto`` times ``probe`` iterations serially (every rank computes the whole batch), then
+    ``probe`` data-parallel (each rank a share, one Allreduce), and continues with the faster by
+    the median on rank 0's clock, broadcast so every rank takes the same path; both kinds of
+    iteration are training iterations (the same iterates up to round-off). The choice is kept
+    in ``chosen`` ("serial" or "data"). Iterations that must record full-batch boundary
+    observations (regression co-states) always run serially (``record``)."""
+
+    def __init__(self, mode: str, comm: Any, probe: int = 8) -> None:
+        self.comm = comm
+        if comm.size == 1 or mode == "serial":
+            mode = "serial"
+        self.mode, self.probe = mode, probe
+        self.chosen = mode if mode != "auto" else ""
+        self.times: dict[str, list[float]] = {"serial": [], "data": []}
+        self._t0 = 0.0
+        self._kind = "serial"
+
+    def before(self, i: int, record: bool) -> bool:
+        """Whether iteration ``i`` runs data-parallel; starts its clock."""
+        if record:
+            self._kind = ""
+            return False
+        if self.chosen:
+            self._kind = ""
+            return self.chosen == "data"
+        if i >= 2 * self.probe and len(self.times["data"]) >= self.probe:
+            ts = {k: sorted(v)[len(v) // 2] for k, v in self.times.items()}
+            self.chosen = self.comm.bcast("data" if ts["data"] < ts["serial"] else "serial")
+            self._kind = ""
+            return self.chosen == "data"
+        self._kind = "serial" if len(self.times["serial"]) < self.probe else "data"
+        self._t0 = time.perf_counter()
+        return self._kind == "data"
+
+    def after(self) -> None:
+        if self._kind:
+            self.times[self._kind].append(time.perf_counter() - self._t0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,6 +258,8 @@ class Prediction:
     coarse_loss: float = float("nan")
     steps: int = 0  # coarse iterations, all levels
     reached: bool = False  # a level ended at the target accuracy
+    modes: list[str] = field(default_factory=list)  # how each level ran, coarsest first
+    level_steps: list[int] = field(default_factory=list)  # iterations of each level, same order
 
 
 def _coarse_train(train: Any, options: Any, seed: int) -> Any:
@@ -208,24 +267,29 @@ def _coarse_train(train: Any, options: Any, seed: int) -> Any:
 
 
 def serial_prediction(model: ResNet, data: Any, train: Any, options: Any,
-                      boundary: int | None) -> Prediction:
-    """Serial Algorithm 3 on the coarse hierarchy, coarsest first; boundary observations are
-    recorded at fine layer ``boundary`` (None: none) on the finest coarse level only (the
-    regression keeps the newest ``window`` batches, and the coarser levels' would be older and
-    less accurate)."""
+                      boundary: int | None, comm: Any = None) -> Prediction:
+    """Algorithm 3 on the coarse hierarchy, coarsest first, serially on every rank or
+    data-parallel over the ranks of ``comm`` (``options.coarse_parallel``, :class:`ModeChoice`;
+    collective when ``comm`` has several ranks). Boundary observations are recorded at fine
+    layer ``boundary`` (None: none) on the finest coarse level only (the regression keeps the
+    newest ``window`` batches, and the coarser levels' would be older and less accurate)."""
     o, spec = options, model.spec
+    comm = comm if comm is not None else SerialComm()
     check = o.coarse_check_every if train.target_accuracy > 0 else 0
     keep = o.window if o.window > 0 else None
     params: Params | None = None
     slots: list[Params] = []
     k, steps, records, loss, done = 0, 0, [], float("nan"), False
+    modes: list[str] = []
+    level_steps: list[int] = []
     for level in range(o.levels - 1, 0, -1):
         factor = o.coarsen**level
         at = None if boundary is None or level != 1 else boundary / factor
         cmodel = RecordingResNet(spec.coarsened(factor), at, keep)
         coarse = SerialTrainer(Problem(cmodel, data),
                                _coarse_train(train, o, train.seed + 1000 * level),
-                               SerialOptions(), SerialComm())
+                               SerialOptions(), comm)
+        choice = ModeChoice(o.coarse_parallel, comm)
         if params is not None:
             coarse.params = prolong_params(params, o.coarsen, o.prolong)
             if o.prolong_optimizer and slots:
@@ -237,18 +301,27 @@ def serial_prediction(model: ResNet, data: Any, train: Any, options: Any,
         # check, so record throughout
         record_from = 0 if check else o.coarse_iterations - (keep or o.coarse_iterations)
         losses: list[float] = []
-        gate = TargetCheck(data, train.target_accuracy, check)
+        gate = TargetCheck(data, train.target_accuracy, check, comm)
         done = False
         for i in range(o.coarse_iterations):
             cmodel.at = at if i >= record_from else None
+            # with an observation to record every rank needs the whole batch
+            coarse.data_parallel = choice.before(i, record=cmodel.at is not None)
             losses.append(coarse.step())
+            choice.after()
             steps += 1
             if check and (i + 1) % check == 0:
                 seen = (cmodel.hits, cmodel.seen)
+                if coarse.data_parallel:  # hits of this rank's rows: sum over the ranks
+                    counts = np.array(seen, dtype=np.float64)
+                    comm.allreduce_([counts])
+                    seen = (int(counts[0]), int(counts[1]))
                 cmodel.hits = cmodel.seen = 0
                 if gate(cmodel, coarse.params, i + 1, seen):
                     done = True
                     break
+        modes.append(choice.chosen or ("data" if coarse.data_parallel else "serial"))
+        level_steps.append(steps - sum(level_steps))
         params = coarse.params
         slots, k = optimizer_slots(coarse.opt, params), coarse.opt.k
         records.extend(cmodel.records)
@@ -258,7 +331,7 @@ def serial_prediction(model: ResNet, data: Any, train: Any, options: Any,
         prolong_params(params, o.coarsen, o.prolong),
         prolong_slots(slots, o.coarsen, o.prolong, train.optimizer) if o.prolong_optimizer
         else [],
-        k, records, loss, steps, done)
+        k, records, loss, steps, done, modes, level_steps)
 
 
 def parallel_prediction(coarse: Any, train: Any, options: Any) -> Prediction:
@@ -268,7 +341,7 @@ def parallel_prediction(coarse: Any, train: Any, options: Any) -> Prediction:
     o = options
     check = o.coarse_check_every if train.target_accuracy > 0 else 0
     losses: list[float] = []
-    gate = TargetCheck(coarse.data, train.target_accuracy, check)
+    gate = TargetCheck(coarse.data, train.target_accuracy, check, coarse.comm)
     done, steps = False, 0
     for i in range(o.coarse_iterations):
         losses.append(coarse.step())
@@ -286,7 +359,9 @@ def parallel_prediction(coarse: Any, train: Any, options: Any) -> Prediction:
         prolong_slots(slots, o.coarsen, o.prolong, train.optimizer),
         coarse.opt.k, records,
         float(np.mean(losses[-10:])) if losses else float("nan"),
-        steps + coarse.diagnostics.coarse_steps, done)
+        steps + coarse.diagnostics.coarse_steps, done,
+        coarse.diagnostics.coarse_modes + ["pint"],
+        coarse.diagnostics.coarse_level_steps + [steps])
 
 
 MakeCoarse = Callable[[Problem, Any, Any, list[int]], Any]
