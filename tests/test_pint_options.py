@@ -101,13 +101,17 @@ def _owned_copy(t):
     return [np.array(a) for a in t.slice.owned(t.params)]
 
 
-def test_damping_scales_the_step_by_one_minus_the_running_error():
+@pytest.mark.parametrize("D", [2.0, 0.5])
+def test_damping_scales_the_step_by_one_minus_the_running_error(D):
     """``damping = D``: rank r's step is ``lr max(0, 1 - e)``, ``e`` the running mean over about
     D iterations (weight 1/D) of its relative co-state error ``||P_hat - P||^2 / ||P||^2``, from
     the errors of the iterations before the update (the first update, with no error measured
     yet, is not damped). The errors are recomputed here from the recorded predictions and
-    observations; with SGD the update of rank 0's controls must be ``-lr s g``."""
-    iterations, D, lr = 20, 2.0, 0.05
+    observations; with SGD the update of rank 0's controls must be ``-lr s g``. A running mean
+    over D <= 1 iterations is the newest error (D = 0.5 used to extrapolate, weight 2, and could
+    make ``e`` negative and the step larger than ``lr``)."""
+    iterations, lr = 20, 0.05
+    w = min(1.0, 1.0 / D)
     # per-class affine models: on the swiss roll their error falls well below 1 within a few
     # iterations, so the steps go from stopped to partly damped
     raw = _regression_raw(iterations, damping=D, window=0, features="class", ridge=1e-6)
@@ -121,7 +125,7 @@ def test_damping_scales_the_step_by_one_minus_the_running_error():
     scales, e = [], None
     for i in range(iterations):
         scales.append(1.0 if e is None else max(0.0, 1.0 - e))
-        e = rel[i] if e is None else (1 - 1 / D) * e + rel[i] / D
+        e = rel[i] if e is None else (1 - w) * e + w * rel[i]
     # the case must exercise the formula: undamped, stopped and partly damped steps
     assert scales[0] == 1.0 and min(scales) == 0.0 and any(0.05 < s < 0.95 for s in scales)
     for i, ((before, _), (after, grads)) in enumerate(rec["steps"]):
