@@ -44,10 +44,12 @@ class PintDiagnostics:
         self.steps = 0
 
     def record_error(self, iteration: int, mse: float, rel: float, damping: float) -> None:
-        """One iteration's co-state error; ``damping`` is the running mean's length (0: a
-        plain average weight of 1)."""
+        """One iteration's co-state error; ``damping`` is the running mean's length in
+        iterations (0, or at most 1: the newest error alone)."""
         self.trace.append((iteration, mse, rel))
-        w = 1.0 / damping if damping else 1.0
+        # a weight above 1 would extrapolate: the mean could turn negative and the damped step
+        # exceed the undamped one
+        w = min(1.0, 1.0 / damping) if damping else 1.0
         self.err_avg = rel if self.observed == 0 else (1 - w) * self.err_avg + w * rel
         self.observed += 1
         self._n += 1
