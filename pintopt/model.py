@@ -32,6 +32,10 @@ import numpy as np
 from pintopt.buffers import flat_buffer
 from pintopt.kernels import activations, dense, feasibility, losses, residual
 
+# The hot paths below call the compiled kernels (``*_jit``) rather than the checked entry points:
+# the model owns the buffers it passes (shapes and dtypes fixed at construction, labels checked
+# when the data are loaded), and at small widths the per-call checks cost as much as the kernels.
+
 SCHEMES = ("euler", "verlet")
 
 #: Roles of parameter arrays in a layer layout (see ``param_roles`` of the models): an integer is
@@ -312,7 +316,7 @@ class ResNet:
                 self._cache[key] = traj
         K, b, h = params.K[lo:hi], params.b[lo:hi], self.spec.h
         if self.verlet:
-            residual.verlet_forward(
+            residual.verlet_forward_jit(
                 np.ascontiguousarray(state[0]),
                 np.ascontiguousarray(state[1]),
                 K,
@@ -325,7 +329,8 @@ class ResNet:
                 traj.DY,
             )
         else:
-            residual.euler_forward(np.ascontiguousarray(state), K, b, h, self.act, traj.Xs, traj.D)
+            residual.euler_forward_jit(np.ascontiguousarray(state), K, b, h, self.act, traj.Xs,
+                                       traj.D)
         return traj
 
     def backward(
@@ -340,7 +345,7 @@ class ResNet:
         m = P_end.shape[-2]
         if self.verlet:
             P0 = np.empty((2, m, self.spec.width))
-            residual.verlet_backward(
+            residual.verlet_backward_jit(
                 traj.Xs,
                 traj.Zs,
                 traj.D,
@@ -356,7 +361,8 @@ class ResNet:
             )
         else:
             P0 = np.empty((m, self.spec.width))
-            residual.euler_backward(traj.Xs, traj.D, K, h, np.ascontiguousarray(P_end), P0, dK, db)
+            residual.euler_backward_jit(traj.Xs, traj.D, K, h, np.ascontiguousarray(P_end), P0,
+                                        dK, db)
         return P0
 
     # classifier (the terminal cost Phi) --------------------------------------------------------
@@ -374,7 +380,7 @@ class ResNet:
         Y = state[0] if self.verlet else state
         logits = Y @ params.W_out + params.b_out
         G = np.empty_like(logits)
-        loss = losses.softmax_xent(logits, y, G)
+        loss = losses.softmax_xent_jit(logits, y, G)
         if grads is None:
             return loss, logits, None
         np.dot(Y.T, G, out=grads.W_out)
@@ -409,7 +415,7 @@ class ResNet:
         """(mean loss, accuracy) on a dataset."""
         logits = self.predict(params, x)
         G = np.empty_like(logits)
-        return losses.softmax_xent(logits, y, G), losses.accuracy(logits, y)
+        return losses.softmax_xent_jit(logits, y, G), losses.accuracy_jit(logits, y)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,7 +497,7 @@ class MLP:
             W, b = getattr(params, f"W{layer}"), getattr(params, f"b{layer}")
             out = np.empty((z.shape[0], W.shape[1]))
             D = np.empty_like(out)
-            dense.dense_forward(zs[-1], W, b, self.layer_act(layer), out, D)
+            dense.dense_forward_jit(zs[-1], W, b, self.layer_act(layer), out, D)
             zs.append(out)
             ds.append(D)
         return zs, ds
@@ -511,7 +517,7 @@ class MLP:
             layer = lo + k
             W = getattr(params, f"W{layer}")
             dZ = np.empty_like(zs[k])
-            dense.dense_vjp(
+            dense.dense_vjp_jit(
                 zs[k],
                 W,
                 ds[k],
@@ -529,7 +535,7 @@ class MLP:
         zs, ds = self.forward(params, x)
         logits = zs[-1]
         G = np.empty_like(logits)
-        loss = losses.softmax_xent(logits, y, G)
+        loss = losses.softmax_xent_jit(logits, y, G)
         self.backward(params, zs, ds, G, grads)
         return loss, logits
 
@@ -539,7 +545,7 @@ class MLP:
     def evaluate(self, params: ParamSet, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         logits = self.predict(params, x)
         G = np.empty_like(logits)
-        return losses.softmax_xent(logits, y, G), losses.accuracy(logits, y)
+        return losses.softmax_xent_jit(logits, y, G), losses.accuracy_jit(logits, y)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ class Optimizer:
         """One update U <- A(U, grad) of every array in ``params``."""
         if not self.slots and self.kind != "sgd":
             self._init_slots(params)
-        lr = self.current_lr()
+        lr = float(self.current_lr())
         self.k += 1
         wd = float(self.weight_decay)
         c1 = 1 - self.beta1**self.k
@@ -145,18 +145,21 @@ class Optimizer:
                 slots = self_slots[per * i : per * i + per]
             if p.flags.c_contiguous and g.flags.c_contiguous and p.dtype == g.dtype == _F64 \
                     and all(s.flags.c_contiguous for s in slots):
-                # fused kernels: one pass instead of a dozen NumPy calls (bitwise the same)
+                # fused kernels: one pass instead of a dozen NumPy calls (bitwise the same);
+                # the compiled entry points, as the arrays were just checked (the public ones
+                # check every argument, which costs as much as the update at small sizes)
                 if kind == "adam":
-                    updates.adam(p, g, slots[0], slots[1], lr / c1, self.beta1, self.beta2, c2,
-                                 self.eps, wd)
+                    updates.adam_jit(p, g, slots[0], slots[1], lr / c1, float(self.beta1),
+                                     float(self.beta2), float(c2), float(self.eps), wd)
                 elif kind == "sgd":
-                    updates.sgd(p, g, lr, wd)
+                    updates.sgd_jit(p, g, lr, wd)
                 elif kind == "momentum":
-                    updates.momentum(p, g, slots[0], lr, self.momentum, wd)
+                    updates.momentum_jit(p, g, slots[0], lr, float(self.momentum), wd)
                 elif kind == "adagrad":
-                    updates.adagrad(p, g, slots[0], lr, self.eps, wd)
+                    updates.adagrad_jit(p, g, slots[0], lr, float(self.eps), wd)
                 else:
-                    updates.adadelta(p, g, slots[0], slots[1], lr, self.rho, self.eps, wd)
+                    updates.adadelta_jit(p, g, slots[0], slots[1], lr, float(self.rho),
+                                         float(self.eps), wd)
                 continue
             if wd:
                 g = g + wd * p  # R(U) = wd/2 ||U||^2 of eq. (1)
