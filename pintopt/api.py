@@ -101,6 +101,7 @@ def setup(cfg: Config, comm: Any, new_run: bool = True) -> Method:
             f"option model.architecture: method {cfg.train.method} trains "
             f"{' or '.join(supported)} models, not {cfg.model.architecture}"
         )
+    _check_dtype(cfg, cls)
     budget, source = memory.memory_budget(cfg, comm)
     memory.check_data_memory(cfg, comm, budget, source)
     data = load_data(cfg, comm)
@@ -121,12 +122,31 @@ def setup(cfg: Config, comm: Any, new_run: bool = True) -> Method:
         model = build_model(cfg.model, data.n_features, data.n_classes, targets)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    # the features in the model's precision, once (every batch is then a view or a gather of
+    # these: no per-iteration conversion)
+    data = data.with_dtype(getattr(model, "dtype", "float64"))
     memory.check_memory(cfg, model.spec, data, comm, budget, source)
     _check_targets(cfg, comm, new_run and not cfg.checkpoint.overwrite)
     try:
         return cls(Problem(model, data), cfg.train, cfg.method, comm)
     except ValueError as exc:  # e.g. batch larger than the data, more ranks than layers
         raise ConfigError(str(exc)) from None
+
+
+def _check_dtype(cfg: Config, cls: type[Method]) -> None:
+    """Refuse a ``model.dtype`` the method does not train in (:attr:`Method.dtypes`), in one
+    line that names the method, why, and the methods that do."""
+    dtype = cfg.model.dtype
+    if dtype in cls.dtypes:
+        return
+    from pintopt.methods import METHODS
+
+    others = [name for name in METHODS if dtype in METHODS[name].dtypes]
+    why = f": {cls.float64_only}" if cls.float64_only else ""
+    raise ConfigError(
+        f"option model.dtype: method {cfg.train.method} trains in {' or '.join(cls.dtypes)} "
+        f"only, not {dtype}{why}; methods {', '.join(others) or 'none'} train in {dtype}"
+    )
 
 
 def _check_targets(cfg: Config, comm: Any, new_run: bool) -> None:
@@ -314,9 +334,19 @@ def _restore(method: Method, cfg: Config, resume: dict[str, Any], comm: Any,
 
     where = f"checkpoint {resume['path']}"
     spec = dataclasses.asdict(method.model.spec)
-    if resume["model"] != spec:
-        diff = sorted(k for k in set(resume["model"]) | set(spec)
-                      if resume["model"].get(k) != spec.get(k))
+    saved = dict(resume["model"])
+    if "dtype" in spec:
+        # checkpoints from before model.dtype are float64; a precision change is refused (the
+        # run would continue from rounded parameters and moments: another run, not this one)
+        saved.setdefault("dtype", "float64")
+        if saved["dtype"] != spec["dtype"]:
+            raise CheckpointError(
+                f"{where}: written by a {saved['dtype']} run, this run is {spec['dtype']} "
+                f"(option model.dtype); resume it with model.dtype = {saved['dtype']} "
+                f"(--dtype {saved['dtype']})"
+            )
+    if saved != spec:
+        diff = sorted(k for k in set(saved) | set(spec) if saved.get(k) != spec.get(k))
         raise CheckpointError(
             f"{where}: its model does not match the model its configuration builds now "
             f"({', '.join(diff)} differ; did the data change?)"

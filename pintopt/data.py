@@ -91,7 +91,8 @@ class DataError(ValueError):
 class Dataset:
     """A supervised problem split into training and validation parts.
 
-    ``x_*`` are float64 (m, d) C-contiguous. For classification (``n_classes >= 1``) ``y_*`` are
+    ``x_*`` are float64 (m, d) C-contiguous (:meth:`with_dtype` gives a float32 copy for a
+    float32 model). For classification (``n_classes >= 1``) ``y_*`` are
     int64 (m,) labels in ``0..n_classes-1``; for regression (``n_classes == 0``) ``y_*`` are float64
     (m, k) targets (a 1-D target is turned into (m, 1)). Construction converts dtypes and checks
     shapes, finiteness and labels, raising :class:`DataError`. The validation part may be empty
@@ -128,6 +129,21 @@ class Dataset:
     @property
     def is_classification(self) -> bool:
         return self.n_classes > 0
+
+    def with_dtype(self, dtype: Any) -> Dataset:
+        """This dataset with its features in ``dtype`` (float64 or float32: the model's
+        ``model.dtype``, cast once when a run loads its data), labels and targets unchanged;
+        ``self`` when they already are. float32 features are the float64 ones rounded to
+        nearest."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"features must be float64 or float32, not {dtype}")
+        if self.x_train.dtype == dtype and self.x_val.dtype == dtype:
+            return self
+        out = copy.copy(self)  # no re-validation: it would convert back to float64
+        out.x_train = np.ascontiguousarray(self.x_train, dtype=dtype)
+        out.x_val = np.ascontiguousarray(self.x_val, dtype=dtype)
+        return out
 
 
 def _where(ds: Dataset) -> str:

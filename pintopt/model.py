@@ -16,6 +16,12 @@ loss with respect to the state ``X_j`` (the paper's ``P`` up to its sign).
 State layout: Euler, one array ``(m, width)``; Verlet, one array ``(2, m, width)`` holding
 ``[Y, Z]`` (Haber & Ruthotto's two variables; the classifier reads ``Y``; ``Z_0 = 0``).
 
+Precision (``model.dtype``, issue 15): every array a ResNet or MLP allocates -- parameters,
+trajectories, co-states, logits -- has the spec's ``dtype`` (float64 or float32), and the kernels
+compute in it (:mod:`pintopt.kernels`, docs/kernels.md "float32"); the inputs must already have
+it (``pintopt.api`` casts the data once, at load). Loss and accuracy are returned as Python
+floats (the loss kernel sums in float64 either way).
+
 Also here: the MLP chain of the layer-wise methods, and two shallow convex models for the
 experiments of Zhang & Li (2022) -- :class:`Linear` (least squares, quartic regression, softmax
 regression) and :class:`Feasibility` (squared distance to convex sets); :func:`build_model` builds
@@ -24,6 +30,7 @@ any of them from the ``[model]`` options.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +44,13 @@ from pintopt.kernels import activations, dense, feasibility, losses, residual
 # when the data are loaded), and at small widths the per-call checks cost as much as the kernels.
 
 SCHEMES = ("euler", "verlet")
+#: Floating-point precisions of the networks (``model.dtype``).
+DTYPES = ("float64", "float32")
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
 
 #: Roles of parameter arrays in a layer layout (see ``param_roles`` of the models): an integer is
 #: the layer that owns the array.
@@ -54,6 +68,8 @@ class ResNetSpec:
     final_time: float = 4.0
     scheme: str = "verlet"
     activation: str = "tanh"
+    #: precision of parameters, states and co-states (a checkpoint records it with the shape)
+    dtype: str = "float64"
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_classes", "width", "depth"):
@@ -66,6 +82,7 @@ class ResNetSpec:
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         activations.code(self.activation)  # raises naming the valid choices
+        _check_dtype(self.dtype)
 
     @property
     def h(self) -> float:
@@ -76,15 +93,7 @@ class ResNetSpec:
         """The coarse model of the global prediction phase: depth/factor steps over the same T."""
         if factor < 1 or self.depth % factor:
             raise ValueError(f"coarsening factor {factor} must divide depth {self.depth}")
-        return ResNetSpec(
-            self.n_features,
-            self.n_classes,
-            self.width,
-            self.depth // factor,
-            self.final_time,
-            self.scheme,
-            self.activation,
-        )
+        return dataclasses.replace(self, depth=self.depth // factor)
 
 
 class ParamSet:
@@ -143,12 +152,22 @@ class ParamSet:
         out.__dict__["_arrays"] = arrays
         return out
 
-    def zeros_like(self) -> ParamSet:
+    @property
+    def dtype(self) -> np.dtype:
+        """The arrays' dtype (float64 for an empty set)."""
+        return self.arrays()[0].dtype if self._arrays else np.dtype(np.float64)
+
+    def zeros_like(self, dtype: Any = None) -> ParamSet:
+        """Zero arrays of the same shapes, flat-backed, in ``dtype`` (default: this set's)."""
         return type(self).zeros({k: v.shape for k, v in self._arrays.items()},
-                                self.arrays()[0].dtype if self._arrays else np.float64)
+                                self.dtype if dtype is None else dtype)
 
     def copy(self) -> ParamSet:
-        out = self.zeros_like()
+        return self.astype(self.dtype)
+
+    def astype(self, dtype: Any) -> ParamSet:
+        """A flat-backed copy with every array converted to ``dtype`` (rounded to nearest)."""
+        out = self.zeros_like(dtype)
         for a, b in zip(out.arrays(), self.arrays()):
             a[...] = b
         return out
@@ -157,15 +176,16 @@ class ParamSet:
         return dict(self._arrays)
 
     @classmethod
-    def from_dict(cls, d: dict[str, np.ndarray], names: tuple[str, ...] | None = None) -> ParamSet:
-        """Copies of ``d``'s arrays (float64, flat-backed) in the order ``names`` (default: the
+    def from_dict(cls, d: dict[str, np.ndarray], names: tuple[str, ...] | None = None,
+                  dtype: Any = np.float64) -> ParamSet:
+        """Copies of ``d``'s arrays (``dtype``, flat-backed) in the order ``names`` (default: the
         class's canonical order, :meth:`order`)."""
         names = tuple(names) if names is not None else cls.order(d)
         missing = [n for n in names if n not in d]
         if missing:
             raise KeyError(f"parameter array {missing[0]!r} missing")
-        arrays = {n: np.asarray(d[n], dtype=np.float64) for n in names}
-        out = cls.zeros({n: a.shape for n, a in arrays.items()})
+        arrays = {n: np.asarray(d[n]) for n in names}
+        out = cls.zeros({n: a.shape for n, a in arrays.items()}, dtype)
         for n, a in arrays.items():
             getattr(out, n)[...] = a
         return out
@@ -201,13 +221,14 @@ class _Trajectory:
 
     __slots__ = ("lo", "hi", "Xs", "D", "Zs", "DY")
 
-    def __init__(self, lo: int, hi: int, m: int, width: int, verlet: bool) -> None:
+    def __init__(self, lo: int, hi: int, m: int, width: int, verlet: bool,
+                 dtype: Any = np.float64) -> None:
         L = hi - lo
         self.lo, self.hi = lo, hi
-        self.Xs = np.empty((L + 1, m, width))
-        self.D = np.empty((L, m, width))
-        self.Zs = np.empty((L + 1, m, width)) if verlet else None
-        self.DY = np.empty((L, m, width)) if verlet else None
+        self.Xs = np.empty((L + 1, m, width), dtype)
+        self.D = np.empty((L, m, width), dtype)
+        self.Zs = np.empty((L + 1, m, width), dtype) if verlet else None
+        self.DY = np.empty((L, m, width), dtype) if verlet else None
 
     def state(self, j: int) -> np.ndarray:
         """State after local step j (0 = block input), in the model's state layout."""
@@ -247,11 +268,15 @@ class ResNet:
         self.spec = spec
         self.act = activations.code(spec.activation)
         self.verlet = spec.scheme == "verlet"
+        #: precision of every array this model allocates (``spec.dtype``)
+        self.dtype = np.dtype(spec.dtype)
         self._cache: dict[tuple[int, int, int], _Trajectory] = {}
 
     # parameters -------------------------------------------------------------------------------
     def init_params(self, seed: int) -> Params:
-        """Deterministic initialisation from ``seed`` (Gaussian weights scaled by fan-in)."""
+        """Deterministic initialisation from ``seed`` (Gaussian weights scaled by fan-in), drawn
+        in float64 and rounded to the model's dtype (a float32 model starts from the float64
+        model's start, rounded)."""
         s = self.spec
         rng = np.random.default_rng(seed)
         return Params(
@@ -261,7 +286,7 @@ class ResNet:
             b=np.zeros((s.depth, s.width)),
             W_out=rng.standard_normal((s.width, s.n_classes)) / np.sqrt(s.width),
             b_out=np.zeros(s.n_classes),
-        ).copy()  # one flat buffer
+        ).astype(self.dtype)  # one flat buffer
 
     # layers, as the layer layout (pintopt.layout) sees them -----------------------------------
     @property
@@ -277,7 +302,8 @@ class ResNet:
                 "W_out": LAST, "b_out": LAST}
 
     def params_from_dict(self, d: dict[str, np.ndarray]) -> Params:
-        return Params.from_dict(d)
+        """Copies of ``d``'s arrays in the model's dtype."""
+        return Params.from_dict(d, dtype=self.dtype)
 
     def state_shape(self, m: int) -> tuple[int, ...]:
         return (2, m, self.spec.width) if self.verlet else (m, self.spec.width)
@@ -286,7 +312,7 @@ class ResNet:
     def open(self, params: Params, x: np.ndarray) -> np.ndarray:
         """Initial state X_0 from a batch of features."""
         if self.verlet:  # [Y, Z] with Z_0 = 0, written in place (no stacking copy)
-            out = np.zeros((2, x.shape[0], self.spec.width))
+            out = np.zeros((2, x.shape[0], self.spec.width), self.dtype)
             np.dot(x, params.W_in, out=out[0])
             out[0] += params.b_in
             return out
@@ -311,7 +337,7 @@ class ResNet:
         key = (lo, hi, m)
         traj = self._cache.get(key) if reuse else None
         if traj is None:
-            traj = _Trajectory(lo, hi, m, self.spec.width, self.verlet)
+            traj = _Trajectory(lo, hi, m, self.spec.width, self.verlet, self.dtype)
             if reuse:
                 self._cache[key] = traj
         K, b, h = params.K[lo:hi], params.b[lo:hi], self.spec.h
@@ -344,7 +370,7 @@ class ResNet:
         K, dK, db = params.K[lo:hi], grads.K[lo:hi], grads.b[lo:hi]
         m = P_end.shape[-2]
         if self.verlet:
-            P0 = np.empty((2, m, self.spec.width))
+            P0 = np.empty((2, m, self.spec.width), self.dtype)
             residual.verlet_backward_jit(
                 traj.Xs,
                 traj.Zs,
@@ -360,7 +386,7 @@ class ResNet:
                 db,
             )
         else:
-            P0 = np.empty((m, self.spec.width))
+            P0 = np.empty((m, self.spec.width), self.dtype)
             residual.euler_backward_jit(traj.Xs, traj.D, K, h, np.ascontiguousarray(P_end), P0,
                                         dK, db)
         return P0
@@ -380,13 +406,13 @@ class ResNet:
         Y = state[0] if self.verlet else state
         logits = Y @ params.W_out + params.b_out
         G = np.empty_like(logits)
-        loss = losses.softmax_xent_jit(logits, y, G)
+        loss = float(losses.softmax_xent_jit(logits, y, G))
         if grads is None:
             return loss, logits, None
         np.dot(Y.T, G, out=grads.W_out)
         grads.b_out[:] = G.sum(axis=0)
         if self.verlet:  # the classifier reads Y only: the Z half of P_T is zero
-            P_T = np.zeros((2,) + Y.shape)
+            P_T = np.zeros((2,) + Y.shape, self.dtype)
             np.dot(G, params.W_out.T, out=P_T[0])
             return loss, logits, P_T
         return loss, logits, G @ params.W_out.T
@@ -404,7 +430,7 @@ class ResNet:
 
     def predict(self, params: Params, x: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Logits for ``x``, in chunks so evaluation memory stays bounded."""
-        out = np.empty((x.shape[0], self.spec.n_classes))
+        out = np.empty((x.shape[0], self.spec.n_classes), self.dtype)
         for s in range(0, x.shape[0], chunk):
             xs = x[s : s + chunk]
             traj = self.forward(params, self.open(params, xs), 0, self.spec.depth, reuse=False)
@@ -412,10 +438,10 @@ class ResNet:
         return out
 
     def evaluate(self, params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        """(mean loss, accuracy) on a dataset."""
+        """(mean loss, accuracy) on a dataset, as Python floats."""
         logits = self.predict(params, x)
         G = np.empty_like(logits)
-        return losses.softmax_xent_jit(logits, y, G), losses.accuracy_jit(logits, y)
+        return float(losses.softmax_xent_jit(logits, y, G)), float(losses.accuracy_jit(logits, y))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,12 +459,14 @@ class MLPSpec:
     width: int = 64
     depth: int = 2
     activation: str = "relu"
+    dtype: str = "float64"
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_classes", "width", "depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         activations.code(self.activation)
+        _check_dtype(self.dtype)
 
     @property
     def sizes(self) -> list[int]:
@@ -460,6 +488,7 @@ class MLP:
     def __init__(self, spec: MLPSpec) -> None:
         self.spec = spec
         self.act = activations.code(spec.activation)
+        self.dtype = np.dtype(spec.dtype)
 
     def layer_act(self, layer: int) -> int:
         return activations.IDENTITY if layer == self.spec.n_layers - 1 else self.act
@@ -472,7 +501,7 @@ class MLP:
         for i, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
             arrays[f"W{i}"] = rng.standard_normal((p, q)) * np.sqrt(gain / p)
             arrays[f"b{i}"] = np.zeros(q)
-        return ParamSet(arrays).copy()  # one flat buffer
+        return ParamSet(arrays).astype(self.dtype)  # one flat buffer
 
     @property
     def n_layers(self) -> int:
@@ -484,7 +513,7 @@ class MLP:
         return {f"{k}{i}": i for i in range(self.spec.n_layers) for k in "Wb"}
 
     def params_from_dict(self, d: dict[str, np.ndarray]) -> ParamSet:
-        return ParamSet.from_dict(d)
+        return ParamSet.from_dict(d, dtype=self.dtype)
 
     def forward(
         self, params: ParamSet, z: np.ndarray, lo: int = 0, hi: int | None = None
@@ -495,7 +524,7 @@ class MLP:
         zs, ds = [np.ascontiguousarray(z)], []
         for layer in range(lo, hi):
             W, b = getattr(params, f"W{layer}"), getattr(params, f"b{layer}")
-            out = np.empty((z.shape[0], W.shape[1]))
+            out = np.empty((z.shape[0], W.shape[1]), self.dtype)
             D = np.empty_like(out)
             dense.dense_forward_jit(zs[-1], W, b, self.layer_act(layer), out, D)
             zs.append(out)
@@ -535,7 +564,7 @@ class MLP:
         zs, ds = self.forward(params, x)
         logits = zs[-1]
         G = np.empty_like(logits)
-        loss = losses.softmax_xent_jit(logits, y, G)
+        loss = float(losses.softmax_xent_jit(logits, y, G))
         self.backward(params, zs, ds, G, grads)
         return loss, logits
 
@@ -545,7 +574,7 @@ class MLP:
     def evaluate(self, params: ParamSet, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         logits = self.predict(params, x)
         G = np.empty_like(logits)
-        return losses.softmax_xent_jit(logits, y, G), losses.accuracy_jit(logits, y)
+        return float(losses.softmax_xent_jit(logits, y, G)), float(losses.accuracy_jit(logits, y))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -761,6 +790,10 @@ def build_model(options: object, n_features: int, n_classes: int, n_targets: int
     o = options
     arch = getattr(o, "architecture", "resnet")
     loss = getattr(o, "loss", "auto")
+    dtype = getattr(o, "dtype", "float64")
+    if dtype != "float64" and arch not in ("resnet", "mlp"):
+        raise ValueError(f"option model.dtype: {dtype} is for the resnet and mlp networks; the "
+                         f"{arch} model computes in float64 only (its loss kernels are float64)")
     if arch == "linear":
         if n_classes == 1:
             raise ValueError("option model.architecture: linear needs at least two classes or "
@@ -781,7 +814,8 @@ def build_model(options: object, n_features: int, n_classes: int, n_targets: int
         raise ValueError(f"option model.loss: {loss} needs model.architecture = linear (the "
                          f"{arch} network ends in softmax cross-entropy)")
     if arch == "mlp":
-        return MLP(MLPSpec(n_features, n_classes, o.width, o.depth, o.activation))
+        return MLP(MLPSpec(n_features, n_classes, o.width, o.depth, o.activation, dtype))
     return ResNet(
-        ResNetSpec(n_features, n_classes, o.width, o.depth, o.final_time, o.scheme, o.activation)
+        ResNetSpec(n_features, n_classes, o.width, o.depth, o.final_time, o.scheme, o.activation,
+                   dtype)
     )

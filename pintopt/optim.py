@@ -8,6 +8,12 @@ baselines of pdADMM's accuracy comparison (Wang et al. 2020, Section V-D). Learn
 schedules: ``constant``; ``invtime``
 ``lr / (1 + decay * k)`` which satisfies Theorem 4.2's conditions (sum eta = inf, sum eta^2 < inf);
 ``step`` (multiply by ``gamma`` every ``step_size`` iterations).
+
+Precision: the moments take the parameters' dtype (float64 or float32, ``model.dtype``) and every
+update is computed in it: the fused kernels of :mod:`pintopt.kernels.updates` for SGD, momentum
+and Adam in both precisions (bit for bit NumPy's float32 arithmetic for float32 arrays), NumPy for
+Adagrad and Adadelta in float32 (their fused kernels are float64 only). Scalars (``lr``, the
+betas) are Python floats, cast to the arrays' dtype as NumPy does (NEP 50).
 """
 
 from __future__ import annotations
@@ -20,6 +26,16 @@ from pintopt.buffers import flat_buffer
 from pintopt.kernels import updates
 
 _F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
+#: dtypes the fused update kernels take, per kind (the others run in NumPy)
+_FUSED = {"sgd": (_F64, _F32), "momentum": (_F64, _F32), "adam": (_F64, _F32),
+          "adagrad": (_F64,), "adadelta": (_F64,)}
+
+
+def _float_dtype(a: np.ndarray) -> np.dtype:
+    """float32 stays float32; anything else (float64, integers, lists) becomes float64."""
+    dt = np.asarray(a).dtype
+    return _F32 if dt == _F32 else _F64
 OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "adadelta")
 #: Moments kept per parameter array.
 SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "adagrad": 1, "adadelta": 2}
@@ -93,16 +109,18 @@ class Optimizer:
 
     def _set_slots(self, slots: Sequence[np.ndarray]) -> None:
         """Keep ``slots`` (``slots[per * i + j]``: moment j of array i) as views of one flat
-        buffer per moment, so a flat-backed parameter set is updated in one call."""
+        buffer per moment, so a flat-backed parameter set is updated in one call. The moments
+        keep their precision (float32 moments of a float32 model stay float32)."""
         per = self.per_array
         if not per or len(slots) % per:
-            self.slots = [np.array(s, dtype=np.float64) for s in slots]
+            self.slots = [np.array(s, dtype=_float_dtype(s)) for s in slots]
             return
         n = len(slots) // per
         self.slots = [np.empty(0)] * len(slots)
         for j in range(per):
-            kind = [np.asarray(slots[per * i + j], dtype=np.float64) for i in range(n)]
-            buf = np.empty(sum(a.size for a in kind))
+            dtype = _float_dtype(slots[j]) if n else _F64
+            kind = [np.asarray(slots[per * i + j], dtype=dtype) for i in range(n)]
+            buf = np.empty(sum(a.size for a in kind), dtype)
             pos = 0
             for i, a in enumerate(kind):
                 view = buf[pos : pos + a.size].reshape(a.shape)
@@ -114,11 +132,12 @@ class Optimizer:
               ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None:
         """Flat buffers of params, grads and each moment when all tile one buffer each."""
         p, g = flat_buffer(list(params)), flat_buffer(list(grads))
-        if p is None or g is None or p.dtype != _F64 or g.dtype != _F64 or p.size != g.size:
+        if p is None or g is None or p.dtype not in (_F64, _F32) or g.dtype != p.dtype \
+                or p.size != g.size:
             return None
         per = self.per_array
         kinds = [flat_buffer(self.slots[j::per]) for j in range(per)] if per else []
-        if any(k is None or k.size != p.size for k in kinds):
+        if any(k is None or k.size != p.size or k.dtype != p.dtype for k in kinds):
             return None
         return p, g, kinds
 
@@ -132,6 +151,7 @@ class Optimizer:
         c1 = 1 - self.beta1**self.k
         c2 = 1 - self.beta2**self.k
         kind, per = self.kind, self.per_array
+        fused = _FUSED[kind]
         flat = self._flat(params, grads)
         if flat is not None:  # a flat-backed parameter set: one fused call (bitwise the same)
             params, grads = [flat[0]], [flat[1]]
@@ -143,8 +163,9 @@ class Optimizer:
                 slots = slots_of
             else:
                 slots = self_slots[per * i : per * i + per]
-            if p.flags.c_contiguous and g.flags.c_contiguous and p.dtype == g.dtype == _F64 \
-                    and all(s.flags.c_contiguous for s in slots):
+            if p.flags.c_contiguous and g.flags.c_contiguous and p.dtype in fused \
+                    and g.dtype == p.dtype \
+                    and all(s.flags.c_contiguous and s.dtype == p.dtype for s in slots):
                 # fused kernels: one pass instead of a dozen NumPy calls (bitwise the same);
                 # the compiled entry points, as the arrays were just checked (the public ones
                 # check every argument, which costs as much as the update at small sizes)

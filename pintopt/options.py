@@ -152,6 +152,15 @@ class ModelOptions:
         choices=("tanh", "relu", "leaky_relu", "sigmoid", "softplus"),
         requires={"architecture": _NETWORKS},
     )
+    dtype: str = opt(
+        "float64",
+        "floating-point precision of the network: parameters, states, co-states, gradients, "
+        "optimiser moments, messages and checkpoints (the data are cast to it once, at load); "
+        "float32 halves memory and bytes sent and runs the kernels in single precision (methods "
+        "serial, dataparallel and pint; the others compute in float64 only)",
+        choices=("float64", "float32"),
+        requires={"architecture": _NETWORKS},
+    )
 
 
 @dataclass

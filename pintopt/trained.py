@@ -62,7 +62,13 @@ class Trained:
                              f"{x.shape[1]}")
         if d.get("standardized"):
             x = (x - np.asarray(d["mean"])) / np.asarray(d["scale"])
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(x, dtype=self._dtype)
+
+    @property
+    def _dtype(self) -> np.dtype:
+        """The network's precision (a float32 run's inputs are rounded to float32, as its
+        training data were)."""
+        return np.dtype(getattr(self.network, "dtype", np.float64))
 
     def _preparation(self) -> dict[str, Any]:
         if not self.data:  # an older checkpoint: learn it from the run's own data
@@ -77,6 +83,8 @@ class Trained:
     def predict(self, x: Any, prepared: bool = False) -> np.ndarray:
         """Logits (one row per sample, one column per class) for raw samples ``x`` (``prepared``:
         ``x`` is already prepared, e.g. ``dataset().x_val``)."""
+        if prepared:
+            x = np.ascontiguousarray(x, dtype=self._dtype)
         return self.network.predict(self.params, x if prepared else self.prepare(x))
 
     def classify(self, x: Any, prepared: bool = False) -> np.ndarray:
@@ -87,7 +95,7 @@ class Trained:
     def evaluate(self, x: Any, y: Any, prepared: bool = False) -> tuple[float, float]:
         """(mean loss, accuracy) on samples ``x`` with class indices ``y`` (a linear regression
         model: real targets ``y``, accuracy NaN)."""
-        xp = np.asarray(x, dtype=np.float64) if prepared else self.prepare(x)
+        xp = np.asarray(x, dtype=self._dtype) if prepared else self.prepare(x)
         regression = getattr(self.network.spec, "n_classes", 1) == 0 and \
             hasattr(self.network.spec, "n_outputs")
         y = np.asarray(y, dtype=np.float64 if regression else np.int64)

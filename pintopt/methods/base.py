@@ -79,6 +79,12 @@ class Method:
     rollback_policy: ClassVar[str] = "halved step size"
     #: ASYNC: the rank whose loop result every rank returns.
     driver_rank: ClassVar[int] = 0
+    #: Model precisions (``model.dtype``) the method trains in; :func:`pintopt.run` refuses the
+    #: others before loading data. A method lists float32 only when every array it computes
+    #: with, stores and sends follows the model's dtype.
+    dtypes: ClassVar[tuple[str, ...]] = ("float64",)
+    #: Why the method is float64 only (the refusal names it), e.g. its solver kernels.
+    float64_only: ClassVar[str] = ""
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         self.problem, self.train, self.comm = problem, train, comm
@@ -208,6 +214,11 @@ def n_params(spec: Any) -> int:
     return sum(p * q + q for p, q in zip(sizes[:-1], sizes[1:]))
 
 
+def itemsize(spec: Any) -> int:
+    """Bytes per number of a model's arrays: 8, or 4 for ``model.dtype = float32``."""
+    return int(np.dtype(getattr(spec, "dtype", "float64")).itemsize)
+
+
 def activation_bytes(spec: Any, rows: int, training: bool, chunk: int = 512) -> int:
     """Peak bytes of one forward (and, when ``training``, backward) pass over ``rows`` samples.
 
@@ -221,18 +232,18 @@ def activation_bytes(spec: Any, rows: int, training: bool, chunk: int = 512) -> 
         return 0
     if hasattr(spec, "activation_bytes"):  # a spec that estimates its own (FeasibilitySpec)
         return int(spec.activation_bytes(rows, training))
-    c = spec.n_classes
+    c, item = spec.n_classes, itemsize(spec)
     if hasattr(spec, "scheme"):
         w, L, nf = spec.width, spec.depth, spec.n_features
         per_row = (4 * L + 2 if spec.scheme == "verlet" else 2 * L + 1) * w
         if training:
-            return 8 * rows * (per_row + nf + 8 * w + 3 * c)
+            return item * rows * (per_row + nf + 8 * w + 3 * c)
         r = min(chunk, rows)
         held = r + min(rows - r, r)  # rows of the two chunk trajectories alive at once
-        return 8 * (held * (per_row + 3 * w) + 2 * rows * c)
+        return item * (held * (per_row + 3 * w) + 2 * rows * c)
     outs = sum(spec.sizes[1:])
     extra = 2 * max(spec.sizes) + 2 * c if training else 2 * c
-    return 8 * rows * (2 * outs + extra + (spec.n_features if training else 0))
+    return item * rows * (2 * outs + extra + (spec.n_features if training else 0))
 
 
 def serial_memory_estimate(method: type[Method], spec: Any, train: Any, options: Any, size: int,
@@ -253,11 +264,12 @@ def serial_memory_estimate(method: type[Method], spec: Any, train: Any, options:
     copies = (1 + slots) * P * (2 if train.on_divergence == "rollback" else 1)
     training = activation_bytes(spec, batch, training=True)
     evaluation = activation_bytes(spec, max(m_train, m_val), training=False)
+    item = itemsize(spec)
     if line_search:  # trial parameters and an evaluation pass over the batch
-        training += 8 * P + activation_bytes(spec, batch, training=False)
+        training += item * P + activation_bytes(spec, batch, training=False)
     return {
-        "params": 8 * P * (2 + slots + 3),
-        "copies": 8 * copies,
+        "params": item * P * (2 + slots + 3),
+        "copies": item * copies,
         "training": training,
         "evaluation": evaluation,
     }

@@ -159,6 +159,7 @@ class DCASGDTrainer(Method):
     DC-ASGD-a, SSGD and SSGD-DC (Zheng et al. 2017; see the module docstring)."""
 
     name = "dcasgd"
+    float64_only = "its delay-compensation kernels and parameter-server messages are float64 only"
     #: One line for ``pintopt info`` (read by the main branch's registry listing).
     summary = ("asynchronous SGD on a parameter server with delay compensation (DC-ASGD-c/-a), "
                "ASGD, SSGD, SSGD-DC (Zheng et al. 2017)")

@@ -158,6 +158,8 @@ class LocalSGDTrainer(Method):
     inf), then one average."""
 
     name = "localsgd"
+    float64_only = ("its reproducible model average (reprosum limbs) and its float reduction are "
+                    "float64")
     summary = ("local updates with model averaging (Zhang & Li): m logical nodes take T_i local "
                "steps (up to inf, or T* from the cost model), then one average")
     Options = LocalSGDOptions

@@ -273,6 +273,7 @@ class PdadmmTrainer(Method):
     """pdADMM (Wang et al. 2020, Algorithm 1): gradient-free ADMM, layers in parallel over ranks."""
 
     name = "pdadmm"
+    float64_only = "its ADMM and FISTA kernels are float64 only"
     summary = ("layer-parallel, gradient-free ADMM (pdADMM): every layer's p, W, b, z, q and dual "
                "at once, neighbours exchange p, q, u point to point")
     Options = PdadmmOptions

@@ -61,7 +61,14 @@ import numpy as np
 
 from pintopt.comm import FOREVER
 from pintopt.layout import LayerLayout, Slice, interleave_slots, require_items_per_rank, slot_sets
-from pintopt.methods.base import Method, Problem, activation_bytes, n_params, serial_memory_estimate
+from pintopt.methods.base import (
+    Method,
+    Problem,
+    activation_bytes,
+    itemsize,
+    n_params,
+    serial_memory_estimate,
+)
 from pintopt.methods.pint_delayed import DelayRing
 from pintopt.methods.pint_diagnostics import PintDiagnostics
 from pintopt.methods.pint_options import PintOptions, resolved
@@ -89,6 +96,9 @@ class PintTrainer(Method):
     Options = PintOptions
     #: models it trains (pintopt.run refuses the others before estimating memory)
     architectures = ("resnet",)
+    #: float32 too: states and co-states travel in the model's dtype; the co-state regression
+    #: keeps its normal equations in float64 (pint_regression)
+    dtypes = ("float64", "float32")
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any,
                  layout: LayerLayout | None = None) -> None:
@@ -131,7 +141,7 @@ class PintTrainer(Method):
         self._k0: int | None = None  # iteration at which the pipeline started (re)filling
         self._gathered: tuple[int | None, Any] = (None, None)  # the last global_params()
         self.regression = None if self.last or o.oracle or self.delayed else BoundaryRegression(
-            spec.n_classes, self.dim, o.features, o.window, o.ridge)
+            spec.n_classes, self.dim, o.features, o.window, o.ridge, self.model.dtype)
         # the global prediction runs inside the first step so its time counts as training time
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
         self._eval_request = False
@@ -140,13 +150,14 @@ class PintTrainer(Method):
         self.traj: Any = None
         self.cur_idx: np.ndarray | None = None
         shape = self.model.state_shape(self.batch_size)
+        dtype = self.model.dtype
         self.pipe = Pipe(comm, shape, self.timeout, 0 if (S <= 2 or o.oracle) else S - 2,
-                         self.diagnostics)
+                         self.diagnostics, dtype)
         # row-layout buffers of the boundary regression (m, dim): state, prediction, true
-        # co-state; and the predicted co-state in model layout
+        # co-state; and the predicted co-state in model layout (all in the model's dtype)
         m = self.batch_size
-        self._xr, self._phat, self._ptrue = (np.empty((m, self.dim)) for _ in range(3))
-        self._pend = np.empty(shape)
+        self._xr, self._phat, self._ptrue = (np.empty((m, self.dim), dtype) for _ in range(3))
+        self._pend = np.empty(shape, dtype)
 
     @property
     def counts(self) -> list[int]:
@@ -168,7 +179,8 @@ class PintTrainer(Method):
                                          0.0 if o.oracle else o.balance_layers).counts)
         layer = spec.width * spec.width + spec.width
         P_own = P - spec.depth * layer + n_max * layer
-        out["params"] = 8 * (3 * P + (slots + 3) * P_own)
+        item = itemsize(spec)
+        out["params"] = item * (3 * P + (slots + 3) * P_own)
         training = activation_bytes(dataclasses.replace(spec, depth=n_max), batch, training=True)
         if o.costates == "delayed" and not o.oracle and size > 1:
             # rank 0 keeps S trajectories of its slice, their controls and input states, and a
@@ -178,18 +190,20 @@ class PintTrainer(Method):
             state = batch * w * (2 if spec.scheme == "verlet" else 1)
             training = max(training, size * (
                 activation_bytes(dataclasses.replace(spec, depth=n0), batch, training=True)
-                + 8 * (n0 * (w * w + w) + state)) + 8 * spec.depth * w * w)
+                + item * (n0 * (w * w + w) + state)) + item * spec.depth * w * w)
         if o.levels > 1 and o.coarse_iterations and spec.depth % o.coarsen == 0:
             coarse = spec.coarsened(o.coarsen)
-            training = max(training, 8 * n_params(coarse) * (2 + slots + 3)
+            training = max(training, item * n_params(coarse) * (2 + slots + 3)
                            + activation_bytes(coarse, batch, training=True))
         dim = spec.width * (2 if spec.scheme == "verlet" else 1)
         p = {"class": dim + 1, "quadratic": 1 + dim + dim * (dim + 1) // 2,
              "label": dim + spec.n_classes}.get(o.features, dim + 1)
         blocks = spec.n_classes if o.features in ("class", "quadratic") else 1
         window = o.window or max(o.coarse_iterations, 1) + train.iterations
-        out["regression"] = 8 * (window * (batch * (2 * dim + 1) + blocks * p * (p + dim))
-                                 + 3 * blocks * p * (p + dim))
+        # observations (states and co-states in the model's dtype, int64 labels); the normal
+        # equations are float64 in either precision
+        out["regression"] = (window * (batch * (2 * dim * item + 8) + 8 * blocks * p * (p + dim))
+                             + 8 * 3 * blocks * p * (p + dim))
         if o.costates == "delayed" and not o.oracle:
             out["regression"] = 0
         out["training"] = training
@@ -245,11 +259,11 @@ class PintTrainer(Method):
         super().warmup()
         if self.regression is not None:
             r = self.regression
-            reg = BoundaryRegression(r.n_classes, r.dim, r.features, r.window, r.ridge)
-            X, y = np.zeros((1, r.dim)), np.zeros(1, dtype=np.int64)
+            reg = BoundaryRegression(r.n_classes, r.dim, r.features, r.window, r.ridge, r.dtype)
+            X, y = np.zeros((1, r.dim), r.dtype), np.zeros(1, dtype=np.int64)
             reg.add(X, y, X)
             reg.fit()
-            reg.predict(X, y, out=np.empty((1, r.dim)))
+            reg.predict(X, y, out=np.empty((1, r.dim), r.dtype))
 
     def evaluation_requested(self) -> bool:
         """After a global prediction that reached the target: evaluate the fine model now."""
@@ -483,10 +497,11 @@ class PintTrainer(Method):
         Regression windows are restored where a boundary of this run coincides with a saved one."""
         arrays, meta = state["arrays"], state["meta"]
         self.pipe.wait_sends()
-        names = Params.NAMES
-        self.params = Params.from_dict({n: arrays[f"params/{n}"] for n in names})
+        names, model = Params.NAMES, self.model
+        self.params = model.params_from_dict({n: arrays[f"params/{n}"] for n in names})
         self.grads = self.params.zeros_like()
-        kinds = [self.slice.take(Params.from_dict({n: arrays[f"opt/{j}/{n}"] for n in names}))
+        kinds = [self.slice.take(model.params_from_dict({n: arrays[f"opt/{j}/{n}"]
+                                                         for n in names}))
                  for j in range(int(meta["n_slots"]))]
         self.opt.load_state_dict({"k": int(meta["opt_k"]), "slots": interleave_slots(kinds)})
         self.opt.lr = float(meta["lr"])

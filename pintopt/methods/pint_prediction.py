@@ -59,7 +59,9 @@ def prolong_controls(A: np.ndarray, factor: int, kind: str = "constant") -> np.n
     j = np.arange(Dc * factor)
     i0 = j // factor
     i1 = np.minimum(i0 + 1, Dc - 1)
-    theta = ((j % factor) / factor).reshape((-1,) + (1,) * (A.ndim - 1))
+    # weights in A's dtype: float32 controls are interpolated in float32, not promoted
+    wt = A.dtype if A.dtype.kind == "f" else np.dtype(np.float64)
+    theta = ((j % factor) / factor).astype(wt).reshape((-1,) + (1,) * (A.ndim - 1))
     return np.ascontiguousarray((1.0 - theta) * A[i0] + theta * A[i1])
 
 

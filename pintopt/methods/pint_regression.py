@@ -28,11 +28,18 @@ accumulate), so a refit costs one ``p x p`` Cholesky solve per block, independen
 the batch size. The arithmetic is in :mod:`pintopt.kernels.regression` (one compiled call per
 add, fit and predict: in NumPy the call overhead of the small operations cost more than a slice
 of 30 layers at width 8).
+
+Precision (``model.dtype``): the observations and predictions (states, co-states) are in the
+model's dtype, so a float32 run keeps its window in float32 (half the memory); the normal
+equations and coefficients (``G``, ``R``, ``coef``) stay float64 in either precision -- the
+kernels form and sum the features in float64 from the float32 values, which gives the float64
+fit of the same data bit for bit (docs/kernels.md, "The co-state regression in float32").
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
@@ -76,12 +83,13 @@ class BoundaryRegression:
     """Least-squares predictor ``P_hat = A phi(X, y) + B`` of the co-state at one boundary.
 
     ``dim`` is the number of state components of one sample (``width`` for Euler, ``2 * width``
-    for Verlet); states and co-states are passed as rows ``(m, dim)``.
+    for Verlet); states and co-states are passed as rows ``(m, dim)``; ``dtype`` is theirs (the
+    model's: observations are kept and predictions made in it; the normal equations are float64).
     """
 
     def __init__(
         self, n_classes: int, dim: int, features: str = "class", window: int = 20,
-        ridge: float = 1e-3,
+        ridge: float = 1e-3, dtype: Any = np.float64,
     ) -> None:
         if features not in FEATURES:
             raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
@@ -89,6 +97,9 @@ class BoundaryRegression:
             raise ValueError("window and ridge must be non-negative")
         self.n_classes, self.dim, self.features = n_classes, dim, features
         self.window, self.ridge = window, ridge
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be float64 or float32, got {self.dtype}")
         self.kind = _KIND[features]
         self.blocks = int(K.n_blocks(self.kind, n_classes))
         self.p = int(K.n_features(self.kind, dim, n_classes))
@@ -107,8 +118,8 @@ class BoundaryRegression:
     def add(self, X: np.ndarray, y: np.ndarray, P: np.ndarray) -> None:
         """Add one batch of observations (X(s), P(s)) with labels y; drops the oldest batch when
         the window is full. Call :meth:`fit` to use them. The arrays are copied."""
-        X = np.array(X, dtype=np.float64, order="C", copy=True)
-        P = np.array(P, dtype=np.float64, order="C", copy=True)
+        X = np.array(X, dtype=self.dtype, order="C", copy=True)
+        P = np.array(P, dtype=self.dtype, order="C", copy=True)
         y = np.array(y, dtype=np.int64, copy=True)
         if X.shape != P.shape or X.ndim != 2 or X.shape[1] != self.dim \
                 or y.shape != (X.shape[0],):
@@ -168,10 +179,10 @@ class BoundaryRegression:
     def predict(self, X: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Predicted co-states (m, dim) for states X (m, dim) with labels y (into ``out`` if
         given)."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
+        X = np.ascontiguousarray(X, dtype=self.dtype)
         y = np.ascontiguousarray(y, dtype=np.int64)
         if out is None:
-            out = np.empty((X.shape[0], self.dim))
+            out = np.empty((X.shape[0], self.dim), self.dtype)
         if not K.predict(X, y, self.kind, self.coef, self._f, out):
             raise ValueError(f"labels must be in [0, {self.n_classes})")
         return out

@@ -82,6 +82,8 @@ class SerialTrainer(Method):
     summary = "serial-in-time SGD/momentum/Adam or Armijo GD (PinT Algorithm 3)"
     Options = SerialOptions
     data_parallel = False
+    #: float32 too: the model, the optimiser and the gradient Allreduce follow model.dtype
+    dtypes = ("float64", "float32")
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         super().__init__(problem, train, options, comm)

@@ -263,6 +263,7 @@ class SurrogateTrainer(Method):
     solves (see the module docstring)."""
 
     name = "surrogate"
+    float64_only = "its surrogate, CG and power-iteration kernels are float64 only"
     summary = ("Surrogate Minimization: layer-wise quadratic surrogates from one GPipe pass, "
                "minimised in parallel by N inner steps (Asad et al. 2023)")
     Options = SurrogateOptions

@@ -159,6 +159,7 @@ class CGBlockTrainer(Method):
     block (the SM paper's baseline; every rank runs the same computation)."""
 
     name = "cgblock"
+    float64_only = "its block CG and Hessian-vector products run in float64 only"
     summary = ("CGBlock: N CG steps on each layer's block of the loss Hessian, no majorisation "
                "(the SM paper's baseline)")
     #: models it trains (pintopt.run refuses the others before estimating memory)
@@ -273,6 +274,7 @@ class SSOTrainer(Method):
     paper's baseline; every rank runs the same computation)."""
 
     name = "sso"
+    float64_only = "a baseline of the Surrogate Minimization experiments, not converted to float32"
     summary = ("SSO: one target-space surrogate, N Armijo steps on it (Lavington et al. 2023; "
                "the SM paper's baseline)")
     #: models it trains (pintopt.run refuses the others before estimating memory)
@@ -402,6 +404,7 @@ class DDGTrainer(Method):
     layers with the gradient of ``K - 1 - k`` iterations ago."""
 
     name = "ddg"
+    float64_only = "a baseline of the Surrogate Minimization experiments, not converted to float32"
     summary = ("DDG: model parallelism with delayed gradients, rank k of K delayed K-1-k "
                "iterations (Huo et al. 2018)")
     #: models it trains (pintopt.run refuses the others before estimating memory)
