@@ -156,10 +156,10 @@ class ModelOptions:
         "float64",
         "floating-point precision of the network: parameters, states, co-states, gradients, "
         "optimiser moments, messages and checkpoints (the data are cast to it once, at load); "
-        "float32 halves memory and bytes sent and runs the kernels in single precision (methods "
-        "serial, dataparallel and pint; the others compute in float64 only)",
+        "float32 halves memory and bytes sent and runs the kernels in single precision "
+        "(architectures resnet and mlp, methods serial, dataparallel and pint; the others are "
+        "float64 only and refuse float32)",
         choices=("float64", "float32"),
-        requires={"architecture": _NETWORKS},
     )
 
 

@@ -73,5 +73,6 @@ def build_trainer(raw, comm=None, data=None):
         data = load_dataset(d.dataset, n=d.n, noise=d.noise, seed=cfg.train.seed,
                             standardize=d.standardize)
     model = build_model(cfg.model, data.n_features, data.n_classes)
+    data = data.with_dtype(getattr(model, "dtype", "float64"))  # as pintopt.run does
     return METHODS[cfg.train.method](Problem(model, data), cfg.train, cfg.method,
                                      comm or SerialComm())
