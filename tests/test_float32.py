@@ -417,3 +417,20 @@ def test_cli_flag_and_toml_train_in_float32(tmp_path, capsys):
     assert main(["resume", str(ck2), "--iterations", "6", "--quiet"]) == 0  # keeps float32
     assert _h5_dtypes(ck2)["params/K"] == F32 and checkpoint.load(ck2)["iteration"] == 6
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("method", ["serial", "pint"])
+def test_memory_estimate_counts_four_bytes_a_number(method):
+    """The memory check before a run counts the model's arrays at 4 bytes in float32 (pint's
+    regression keeps float64 normal equations, so it is not halved)."""
+    from pintopt.config import make_config
+    from pintopt.methods import METHODS
+
+    est = {}
+    for dtype in ("float64", "float32"):
+        cfg = make_config({"model": {"depth": 16, "width": 8, "dtype": dtype},
+                           "train": {"method": method}})
+        spec = ResNetSpec(2, 2, 8, 16, 4.0, "verlet", "tanh", dtype)
+        est[dtype] = METHODS[method].memory_estimate(spec, cfg.train, cfg.method, 2, 1000, 200)
+    for item in ("params", "training", "evaluation"):
+        assert est["float32"][item] * 2 == est["float64"][item], item
