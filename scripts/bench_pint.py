@@ -19,8 +19,16 @@ Parts (``--parts``):
 - ``mnist``: the same on MNIST (``--mnist-*``; the issue's workloads: width 32, depth 64, batch
   64, invtime decay 0.001 to 95% -- the "done" criterion -- and width >= 32, depth >= 128 where
   serial needs a minute);
-- ``torch``: with ``speedup``/``mnist``, the same network in PyTorch (one process, and
-  DistributedDataParallel with gloo on the launch's ranks); skipped without torch;
+- ``precision``: the MNIST workload in each of ``--precision-dtypes`` (``model.dtype``; issue 15
+  item 4: float32 at least 1.5x the float64 speed at width >= 64 with the same accuracy): the
+  variants ``--precision-variants`` at width ``--precision-width`` and depths
+  ``--precision-depths``, time to the target (``--mnist-targets``, capped at what serial
+  reaches in that precision) and best validation accuracy, median over ``--seeds``; then the
+  float64/float32 ratios. With ``torch`` in ``--parts`` PyTorch trains the same network in the
+  same dtype;
+- ``torch``: with ``speedup``/``mnist``/``precision``, the same network in PyTorch (one process,
+  and DistributedDataParallel with gloo on the launch's ranks; in the setup's dtype); skipped
+  without torch;
 - ``converge``: iterations to target and the accuracy reached, on S = ``--converge-ranks``
   logical ranks in one process (``pintopt.comm.run_ranks``: the iterates of ``mpiexec -n S``,
   bit for bit, and independent of the machine's load), for the co-state variants of
@@ -73,7 +81,7 @@ from pintopt.loop import train  # noqa: E402
 from pintopt.methods import METHODS  # noqa: E402
 from pintopt.methods.base import Problem  # noqa: E402
 from pintopt.methods.pint_options import PintOptions  # noqa: E402
-from pintopt.model import ResNet, ResNetSpec  # noqa: E402
+from pintopt.model import ResNetSpec, build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
@@ -98,12 +106,21 @@ def dataset(name: str, data_dir: str | None = None):
     return _DATA[key]
 
 
+def in_dtype(data, dtype):
+    """``data`` with its features in ``dtype`` (cached: the cast is not part of any run)."""
+    key = (id(data), str(dtype))
+    if key not in _DATA:
+        _DATA[key] = (data, data.with_dtype(dtype))  # keeps ``data`` alive: its id stays unique
+    return _DATA[key][1]
+
+
 def build(raw: dict, comm, data):
+    """The method of ``raw`` on ``data``, as ``pintopt.run`` builds it (model.dtype included:
+    the data are cast once, here)."""
     cfg = make_config(raw)
-    m = cfg.model
-    spec = ResNetSpec(data.n_features, data.n_classes, m.width, m.depth, m.final_time, m.scheme,
-                      m.activation)
-    return METHODS[cfg.train.method](Problem(ResNet(spec), data), cfg.train, cfg.method, comm)
+    model = build_model(cfg.model, data.n_features, data.n_classes)
+    return METHODS[cfg.train.method](Problem(model, in_dtype(data, model.dtype)), cfg.train,
+                                     cfg.method, comm)
 
 
 def time_to(history: dict, target: float) -> tuple[float | None, int | None]:
@@ -154,6 +171,7 @@ class Setup:
     eval_every: int
     scheme: str
     data_dir: str | None = None
+    dtype: str = "float64"  # model.dtype
 
     def data(self):
         return dataset(self.dataset, self.data_dir)
@@ -167,7 +185,7 @@ def raw_config(method: str, s: Setup, depth: int, pint: dict | None = None, **tr
           "decay": s.decay}
     tr.update(train_opts)
     raw = {"data": {"dataset": s.dataset}, "train": tr,
-           "model": {"depth": depth, "width": s.width, "scheme": s.scheme}}
+           "model": {"depth": depth, "width": s.width, "scheme": s.scheme, "dtype": s.dtype}}
     if s.data_dir:
         raw["data"]["data_dir"] = s.data_dir
     if method == "pint":
@@ -230,8 +248,9 @@ rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)
 if size > 1:
     dist.init_process_group("gloo", rank=rank, world_size=size)
 d = np.load(args["data"])
-xt, yt = torch.tensor(d["x_train"]), torch.tensor(d["y_train"])
-xv, yv = torch.tensor(d["x_val"]), torch.tensor(d["y_val"])
+dt = getattr(torch, args["dtype"])
+xt, yt = torch.tensor(d["x_train"], dtype=dt), torch.tensor(d["y_train"])
+xv, yv = torch.tensor(d["x_val"], dtype=dt), torch.tensor(d["y_val"])
 D, w, T, C = args["depth"], args["width"], args["final_time"], int(d["n_classes"])
 h = T / D
 class Net(torch.nn.Module):
@@ -239,7 +258,7 @@ class Net(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(args["seed"])
         nf = xt.shape[1]
-        P, f64 = torch.nn.Parameter, torch.float64
+        P, f64 = torch.nn.Parameter, getattr(torch, args["dtype"])  # pintopt's model.dtype
         self.W_in = P(torch.randn(nf, w, generator=g, dtype=f64) / nf**0.5)
         self.b_in = P(torch.zeros(w, dtype=f64))
         self.K = P(torch.randn(D, w, w, generator=g, dtype=f64) / w**0.5)
@@ -314,7 +333,7 @@ def torch_run(data, depth: int, s: Setup, seed: int, target: float, processes: i
     script.write_text(TORCH_WORKER)
     args = {"data": str(npz), "depth": depth, "width": s.width, "final_time": 4.0, "lr": s.lr,
             "batch": s.batch, "seed": seed, "eval_every": s.eval_every, "target": target,
-            "scheme": s.scheme, "schedule": s.schedule, "decay": s.decay,
+            "scheme": s.scheme, "schedule": s.schedule, "decay": s.decay, "dtype": s.dtype,
             "max_iterations": iterations or int(s.epochs * (data.m_train // s.batch))}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # the MPI launcher's variables would make torch's children think they are MPI ranks
@@ -512,6 +531,60 @@ def part_mnist(comm, a, out):
         out.setdefault("mnist", []).append(row)
         if comm.rank == 0:
             print(json.dumps(_brief(row)), flush=True)
+
+
+def part_precision(comm, a, out):
+    """The MNIST workload in float64 and float32 (issue 15 item 4): for each depth and dtype one
+    row of :func:`speedup_one` (variants ``--precision-variants``), then per variant the time to
+    the target in each dtype, their ratio and the accuracies reached."""
+    s0 = mnist_setup(a)
+    if s0 is None:
+        if comm.rank == 0:
+            print(f"precision: no IDX files in {a.mnist_data}; part skipped", flush=True)
+        return
+    b = argparse.Namespace(**{**vars(a), "variants": a.precision_variants})
+    for depth in a.precision_depths:
+        rows = {}
+        for dt in a.precision_dtypes:
+            s = dataclasses.replace(s0, width=a.precision_width, dtype=dt)
+            row = speedup_one(comm, b, s, depth, a.mnist_targets)
+            row["dtype"] = dt
+            rows[dt] = row
+            out.setdefault("precision", []).append(row)
+            if comm.rank == 0:
+                print(json.dumps(_brief(row)), flush=True)
+        if comm.rank == 0:
+            for line in precision_lines(list(rows.values())):
+                print(line, flush=True)
+
+
+def precision_lines(rows: list[dict]) -> list[str]:
+    """Markdown table of the ``precision`` rows of one depth: per variant and dtype, time to the
+    (highest common) target, iterations, best accuracy; float64 time / float32 time."""
+    if not rows:
+        return []
+    r0 = rows[0]
+    tg = min(max(r["targets"]) for r in rows)  # a target every precision was timed at
+    key = f"{tg:.3f}"
+    names = [n for n in NAMES if all(n in r for r in rows)]
+    head = f"MNIST width {r0['width']}, depth {r0['depth']}, {r0['scheme']}: time to {tg:.3f}"
+    lines = ["", head + " validation accuracy (s, median over seeds; iterations; best accuracy)",
+             "", "| variant | " + " | ".join(r["dtype"] for r in rows) + " | "
+             + " / ".join(r["dtype"] for r in rows) + " time |",
+             "|---|" + "---|" * (len(rows) + 1)]
+    for n in names:
+        cells, times = [], []
+        for r in rows:
+            x = r[n]
+            b = x["by_target"].get(key) or {}
+            t, its = b.get("time"), b.get("iters")
+            times.append(t)
+            miss = f", {b['fails']} missed" if b.get("fails") else ""
+            cells.append(f"{_fmt_t(t)} ({'—' if its is None else f'{its:.0f}'}; "
+                         f"{x.get('best_acc') or float('nan'):.4f}{miss})")
+        ratio = _ratio(times[0], times[-1]) if len(times) > 1 else "—"
+        lines.append(f"| {NAMES[n]} | " + " | ".join(cells) + f" | {ratio} |")
+    return lines
 
 
 def _brief(row: dict) -> dict:
@@ -880,7 +953,9 @@ def part_model(comm, a, out):
 def warmup(comm, a) -> None:
     """Load every JIT-compiled kernel (numba's cache) in every process before anything is timed."""
     s = Setup("swissroll", 8, 16, 0.01, "constant", 0.0, 1, 5, "verlet")
-    for scheme in ("verlet", "euler"):
+    dtypes = a.precision_dtypes if "precision" in a.parts else ["float64"]
+    for scheme, dtype in [(sc, dt) for sc in ("verlet", "euler") for dt in dtypes]:
+        s = dataclasses.replace(s, dtype=dtype)
         for method, c in (("serial", SerialComm()), ("dataparallel", comm), ("pint", comm)):
             for costates in ("regression", "delayed"):
                 raw = raw_config(method, dataclasses.replace(s, scheme=scheme), 4,
@@ -916,6 +991,9 @@ def report(paths: list[str]) -> str:
                      f"{run_.get('started')} | load {run_.get('load_before')} -> "
                      f"{run_.get('load_after')} -->")
     rows = [r for run_ in runs for key in ("speedup", "mnist") for r in run_.get(key, [])]
+    prec = [r for run_ in runs for r in run_.get("precision", [])]
+    for depth in sorted({r["depth"] for r in prec}):
+        lines += precision_lines([r for r in prec if r["depth"] == depth])
     for tg_key in sorted({f"{t:.3f}" for r in rows for t in r["targets"]}):
         sel = [r for r in rows if tg_key in {f"{t:.3f}" for t in r["targets"]}]
         cols = [c for c in NAMES if any(c in r for r in sel)]
@@ -1265,6 +1343,11 @@ def main() -> None:
     p.add_argument("--mnist-epochs", type=float, default=30)
     p.add_argument("--mnist-eval-every", type=int, default=125)
     p.add_argument("--mnist-targets", type=floats, default=floats("0.95"))
+    p.add_argument("--precision-dtypes", default="float64,float32",
+                   help="model.dtype values of the precision part, the reference first")
+    p.add_argument("--precision-width", type=int, default=64)
+    p.add_argument("--precision-depths", type=ints, default=ints("128"))
+    p.add_argument("--precision-variants", default="serial,dataparallel,pint_1,pint")
     p.add_argument("--converge-shapes", default="32x64",
                    help="MNIST widths x depths of the convergence study, e.g. 16x64,64x256")
     p.add_argument("--converge-ranks", type=ints, default=ints("1,2,3,4"))
@@ -1303,6 +1386,8 @@ def main() -> None:
         return
     a.parts = a.parts.split(",")
     a.variants = a.variants.split(",")
+    a.precision_dtypes = a.precision_dtypes.split(",")
+    a.precision_variants = a.precision_variants.split(",")
     comm = world()
     warmup(comm, a)
     out: dict = {"args": {k: v for k, v in vars(a).items()}, "ranks": comm.size,
@@ -1314,6 +1399,8 @@ def main() -> None:
         part_speedup(comm, a, out)
     if "mnist" in a.parts:
         part_mnist(comm, a, out)
+    if "precision" in a.parts:
+        part_precision(comm, a, out)
     if "converge" in a.parts:
         part_converge(comm, a, out)
     if "costate" in a.parts:
