@@ -429,7 +429,9 @@ class ResNet:
         return loss, logits
 
     def predict(self, params: Params, x: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """Logits for ``x``, in chunks so evaluation memory stays bounded."""
+        """Logits for ``x``, in chunks so evaluation memory stays bounded. ``x`` is taken in the
+        model's dtype (no copy when it already is: the training data are cast at load)."""
+        x = np.asarray(x, dtype=self.dtype)
         out = np.empty((x.shape[0], self.spec.n_classes), self.dtype)
         for s in range(0, x.shape[0], chunk):
             xs = x[s : s + chunk]
@@ -569,7 +571,8 @@ class MLP:
         return loss, logits
 
     def predict(self, params: ParamSet, x: np.ndarray) -> np.ndarray:
-        return self.forward(params, x)[0][-1]
+        """Logits for ``x`` (taken in the model's dtype)."""
+        return self.forward(params, np.asarray(x, dtype=self.dtype))[0][-1]
 
     def evaluate(self, params: ParamSet, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         logits = self.predict(params, x)

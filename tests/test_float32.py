@@ -434,3 +434,13 @@ def test_memory_estimate_counts_four_bytes_a_number(method):
         est[dtype] = METHODS[method].memory_estimate(spec, cfg.train, cfg.method, 2, 1000, 200)
     for item in ("params", "training", "evaluation"):
         assert est["float32"][item] * 2 == est["float64"][item], item
+
+
+def test_result_predicts_float64_samples_with_a_float32_network():
+    """``pintopt.run(...).predict(x)`` takes samples in any float dtype (a user's float64 rows)
+    and answers in the network's dtype."""
+    res = pintopt.run(f32({"model": {"depth": 3}, "train": {"iterations": 4}}), SerialComm())
+    x64 = np.random.default_rng(0).standard_normal((5, 2))
+    logits = res.predict(x64)
+    assert logits.dtype == F32
+    np.testing.assert_array_equal(logits, res.predict(x64.astype(np.float32)))
