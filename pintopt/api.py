@@ -136,17 +136,13 @@ def setup(cfg: Config, comm: Any, new_run: bool = True) -> Method:
 def _check_dtype(cfg: Config, cls: type[Method]) -> None:
     """Refuse a ``model.dtype`` the method does not train in (:attr:`Method.dtypes`), in one
     line that names the method, why, and the methods that do."""
-    dtype = cfg.model.dtype
-    if dtype in cls.dtypes:
-        return
     from pintopt.methods import METHODS
+    from pintopt.methods.base import dtype_refusal
 
-    others = [name for name in METHODS if dtype in METHODS[name].dtypes]
-    why = f": {cls.float64_only}" if cls.float64_only else ""
-    raise ConfigError(
-        f"option model.dtype: method {cfg.train.method} trains in {' or '.join(cls.dtypes)} "
-        f"only, not {dtype}{why}; methods {', '.join(others) or 'none'} train in {dtype}"
-    )
+    dtype = cfg.model.dtype
+    if dtype not in cls.dtypes:
+        others = [name for name in METHODS if dtype in METHODS[name].dtypes]
+        raise ConfigError(dtype_refusal(cls, dtype, others))
 
 
 def _check_targets(cfg: Config, comm: Any, new_run: bool) -> None:

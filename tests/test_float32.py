@@ -444,3 +444,10 @@ def test_result_predicts_float64_samples_with_a_float32_network():
     logits = res.predict(x64)
     assert logits.dtype == F32
     np.testing.assert_array_equal(logits, res.predict(x64.astype(np.float32)))
+
+
+def test_a_float64_only_method_built_directly_refuses_a_float32_model():
+    """The refusal does not depend on going through pintopt.run: the method contract checks the
+    model's dtype when the method is built."""
+    with pytest.raises(ValueError, match="method localsgd trains in float64 only, not float32"):
+        build(f32({"train": {"method": "localsgd"}}))

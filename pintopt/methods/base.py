@@ -90,6 +90,9 @@ class Method:
         self.problem, self.train, self.comm = problem, train, comm
         self.options = options_of(options, self.Options, self.name) if self.Options else options
         self.model, self.data = problem.model, problem.data
+        dtype = str(getattr(self.model, "dtype", "float64"))
+        if dtype not in self.dtypes:  # pintopt.run refuses earlier; this guards direct use
+            raise ValueError(dtype_refusal(type(self), dtype))
         m = self.data.x_train.shape[0]
         self.batch_size = m if train.batch_size == 0 else train.batch_size
         if self.batch_size > m:
@@ -197,6 +200,16 @@ class Method:
         allocated; the CLI refuses a run that does not fit). The default suits the serial-like
         methods (:func:`serial_memory_estimate`); methods with other layouts override it."""
         return serial_memory_estimate(cls, spec, train, options, size, m_train, m_val)
+
+
+def dtype_refusal(cls: type[Method], dtype: str, others: list[str] | None = None) -> str:
+    """The one-line refusal of ``model.dtype = dtype`` by a method that does not train in it:
+    the method, why (:attr:`Method.float64_only`) and, when given, the methods that do."""
+    why = f": {cls.float64_only}" if cls.float64_only else ""
+    tail = f"; methods {', '.join(others) or 'none'} train in {dtype}" if others is not None \
+        else ""
+    return (f"option model.dtype: method {cls.name} trains in {' or '.join(cls.dtypes)} only, "
+            f"not {dtype}{why}{tail}")
 
 
 # ------------------------------------------------------------------------------------------------
