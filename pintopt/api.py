@@ -546,13 +546,16 @@ def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None =
 
     spec, d, tr = method.model.spec, method.data, method.train
     unit, total, per_epoch = method.unit, method.total_iterations(), method.steps_per_epoch
+    # the precision is said only when it is not the default
+    dtype = f", {spec.dtype}" if getattr(spec, "dtype", "float64") != "float64" else ""
     if hasattr(spec, "describe"):  # linear and feasibility models describe themselves
         model = spec.describe()
     elif hasattr(spec, "scheme"):
         model = (f"{spec.depth} {spec.scheme} layers of width {spec.width} ({spec.activation}, "
-                 f"T = {spec.final_time:g})")
+                 f"T = {spec.final_time:g}{dtype})")
     else:
-        model = f"MLP of {spec.depth} hidden layers of width {spec.width} ({spec.activation})"
+        model = (f"MLP of {spec.depth} hidden layers of width {spec.width} "
+                 f"({spec.activation}{dtype})")
     labels = (f"{d.n_classes} classes" if d.n_classes >= 2
               else f"{d.y_train.shape[1] if d.y_train.ndim == 2 else 1} regression target(s)")
     what = (

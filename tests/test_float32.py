@@ -408,6 +408,7 @@ def test_cli_flag_and_toml_train_in_float32(tmp_path, capsys):
     ck = tmp_path / "run.h5"
     assert main(["train", "--depth", "3", "--iterations", "4", "--dtype", "float32", "--quiet",
                  "--checkpoint", str(ck)]) == 0
+    assert "3 verlet layers of width 8 (tanh, T = 4, float32)" in capsys.readouterr().out
     assert _h5_dtypes(ck)["params/K"] == F32
     cfg = tmp_path / "run.toml"
     cfg.write_text('[model]\ndepth = 3\ndtype = "float32"\n[train]\niterations = 4\n')
