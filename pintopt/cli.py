@@ -446,7 +446,9 @@ def _info(comm: Any) -> None:
     lines.append(f"compiled kernels cached in {pintopt.kernels.cache_dir()}")
     from pintopt.methods import METHODS
 
-    lines += [f"method {name}: {cls.summary}" for name, cls in METHODS.items()]
+    lines += [f"method {name}: {cls.summary}"
+              + (" [float32 too: --dtype float32]" if "float32" in cls.dtypes else "")
+              for name, cls in METHODS.items()]
     lines.append(
         f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
         f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')}, numba threading "

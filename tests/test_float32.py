@@ -404,6 +404,13 @@ def test_float64_only_methods_refuse_float32_with_one_line(method, arch, capsys)
     assert "methods serial, dataparallel, pint train in float32" in err[0]
 
 
+def test_info_says_which_methods_train_in_float32(capsys):
+    assert main(["info"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("method ")]
+    marked = {x.split(":")[0].split()[1] for x in lines if "[float32 too" in x}
+    assert marked == {"serial", "dataparallel", "pint"} and len(lines) == 10
+
+
 def test_cli_flag_and_toml_train_in_float32(tmp_path, capsys):
     ck = tmp_path / "run.h5"
     assert main(["train", "--depth", "3", "--iterations", "4", "--dtype", "float32", "--quiet",
