@@ -252,17 +252,20 @@ def _pint_raw(costates: str, levels: int, iterations: int = 24, **extra) -> dict
                      "coarsen": 2, "coarse_parallel": "serial", "timeout": TIMEOUT, **extra}}
 
 
-@pytest.mark.parametrize(("costates", "levels", "S"),
-                         [("regression", 2, 2), ("delayed", 2, 3), ("regression", 1, 3)])
-def test_pint_float32_messages_and_state_are_float32(costates, levels, S, monkeypatch):
+@pytest.mark.parametrize(("costates", "levels", "S", "coarse"), [
+    ("regression", 2, 2, "serial"), ("delayed", 2, 3, "serial"), ("regression", 1, 3, "serial"),
+    ("delayed", 2, 2, "data"), ("regression", 3, 2, "pint")])
+def test_pint_float32_messages_and_state_are_float32(costates, levels, S, coarse, monkeypatch):
     """pint on S logical ranks in float32: every state and co-state message, every gathered
-    array and every parameter, gradient and moment is float32; the regression's observations
-    too while its normal equations stay float64 (by design, docs/kernels.md); the loss every rank
-    reports is the last rank's, exactly."""
+    array, the coarse phase's Allreduce (``coarse_parallel = data``) or pipeline (``pint``), and
+    every parameter, gradient and moment is float32; the regression's observations too while its
+    normal equations stay float64 (by design, docs/kernels.md); the loss every rank reports is
+    the last rank's, exactly."""
     rec = _Recorder(monkeypatch)
-    raw = _pint_raw(costates, levels)
+    raw = _pint_raw(costates, levels, coarse_parallel=coarse)
     res = run_ranks(S, lambda c: (train(t := build(raw, c)), t), timeout=TIMEOUT)
     assert {"isend", "allgather_rows"} <= rec.kinds() and rec.dtypes() == {F32}, rec.sent[:5]
+    assert ("_allreduce_buffer" in rec.kinds()) == (coarse == "data")
     for out, t in res:
         _all_float32(t)
         assert t.pipe.x_in.dtype == F32 and t.pipe._p_in.dtype == F32
