@@ -495,7 +495,8 @@ def torch_rows(comm, a, s: Setup, depth: int, row: dict, target: float) -> None:
                 its = row["serial"]["by_target"][f"{tg:.3f}"]["iters"]
                 out[f"{tg:.3f}"] = {"time": None if its is None else per * its,
                                     "iters": None, "fails": 0, "estimated": True}
-        row[name] = {"by_target": out, "per_iteration": per}
+        row[name] = {"by_target": out, "per_iteration": per,
+                     "best_acc": median([r["best_acc"] for r in res]) if full else None}
 
 
 def part_speedup(comm, a, out):
