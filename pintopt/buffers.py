@@ -21,6 +21,10 @@ def flat_buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
     base = first.base if first.base is not None else first
     if base.ndim != 1 or not base.flags.c_contiguous or base.dtype != first.dtype:
         return None
+    # sizes first: a subset of a set (pint's owned layers) fails here, before the address
+    # reads below, which cost about a microsecond per array and ran on every optimiser step
+    if sum(a.size for a in arrays) != base.size:
+        return None
     start = first.__array_interface__["data"][0]
     if start != base.__array_interface__["data"][0]:
         return None

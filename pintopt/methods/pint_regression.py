@@ -125,11 +125,13 @@ class BoundaryRegression:
                 or y.shape != (X.shape[0],):
             raise ValueError(f"observation shapes X {X.shape}, y {y.shape}, P {P.shape} do not "
                              f"match dim {self.dim}")
-        if not K.gram_update(X, y, P, self.kind, 1.0, self._G, self._R, self._f):
+        # the compiled kernels: the shapes and dtypes were just made right here, and the
+        # checked entry points cost as much as a small update (docs/kernels.md)
+        if not K.gram_update_jit(X, y, P, self.kind, 1.0, self._G, self._R, self._f):
             raise ValueError(f"labels must be in [0, {self.n_classes}), got {y.min()}..{y.max()}")
         if self.window and len(self.obs) == self.window:
             Xo, yo, Po = self.obs[0]
-            K.gram_update(Xo, yo, Po, self.kind, -1.0, self._G, self._R, self._f)
+            K.gram_update_jit(Xo, yo, Po, self.kind, -1.0, self._G, self._R, self._f)
         self.obs.append((X, y, P))
         self._updates += 1
         if self.window and self._updates % self.window == 0:
@@ -139,7 +141,7 @@ class BoundaryRegression:
         self._G[...] = 0.0
         self._R[...] = 0.0
         for X, y, P in self.obs:
-            K.gram_update(X, y, P, self.kind, 1.0, self._G, self._R, self._f)
+            K.gram_update_jit(X, y, P, self.kind, 1.0, self._G, self._R, self._f)
 
     @property
     def n_batches(self) -> int:
@@ -150,7 +152,7 @@ class BoundaryRegression:
         if self.p > _LAPACK_FROM:
             failed = self._fit_lapack()
         else:
-            failed = K.ridge_fit(self._G, self._R, self.ridge, self.coef, self._work)
+            failed = K.ridge_fit_jit(self._G, self._R, self.ridge, self.coef, self._work)
         if failed:  # only with ridge = 0 and fewer rows than features: minimum-norm solution
             for b in range(self.blocks):
                 if np.isnan(self.coef[b]).any():
@@ -183,7 +185,13 @@ class BoundaryRegression:
         y = np.ascontiguousarray(y, dtype=np.int64)
         if out is None:
             out = np.empty((X.shape[0], self.dim), self.dtype)
-        if not K.predict(X, y, self.kind, self.coef, self._f, out):
+        if X.ndim != 2 or X.shape[1] != self.dim or y.shape != (X.shape[0],) \
+                or out.shape != X.shape or out.dtype != self.dtype \
+                or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"predict: X {X.shape}, y {y.shape} and out {out.shape} "
+                             f"({out.dtype}) must be (m, {self.dim}), (m,) and C-contiguous "
+                             f"writable {np.dtype(self.dtype).name} (m, {self.dim})")
+        if not K.predict_jit(X, y, self.kind, self.coef, self._f, out):
             raise ValueError(f"labels must be in [0, {self.n_classes})")
         return out
 
