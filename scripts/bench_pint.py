@@ -48,7 +48,8 @@ defaults plus ``--pint``, on the launch's ranks), ``pint_1`` (the same on one pr
 over ``pint_1`` is the gain of the ranks alone), ``pint_paper`` (the paper's setting: 2 levels,
 factor 2, 200 coarse iterations, its regression ``A X + B``, serial coarse phase),
 ``pint_regression`` (``pint`` with regression co-states, per-class features), ``pint_single``
-(``pint`` without global prediction).
+(``pint`` without global prediction: every iteration is a fine one, so the time it saves over
+serial is the ranks' alone), ``pint_single_1`` (``pint_single`` on one process).
 
 While rank 0 runs something alone (serial, pint_1, PyTorch), the other ranks wait in a sleeping
 receive so they do not take a core from it.
@@ -92,7 +93,7 @@ _DATA: dict = {}
 PAPER = {"levels": 2, "coarsen": 2, "coarse_iterations": 200, "coarse_check_every": 0,
          "costates": "regression", "features": "state", "coarse_parallel": "serial"}
 VARIANTS = ("serial", "dataparallel", "pint", "pint_1", "pint_paper", "pint_regression",
-            "pint_single")
+            "pint_single", "pint_single_1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def pint_options(variant: str, tuned: dict) -> dict:
         return dict(PAPER)
     if variant == "pint_regression":
         return {**tuned, "costates": "regression"}
-    if variant == "pint_single":
+    if variant in ("pint_single", "pint_single_1"):
         return {**tuned, "levels": 1}
     return dict(tuned)
 
@@ -459,7 +460,7 @@ def speedup_one(comm, a, s: Setup, depth: int, targets: list[float]) -> dict:
             summarise(v, together("dataparallel", None, target))
             continue
         pint = pint_options(v, tuned)
-        if v == "pint_1":
+        if v in ("pint_1", "pint_single_1"):  # on one process: what the ranks add
             summarise(v, per_target(lambda tg, p=pint: alone("pint", p, tg), pint))
         else:
             summarise(v, per_target(lambda tg, p=pint: together("pint", p, tg), pint))
@@ -979,7 +980,8 @@ def _ratio(a_, b_):
 
 NAMES = {"serial": "serial", "dataparallel": "data-par.", "pint": "pint", "pint_1": "pint 1 proc",
          "pint_paper": "pint paper", "pint_regression": "pint regression",
-         "pint_single": "single-level", "torch_1": "torch", "torch_ddp": "torch DDP"}
+         "pint_single": "single-level", "pint_single_1": "single-level 1 proc",
+         "torch_1": "torch", "torch_ddp": "torch DDP"}
 
 
 def report(paths: list[str]) -> str:
@@ -1002,8 +1004,9 @@ def report(paths: list[str]) -> str:
                   "seeds; in brackets: fine iterations; coarse iterations, coarse-phase "
                   "seconds):", "",
                   "| data | scheme | width | depth | " + " | ".join(NAMES[c] for c in cols)
-                  + " | pint vs serial | vs 1 proc | paper vs serial |",
-                  "|---|---|---|---|" + "---|" * (len(cols) + 3)]
+                  + " | pint vs serial | vs 1 proc | single-level vs serial | vs 1 proc | "
+                  "paper vs serial |",
+                  "|---|---|---|---|" + "---|" * (len(cols) + 5)]
         for r in sel:
             def t(name, r=r, tg_key=tg_key):
                 x = r.get(name)
@@ -1016,6 +1019,7 @@ def report(paths: list[str]) -> str:
                 b = x["by_target"][tg_key]
                 extra = []
                 if b.get("iters") is not None and name not in ("dataparallel", "pint_1",
+                                                               "pint_single_1",
                                                                "torch_1", "torch_ddp"):
                     extra.append(f"{b['iters']:.0f}")
                 ct = b.get("coarse_time", x.get("coarse_time"))
@@ -1035,13 +1039,16 @@ def report(paths: list[str]) -> str:
                          + " | ".join(cell(c) for c in cols)
                          + f" | {_ratio(t('serial'), t('pint'))} | "
                          f"{_ratio(t('pint_1'), t('pint'))} | "
+                         f"{_ratio(t('serial'), t('pint_single'))} | "
+                         f"{_ratio(t('pint_single_1'), t('pint_single'))} | "
                          f"{_ratio(t('serial'), t('pint_paper'))} |")
     if rows:
         lines += ["", "Time per fine iteration (ms; pint variants: training time minus the "
                   "coarse phase, over the fine iterations):", "",
                   "| data | scheme | width | depth | serial | data-par. | pint | pint 1 proc | "
-                  "single-level | serial / pint | pint 1 proc / pint |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "single-level | single-level 1 proc | serial / pint | pint 1 proc / pint | "
+                  "serial / single-level | single-level 1 proc / single-level |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             def pi(name, r=r):
                 x = r.get(name)
@@ -1052,8 +1059,11 @@ def report(paths: list[str]) -> str:
             lines.append(f"| {r['dataset']} | {r.get('scheme', 'verlet')} | "
                          f"{r.get('width', '')} | {r['depth']} | {ms(pi('serial'))} | "
                          f"{ms(pi('dataparallel'))} | {ms(pi('pint'))} | {ms(pi('pint_1'))} | "
-                         f"{ms(pi('pint_single'))} | {_ratio(pi('serial'), pi('pint'))} | "
-                         f"{_ratio(pi('pint_1'), pi('pint'))} |")
+                         f"{ms(pi('pint_single'))} | {ms(pi('pint_single_1'))} | "
+                         f"{_ratio(pi('serial'), pi('pint'))} | "
+                         f"{_ratio(pi('pint_1'), pi('pint'))} | "
+                         f"{_ratio(pi('serial'), pi('pint_single'))} | "
+                         f"{_ratio(pi('pint_single_1'), pi('pint_single'))} |")
     conv = [(run_["converge_target"], c) for run_ in runs for c in run_.get("converge", [])]
     if conv:
         lines += ["", "Convergence on logical ranks (iterations to the target, median over "
