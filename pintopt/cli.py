@@ -14,8 +14,9 @@ Exit status (the same on every rank; ``docs/reliability.md`` lists every case te
   file and what was expected, nothing written. Every rank validates the same input (files are
   read by rank 0 and the outcome broadcast), and the ranks meet before exiting; a rank that
   reaches the error alone prints its own line and aborts the job;
-- 3: training diverged (NaN/Inf loss, parameters or message): one line naming what, where and
-  when, and the last good checkpoint, which is kept;
+- 3: training diverged (NaN/Inf loss, parameters or message, or a loss blow-up past
+  ``train.divergence_factor``): one line naming what, where and when, and the last good
+  checkpoint, which is kept;
 - 4: interrupted by SIGTERM or SIGINT (a batch system's time limit, Ctrl-C): the ranks agree to
   stop at the same iteration (within 10 iterations of the signal), evaluate, write the final
   checkpoint if checkpointing is on, and say where to resume; a second signal ends the process
@@ -94,6 +95,7 @@ RESUME_TRAIN_OVERRIDES = (
     "eval_every",
     "on_divergence",
     "max_rollbacks",
+    "divergence_factor",
     "lr",
 )
 

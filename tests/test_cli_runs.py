@@ -182,11 +182,20 @@ def test_history_without_a_checkpoint_and_on_divergence(tmp_path, capsys):
                         str(hist)]) == 0
     assert checkpoint.read_history(hist)["iteration"] == [2, 4, 6]
     diverged = tmp_path / "d.csv"
+    # --divergence-factor 0: the run goes on to NaN/Inf (the loss blow-up rule would stop it at
+    # iteration 2, before the first evaluation)
     status = main(TINY + ["--iterations", "400", "--eval-every", "2", "--quiet", "--lr", "1e6",
-                          "--optimizer", "sgd", "--history", str(diverged)])
+                          "--optimizer", "sgd", "--divergence-factor", "0", "--history",
+                          str(diverged)])
     assert status == 3
     h = checkpoint.read_history(diverged)  # what was evaluated before the divergence is kept
     assert h["iteration"] and all(np.isfinite(h["val_loss"]))
+    # the same after a loss blow-up (iteration 2): the row of iteration 1 is kept
+    blown = tmp_path / "b.csv"
+    assert main(TINY + ["--iterations", "400", "--eval-every", "1", "--quiet", "--lr", "1e6",
+                        "--optimizer", "sgd", "--history", str(blown)]) == 3
+    assert "loss blow-up" in capsys.readouterr().err
+    assert checkpoint.read_history(blown)["iteration"] == [1]
 
 
 def test_history_file_is_not_replaced_without_overwrite(tmp_path, capsys):
