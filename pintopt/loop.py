@@ -82,6 +82,8 @@ class Result:
     stopped: str  # "completed", "target" (target accuracy reached), "interrupted" (should_stop)
     extras: dict[str, Any] = field(default_factory=dict)
     model: Any = None  # the network (``model.predict(params, x)``), set by pintopt.run
+    #: what ``iterations`` counts: the method's unit of work (``Method.unit``: "round" for localsgd)
+    unit: str = "iteration"
 
     def predict(self, x: Any) -> Any:
         """Logits of the trained network for the samples ``x`` (rows)."""
@@ -191,7 +193,7 @@ class _Loop:
             if self.stopped in ("target", "interrupted"):
                 break
         return Result(m.global_params(), self.history, m.iteration, self.train_time,
-                      self.wall(), self.stopped, {"rollbacks": self.rollbacks})
+                      self.wall(), self.stopped, {"rollbacks": self.rollbacks}, unit=m.unit)
 
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self.t0
