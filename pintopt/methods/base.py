@@ -79,6 +79,10 @@ class Method:
     rollback_policy: ClassVar[str] = "halved step size"
     #: ASYNC: the rank whose loop result every rank returns.
     driver_rank: ClassVar[int] = 0
+    #: Shared options (``"section.key"``) the method does not read, e.g. ``train.optimizer`` for
+    #: a gradient-free method: a user who sets one is warned that it has no effect
+    #: (:func:`pintopt.config.ineffective_options`), as for an option's own ``disables``.
+    ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         self.problem, self.train, self.comm = problem, train, comm
