@@ -321,6 +321,26 @@ def test_plot_draws_method_columns(tmp_path):
                       "reg_rel_mse against iteration"]
 
 
+def test_plot_leaves_out_the_accuracy_panels_of_a_regression_run(tmp_path):
+    """A regression run records NaN accuracies: no empty accuracy panels, the loss panels stay."""
+    pytest.importorskip("matplotlib")
+    import pintopt
+    from pintopt.comm import SerialComm
+    from pintopt.plot import plot_history
+
+    run = pintopt.run({"data": {"dataset": "overparam", "n": 50, "n_features": 120},
+                       "model": {"architecture": "linear"},
+                       "train": {"iterations": 6, "eval_every": 2, "batch_size": 8}}, SerialComm())
+    h = run.history
+    assert np.isnan(h["val_acc"]).all() and np.isfinite(h["val_loss"]).all()
+    titles = plot_history(h, tmp_path / "r.png")
+    assert titles == ["loss against iteration", "loss against wall time"]
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without losses either, there is nothing to draw (the CLI: one line, exit status 2)
+    with pytest.raises(ValueError, match="no finite values to draw"):
+        plot_history({"iteration": [1, 2], "val_acc": [np.nan, np.nan]}, tmp_path / "e.png")
+
+
 def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
     hist = tmp_path / "h.json"
     hist.write_text(json.dumps({"iteration": [1], "val_acc": [0.5]}))
