@@ -180,6 +180,8 @@ class _Loop:
             self.hooks.beat("first step" if first else "step")
             first = False
             self._step()
+            for line in m.take_notes():
+                self.hooks.log(line)
             due, checkpoint_due, interrupt = self._decide()
             if due == "rolled back":
                 continue

@@ -178,6 +178,18 @@ class Method:
         ``train.optimizer`` on ``train.batch_size`` (None: the start line describes those)."""
         return None
 
+    def describe_setup(self) -> str | None:
+        """One more start line for what changes the method's iterates and the options alone do
+        not say (pint: its coarse phase and how the ranks share it, ``coarse_parallel``); None:
+        no such line."""
+        return None
+
+    def take_notes(self) -> list[str]:
+        """Lines for the run's log that the method learned in its last step, e.g. a choice made
+        by timing (pint's ``coarse_parallel = auto``); the loop hands them to ``hooks.log``
+        after each step. Reading them clears them."""
+        return []
+
     def stop_requested(self) -> bool:
         """True when the method asks the loop to stop as a signal would (polled at the decision
         points on the driver ranks; ASYNC: a worker was signalled and told the server)."""
