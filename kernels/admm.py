@@ -98,6 +98,37 @@ def _smallest_power_above(t0, eta, kappa):
 
 
 @numba.njit(cache=True)
+def p_gradient_jit(p, W, b, z, q_prev, u_prev, nu, rho, res, grad):
+    """The gradient of ``phi`` in ``p`` and the curvature of ``phi`` along it: the part of the p
+    update (Equation (1)) that :func:`p_update_jit` and the capped ``pdadmm.p_step`` share (one
+    copy, so the two give bitwise the same steps; they differ only in the search for ``tau``).
+
+    ``grad`` (m, n_{l-1}) receives ``g = nu (p W + b - z) W^T + u_{l-1} + rho (p - q_{l-1})``;
+    ``res`` (m, n_l) is scratch. Returns ``(||g||^2, kappa)`` with ``kappa = (nu ||g W||^2 + rho
+    ||g||^2) / ||g||^2`` the smallest ``tau`` for which the majoriser bounds ``phi`` (0.0 when
+    ``g = 0``: there is no step to take).
+    """
+    linear_residual_jit(p, W, b, z, res)
+    np.dot(res, W.T, grad)
+    m, n = p.shape
+    gg = 0.0
+    for i in range(m):
+        for j in range(n):
+            g = nu * grad[i, j] + u_prev[i, j] + rho * (p[i, j] - q_prev[i, j])
+            grad[i, j] = g
+            gg += g * g
+    if gg == 0.0:
+        return gg, 0.0
+    # ||g W||^2 into res (free now)
+    np.dot(grad, W, res)
+    gwgw = 0.0
+    for i in range(res.shape[0]):
+        for j in range(res.shape[1]):
+            gwgw += res[i, j] * res[i, j]
+    return gg, (nu * gwgw + rho * gg) / gg
+
+
+@numba.njit(cache=True)
 def p_update_jit(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad):
     """pdADMM p update, Equation (1) (Wang et al. 2020, Section III-B.1), layers 2 <= l <= L.
 
@@ -122,27 +153,14 @@ def p_update_jit(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, out, res, grad)
     (m, n_{l-1}) are scratch (``grad`` returns the gradient). Returns ``tau``.
     A zero gradient returns ``tau0`` and ``out = p``.
     """
-    linear_residual_jit(p, W, b, z, res)
-    np.dot(res, W.T, grad)
+    gg, kappa = p_gradient_jit(p, W, b, z, q_prev, u_prev, nu, rho, res, grad)
     m, n = p.shape
-    gg = 0.0
-    for i in range(m):
-        for j in range(n):
-            g = nu * grad[i, j] + u_prev[i, j] + rho * (p[i, j] - q_prev[i, j])
-            grad[i, j] = g
-            gg += g * g
     if gg == 0.0:
         for i in range(m):
             for j in range(n):
                 out[i, j] = p[i, j]
         return tau0
-    # ||g W||^2 into res (free now)
-    np.dot(grad, W, res)
-    gwgw = 0.0
-    for i in range(res.shape[0]):
-        for j in range(res.shape[1]):
-            gwgw += res[i, j] * res[i, j]
-    tau = _smallest_power_above(tau0, eta, (nu * gwgw + rho * gg) / gg)
+    tau = _smallest_power_above(tau0, eta, kappa)
     inv = 1.0 / tau
     for i in range(m):
         for j in range(n):

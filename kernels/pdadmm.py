@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from .activations import d2sigma, dsigma, sigma
-from .admm import linear_residual
+from .admm import linear_residual, p_gradient_jit
 
 #: Second value returned by the step searches: the cap on the search was hit.
 CAP_HIT = 1
@@ -64,33 +64,22 @@ def p_step(p, W, b, z, q_prev, u_prev, nu, rho, tau0, eta, max_backtracks, out, 
 
     ``p^{k+1} = p^k - g / tau`` with ``g = nu (p W + b - z) W^T + u_{l-1} + rho (p - q_{l-1})``
     (the gradient of ``phi``) and ``tau`` from :func:`capped_search` on ``kappa = (nu ||g W||^2 +
-    rho ||g||^2) / ||g||^2``. The arithmetic is that of :func:`.admm.p_update` (same results when
-    the cap is not hit). ``out`` (m, n_{l-1}) receives ``p^{k+1}`` and may not alias ``p``;
-    ``res`` (m, n_l) and ``grad`` (m, n_{l-1}) are scratch (``grad`` returns ``g``).
+    rho ||g||^2) / ||g||^2``, both from :func:`.admm.p_gradient_jit`, the one copy of the
+    arithmetic that :func:`.admm.p_update` uses too (same results when the cap is not hit).
+    ``out`` (m, n_{l-1}) receives ``p^{k+1}`` and may not alias ``p``; ``res`` (m, n_l) and
+    ``grad`` (m, n_{l-1}) are scratch (``grad`` returns ``g``).
     Returns ``(tau, hit)``; a zero gradient gives ``out = p``, ``tau = tau0``.
     """
-    linear_residual(p, W, b, z, res)
-    np.dot(res, W.T, grad)
-    m, n = p.shape
-    gg = 0.0
-    for i in range(m):
-        for j in range(n):
-            g = nu * grad[i, j] + u_prev[i, j] + rho * (p[i, j] - q_prev[i, j])
-            grad[i, j] = g
-            gg += g * g
+    gg, kappa = p_gradient_jit(p, W, b, z, q_prev, u_prev, nu, rho, res, grad)
     if gg == 0.0:
         out[...] = p
         return tau0, 0
-    np.dot(grad, W, res)
-    gwgw = 0.0
-    for i in range(res.shape[0]):
-        for j in range(res.shape[1]):
-            gwgw += res[i, j] * res[i, j]
-    tau, hit = capped_search(tau0, eta, (nu * gwgw + rho * gg) / gg, max_backtracks)
+    tau, hit = capped_search(tau0, eta, kappa, max_backtracks)
     if tau == math.inf:
         out[...] = p
         return tau, hit
     inv = 1.0 / tau
+    m, n = p.shape
     for i in range(m):
         for j in range(n):
             out[i, j] = p[i, j] - grad[i, j] * inv

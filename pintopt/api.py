@@ -541,7 +541,8 @@ def _update_rule(cfg: Config, unit: str) -> str:
 def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None = None
                 ) -> list[str]:
     """What is trained (method, ranks, data, model) and how (update, batch, budget, evaluation,
-    target): the two lines a run begins with."""
+    target): the two lines a run begins with, and a third from the method when it has settings
+    that the options alone do not tell (``Method.describe_setup``: pint's coarse phase)."""
     from pintopt import __version__
 
     spec, d, tr = method.model.spec, method.data, method.train
@@ -574,7 +575,8 @@ def start_lines(cfg: Config, method: Method, comm: Any, resumed_at: int | None =
         + (f"; stop at validation accuracy {tr.target_accuracy:g}" if tr.target_accuracy else "")
         + (f"; continuing from {unit} {resumed_at}" if resumed_at is not None else "")
     )
-    return [what, how]
+    setup = method.describe_setup()
+    return [what, how] + ([setup] if setup else [])
 
 
 def _divergence_message(exc: Exception, cfg: Config, hooks: RunHooks) -> str:

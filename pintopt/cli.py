@@ -14,8 +14,9 @@ Exit status (the same on every rank; ``docs/reliability.md`` lists every case te
   file and what was expected, nothing written. Every rank validates the same input (files are
   read by rank 0 and the outcome broadcast), and the ranks meet before exiting; a rank that
   reaches the error alone prints its own line and aborts the job;
-- 3: training diverged (NaN/Inf loss, parameters or message): one line naming what, where and
-  when, and the last good checkpoint, which is kept;
+- 3: training diverged (NaN/Inf loss, parameters or message, or a loss blow-up past
+  ``train.divergence_factor``): one line naming what, where and when, and the last good
+  checkpoint, which is kept;
 - 4: interrupted by SIGTERM or SIGINT (a batch system's time limit, Ctrl-C): the ranks agree to
   stop at the same iteration (within 10 iterations of the signal), evaluate, write the final
   checkpoint if checkpointing is on, and say where to resume; a second signal ends the process
@@ -94,6 +95,7 @@ RESUME_TRAIN_OVERRIDES = (
     "eval_every",
     "on_divergence",
     "max_rollbacks",
+    "divergence_factor",
     "lr",
 )
 
@@ -353,7 +355,7 @@ def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = No
             comm,
             "pintopt: interrupted by a signal; "
             + (
-                f"checkpoint of iteration {result.iterations} written to {path} "
+                f"checkpoint of {result.unit} {result.iterations} written to {path} "
                 f"(continue with `pintopt resume {path}`)"
                 if path
                 else "no checkpoint written (checkpoint.checkpoint is not set)"
@@ -364,8 +366,9 @@ def _run(cfg: Config, comm: Any, quiet: bool, resume: dict[str, Any] | None = No
 
 
 def final_line(result: Any) -> str:
-    """The closing line: the last evaluation, the iterations, the two clocks of the training loop
-    and the command's time in all (``docs/cli.md`` says what each counts)."""
+    """The closing line: the last evaluation, the iterations (or the method's own unit of work,
+    ``Result.unit``: localsgd's rounds), the two clocks of the training loop and the command's
+    time in all (``docs/cli.md`` says what each counts)."""
     h = result.history
     n_rb = len(result.extras.get("rollbacks", []))
     if h.get("val_acc"):
@@ -374,7 +377,7 @@ def final_line(result: Any) -> str:
     else:
         scores = "no evaluation"
     return (
-        f"final: {scores}, {result.iterations} iterations; training time "
+        f"final: {scores}, {result.iterations} {result.unit}s; training time "
         f"{result.train_time:.2f} s, wall time {result.wall_time:.2f} s, "
         f"{time.perf_counter() - _T0:.1f} s in all ({result.stopped}"
         + (f", {n_rb} rollback(s)" if n_rb else "")
@@ -615,7 +618,7 @@ def _compare_serial(cfg: Config, comm: Any, result: Any) -> None:
     lines = [f"compare ({basis}):"]
     for name, res in rows:
         lines.append(f"  {name:<{width}}  {res.train_time:8.2f} s  validation accuracy "
-                     f"{res.val_acc:.4f}  {res.iterations} iterations ({res.stopped})")
+                     f"{res.val_acc:.4f}  {res.iterations} {res.unit}s ({res.stopped})")
     t = {name: res.train_time for name, res in rows}
     mine = result.train_time
     summary = f"  {rows[-1][0]}: {t['serial'] / max(mine, 1e-12):.2f}x vs serial"

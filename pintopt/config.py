@@ -65,6 +65,14 @@ def method_options(name: str) -> type:
     return METHODS[name].Options
 
 
+def method_ignores(name: str) -> tuple[str, ...]:
+    """Shared options (``"section.key"``) the registered method ``name`` does not read
+    (``Method.ignores``; imports that method only)."""
+    from pintopt.methods import METHODS
+
+    return tuple(getattr(METHODS[name], "ignores", ()))
+
+
 def _typename(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
 
@@ -234,10 +242,13 @@ def _requirement_met(value: Any, values: Any) -> bool:
 def ineffective_options(cfg: Config) -> list[str]:
     """One line for each option the user set (``cfg.given``) to a value other than its default
     that has no effect with the rest of ``cfg``, from the ``requires`` and ``disables``
-    declarations of the option table (:func:`pintopt.options.opt`). Defaults are left out, so a
-    complete file (``--print-config``) passed back raises no warning."""
+    declarations of the option table (:func:`pintopt.options.opt`) and the shared options the
+    chosen method does not read (``Method.ignores``). Defaults are left out, so a complete file
+    (``--print-config``) passed back raises no warning."""
     sections = {sec: _section_of(cfg, sec) for sec in [*CORE_SECTIONS, cfg.train.method]}
     disabled: dict[str, str] = {}
+    for other in method_ignores(cfg.train.method):
+        disabled[other] = f"train.method = {_toml_value(cfg.train.method)}"
     for sec, obj in sections.items():
         for f in fields(obj):
             value = getattr(obj, f.name)
@@ -321,7 +332,12 @@ def options_markdown() -> str:
         "",
     ]
     for section, cls in all_sections().items():
-        lines += [f"## [{section}]", "", "| key | flag | default | meaning |", "|---|---|---|---|"]
+        lines += [f"## [{section}]", ""]
+        ignored = method_ignores(section) if section not in CORE_SECTIONS else ()
+        if ignored:
+            lines += [f"With `train.method = \"{section}\"`, "
+                      f"{', '.join(f'`{o}`' for o in ignored)} have no effect.", ""]
+        lines += ["| key | flag | default | meaning |", "|---|---|---|---|"]
         for f in fields(cls):
             meta = f.metadata
             extra = f" One of: {', '.join(meta['choices'])}." if meta.get("choices") else ""

@@ -7,7 +7,10 @@ which the caller writes checkpoints, prints progress and feeds a watchdog (the l
 I/O).
 
 Divergence (``docs/reliability.md``): a NaN/Inf loss, NaN/Inf parameters (checked at every
-evaluation) or a NaN/Inf message received through the communicator stops the run with
+evaluation), a NaN/Inf message received through the communicator, or a loss blow-up -- a finite
+batch loss above ``train.divergence_factor`` times ``max(abs(L0), 1)``, ``L0`` the first batch
+loss of this run (a diverging run can stay finite for a long time, e.g. at 1e99 after 30
+iterations) -- stops the run with
 :class:`Divergence` on every rank together, or, with ``train.on_divergence = "rollback"``, returns
 to the state of the last good evaluation through the method's rollback policy (at most
 ``train.max_rollbacks`` times). Ranks agree on the outcome through ``Comm.agree`` (a private
@@ -38,7 +41,8 @@ from pintopt.methods.base import ASYNC, Method, finite
 CHECK_EVERY = 10
 
 #: Divergence causes exchanged between ranks (index = code).
-CAUSES = ("", "NaN/Inf loss", "NaN/Inf parameters", "NaN/Inf in a received message")
+CAUSES = ("", "NaN/Inf loss", "NaN/Inf parameters", "NaN/Inf in a received message",
+          "loss blow-up")
 
 #: History columns every method records, one entry per evaluation.
 COLUMNS = ("iteration", "epoch", "batch_loss", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -46,7 +50,8 @@ COLUMNS = ("iteration", "epoch", "batch_loss", "train_loss", "train_acc", "val_l
 
 
 class Divergence(FloatingPointError):
-    """The loss, the parameters or a received message became NaN or Inf.
+    """The loss, the parameters or a received message became NaN or Inf, or the loss blew up
+    (``train.divergence_factor``).
 
     ``iteration`` is the iteration at which it was detected, ``last_good`` the iteration of the
     last state that passed the check (the state a rollback returns to).
@@ -77,6 +82,8 @@ class Result:
     stopped: str  # "completed", "target" (target accuracy reached), "interrupted" (should_stop)
     extras: dict[str, Any] = field(default_factory=dict)
     model: Any = None  # the network (``model.predict(params, x)``), set by pintopt.run
+    #: what ``iterations`` counts: the method's unit of work (``Method.unit``: "round" for localsgd)
+    unit: str = "iteration"
 
     def predict(self, x: Any) -> Any:
         """Logits of the trained network for the samples ``x`` (rows)."""
@@ -96,9 +103,11 @@ def agree(comm: Any, code: int, iteration: int, *more: int) -> np.ndarray:
     return comm.agree([code, iteration, *more])
 
 
-def describe_divergence(verdict: np.ndarray) -> str:
-    """One line from the rows (code, iteration) of ``Comm.agree``: what, where, when."""
+def describe_divergence(verdict: np.ndarray, details: dict[int, str] | None = None) -> str:
+    """One line from the rows (code, iteration) of ``Comm.agree``: what, where, when
+    (``details``: words added to a cause, by code)."""
     parts = []
+    details = details or {}
     for code in sorted({int(c) for c in verdict[:, 0] if c}):
         ranks = [r for r in range(verdict.shape[0]) if verdict[r, 0] == code]
         its = sorted({int(verdict[r, 1]) for r in ranks})
@@ -106,7 +115,8 @@ def describe_divergence(verdict: np.ndarray) -> str:
         if len(ranks) == verdict.shape[0] and len(ranks) > 1:
             where = "every rank"
         when = ", ".join(map(str, its))
-        parts.append(f"{CAUSES[code]} on {where} at iteration {when}")
+        cause = CAUSES[code] + (f" ({details[code]})" if details.get(code) else "")
+        parts.append(f"{cause} on {where} at iteration {when}")
     return "; ".join(parts)
 
 
@@ -145,6 +155,9 @@ class _Loop:
         self.eval_every = tr.eval_every or method.steps_per_epoch
         self.check_every = min(self.eval_every, CHECK_EVERY)
         self.rollback = tr.on_divergence == "rollback"
+        #: loss blow-up: a batch loss above ``limit`` (set from the first loss of this run)
+        self.factor = float(tr.divergence_factor)
+        self.limit = math.inf
         self.losses: list[float] = []
         self.pending: tuple[int, int] | None = None  # (cause, iteration) seen here, not agreed
         self.good = method.state() if self.rollback else None
@@ -167,6 +180,8 @@ class _Loop:
             self.hooks.beat("first step" if first else "step")
             first = False
             self._step()
+            for line in m.take_notes():
+                self.hooks.log(line)
             due, checkpoint_due, interrupt = self._decide()
             if due == "rolled back":
                 continue
@@ -180,7 +195,7 @@ class _Loop:
             if self.stopped in ("target", "interrupted"):
                 break
         return Result(m.global_params(), self.history, m.iteration, self.train_time,
-                      self.wall(), self.stopped, {"rollbacks": self.rollbacks})
+                      self.wall(), self.stopped, {"rollbacks": self.rollbacks}, unit=m.unit)
 
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self.t0
@@ -201,8 +216,14 @@ class _Loop:
             code = 0 if math.isfinite(loss) else 1
             if not code and getattr(m.comm, "nonfinite", None):
                 code = 3
+            if not code and abs(loss) > self.limit:
+                code = 4
             if code:
                 self.pending = (code, m.iteration)
+        if self.factor and self.limit == math.inf and math.isfinite(loss):
+            # relative to the first loss, floored at 1 so that a run starting near zero loss
+            # (a resumed, well-trained one) is not stopped by a harmless rise
+            self.limit = self.factor * max(abs(loss), 1.0)
 
     def _decide(self) -> tuple[Any, bool, bool]:
         """After a step: is an evaluation due, a checkpoint due, a stop agreed? Agrees on
@@ -235,7 +256,9 @@ class _Loop:
     def _diverged(self, verdict: np.ndarray) -> None:
         """Roll back through the method's policy, or raise :class:`Divergence`."""
         m, tr = self.method, self.method.train
-        what = describe_divergence(verdict)
+        what = describe_divergence(verdict, {4: (
+            f"batch loss above train.divergence_factor = {self.factor:g} x max(abs(first batch "
+            f"loss), 1) = {self.limit:.3g}")})
         if not (self.rollback and len(self.rollbacks) < tr.max_rollbacks):
             raise Divergence(
                 f"training diverged: {what}"

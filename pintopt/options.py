@@ -195,12 +195,21 @@ class TrainOptions:
     seed: int = opt(0, "seed of initialisation and mini-batch order", low=0)
     on_divergence: str = opt(
         "stop",
-        "when the loss or parameters become NaN/Inf: stop, or roll "
-        "back to the last good state and halve the step size",
+        "when training diverges (the loss or parameters become NaN/Inf, or the loss blows up "
+        "past divergence_factor): stop, or roll back to the last good state and halve the step "
+        "size",
         choices=("stop", "rollback"),
     )
     max_rollbacks: int = opt(3, "rollback: give up after this many halvings", low=0,
                              requires={"on_divergence": "rollback"})
+    divergence_factor: float = opt(
+        1e6,
+        "a finite loss has diverged too (a loss blow-up, handled as on_divergence says) when a "
+        "batch loss exceeds this many times max(abs(L0), 1), L0 the first batch loss of the run: "
+        "a healthy run never grows its loss a million-fold, a diverging one can stay finite for "
+        "long (0 = NaN/Inf only)",
+        low=0.0,
+    )
     memory_limit_gb: float = opt(
         0.0,
         "refuse to start when the estimated memory per rank exceeds this many GiB (0 = 80% of "

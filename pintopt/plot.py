@@ -5,8 +5,10 @@ item 4).
 evaluation) in one PNG: the losses (mean batch loss, training and validation loss) and the
 accuracies (training and validation) against the iteration and against the wall time, then one
 panel per method-specific column (e.g. pint's co-state regression error ``reg_rel_mse``, on a log
-scale when positive) and the bytes sent when a method sent any. matplotlib comes from the
-``plot`` extra (``pip install 'pintopt[plot]'``); without it :class:`MissingMatplotlib` says so.
+scale when positive) and the bytes sent when a method sent any. A panel without a finite value is
+left out: a regression run (``n_classes = 0``) records NaN accuracies, and empty accuracy panels
+would read as a failed run. matplotlib comes from the ``plot`` extra
+(``pip install 'pintopt[plot]'``); without it :class:`MissingMatplotlib` says so.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def method_columns(history: dict[str, list]) -> list[str]:
 
 def plot_history(history: dict[str, list], out: str | os.PathLike, title: str = "") -> list[str]:
     """Draw ``history`` into the image file ``out`` (format from its suffix, e.g. ``.png``);
-    returns the panel titles. Raises :class:`MissingMatplotlib` without matplotlib and
-    ``ValueError`` for a history without evaluations."""
+    returns the panel titles (panels without a finite value are left out). Raises
+    :class:`MissingMatplotlib` without matplotlib and ``ValueError`` for a history without
+    evaluations or without a finite value to draw."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -68,21 +71,26 @@ def plot_history(history: dict[str, list], out: str | os.PathLike, title: str = 
         values = _floats(history.get(name, []))
         return [math.nan] * (n - len(values)) + values[-n:] if values else []
 
+    def drawn(name: str) -> bool:
+        return any(math.isfinite(v) for v in column(name))
+
     wall = column("wall_time")
     extra = method_columns(history)
-    rows = 2 + (len(extra) + 1) // 2
-    fig = Figure(figsize=(11, 3.4 * rows), layout="constrained")
-    axes = fig.subplots(rows, 2, squeeze=False)
-    titles = []
     panels = [(LOSSES, "loss", its, "iteration"), (ACCURACIES, "accuracy", its, "iteration")]
     if wall:
         panels += [(LOSSES, "loss", wall, "wall time (s)"),
                    (ACCURACIES, "accuracy", wall, "wall time (s)")]
+    panels = [p for p in panels if any(drawn(name) for name in p[0])]
+    if not panels and not extra:
+        raise ValueError(f"history {title or ''}: no finite values to draw".replace("  ", " "))
+    rows = (len(panels) + len(extra) + 1) // 2
+    fig = Figure(figsize=(11, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, squeeze=False)
+    titles = []
     for ax, (names, what, x, xlabel) in zip(axes.flat, panels):
         for name in names:
-            y = column(name)
-            if y and any(math.isfinite(v) for v in y):
-                ax.plot(x, y, marker="." if n < 50 else None, label=name)
+            if drawn(name):
+                ax.plot(x, column(name), marker="." if n < 50 else None, label=name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(what)
         ax.set_title(f"{what} against {xlabel.split(' (')[0]}")

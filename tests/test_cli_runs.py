@@ -182,11 +182,20 @@ def test_history_without_a_checkpoint_and_on_divergence(tmp_path, capsys):
                         str(hist)]) == 0
     assert checkpoint.read_history(hist)["iteration"] == [2, 4, 6]
     diverged = tmp_path / "d.csv"
+    # --divergence-factor 0: the run goes on to NaN/Inf (the loss blow-up rule would stop it at
+    # iteration 2, before the first evaluation)
     status = main(TINY + ["--iterations", "400", "--eval-every", "2", "--quiet", "--lr", "1e6",
-                          "--optimizer", "sgd", "--history", str(diverged)])
+                          "--optimizer", "sgd", "--divergence-factor", "0", "--history",
+                          str(diverged)])
     assert status == 3
     h = checkpoint.read_history(diverged)  # what was evaluated before the divergence is kept
     assert h["iteration"] and all(np.isfinite(h["val_loss"]))
+    # the same after a loss blow-up (iteration 2): the row of iteration 1 is kept
+    blown = tmp_path / "b.csv"
+    assert main(TINY + ["--iterations", "400", "--eval-every", "1", "--quiet", "--lr", "1e6",
+                        "--optimizer", "sgd", "--history", str(blown)]) == 3
+    assert "loss blow-up" in capsys.readouterr().err
+    assert checkpoint.read_history(blown)["iteration"] == [1]
 
 
 def test_history_file_is_not_replaced_without_overwrite(tmp_path, capsys):
@@ -310,6 +319,26 @@ def test_plot_draws_method_columns(tmp_path):
     assert titles == ["loss against iteration", "accuracy against iteration",
                       "loss against wall time", "accuracy against wall time",
                       "reg_rel_mse against iteration"]
+
+
+def test_plot_leaves_out_the_accuracy_panels_of_a_regression_run(tmp_path):
+    """A regression run records NaN accuracies: no empty accuracy panels, the loss panels stay."""
+    pytest.importorskip("matplotlib")
+    import pintopt
+    from pintopt.comm import SerialComm
+    from pintopt.plot import plot_history
+
+    run = pintopt.run({"data": {"dataset": "overparam", "n": 50, "n_features": 120},
+                       "model": {"architecture": "linear"},
+                       "train": {"iterations": 6, "eval_every": 2, "batch_size": 8}}, SerialComm())
+    h = run.history
+    assert np.isnan(h["val_acc"]).all() and np.isfinite(h["val_loss"]).all()
+    titles = plot_history(h, tmp_path / "r.png")
+    assert titles == ["loss against iteration", "loss against wall time"]
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without losses either, there is nothing to draw (the CLI: one line, exit status 2)
+    with pytest.raises(ValueError, match="no finite values to draw"):
+        plot_history({"iteration": [1, 2], "val_acc": [np.nan, np.nan]}, tmp_path / "e.png")
 
 
 def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):

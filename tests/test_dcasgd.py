@@ -13,15 +13,11 @@ and sources it recorded -- which checks every gradient was applied once, with th
 from __future__ import annotations
 
 import copy
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import build_trainer, mpiexec_path, subprocess_env
+from conftest import build_trainer, mpiexec_path
 
 from pintopt import checkpoint, faults
 from pintopt.api import run
@@ -510,29 +506,13 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path, n):
     """A batch system's SIGTERM reaches every rank: the workers push their last gradients, the
     server stops, evaluates, writes its checkpoint (backups included) and every rank exits 4;
     resume continues from the workers' backups."""
+    from test_faults import signal_when_checkpointed
+
     ck = tmp_path / "ck.h5"
     args = JOB + ["--iterations", "10000000", "--checkpoint", "ck.h5", "--checkpoint-every", "50"]
-    e = subprocess_env()
-    e.pop("PINTOPT_FAULT", None)
-    e["PINTOPT_WATCHDOG"] = "0"
-    proc = subprocess.Popen([mpiexec_path(), "-n", str(n), sys.executable, "-m", "pintopt",
-                             *args], cwd=tmp_path, env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + HARD_LIMIT
-        while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ck.exists(), proc.communicate(timeout=5)
-        first = checkpoint.load(ck)["iteration"]
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=HARD_LIMIT)
-        secs = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 4 and secs < PROMPT, (proc.returncode, out, err)
+    status, out, err, secs, first = signal_when_checkpointed(n, args, tmp_path, ck,
+                                                             signal.SIGTERM, HARD_LIMIT)
+    assert status == 4 and secs < PROMPT, (status, out, err)
     assert err.count("interrupted by a signal") == 1 and "Traceback" not in err, err
     data = checkpoint.load(ck)
     last = data["iteration"]

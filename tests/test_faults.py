@@ -76,6 +76,36 @@ def launch(n, args, cwd, fault=None, env=None, timeout=HARD_LIMIT):
     return proc.returncode, out, err, time.monotonic() - t0
 
 
+def signal_when_checkpointed(n, args, cwd, ck, sig, timeout=HARD_LIMIT):
+    """``python -m pintopt *args`` in ``cwd`` (under ``mpiexec -n n``; ``n = 1``: the process
+    itself, no launcher), signalled with ``sig`` as soon as its checkpoint ``ck`` exists:
+    (status, stdout, stderr, seconds from the signal to the end, iteration of the checkpoint
+    when signalled). The job runs in its own process group, which is killed if the job is still
+    running when this returns or fails (a test that fails must not leave ranks behind)."""
+    e = subprocess_env()
+    e.pop("PINTOPT_FAULT", None)
+    e["PINTOPT_WATCHDOG"] = "0"
+    pre = [] if n == 1 else [mpiexec_path(), "-n", str(n)]
+    proc = subprocess.Popen([*pre, sys.executable, "-m", "pintopt", *args], cwd=cwd, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ck.exists(), proc.communicate(timeout=5)
+        first = checkpoint.load(ck)["iteration"]
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=timeout)
+        secs = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc.returncode, out, err, secs, first
+
+
 #: A warning line of Python (``file:12: SomeWarning: ...``) or of a native library (UCX, hwloc).
 WARNING = re.compile(r"^(.*:\d+: \w*Warning: |.*\bWARN(ING)?\b)")
 
@@ -492,28 +522,8 @@ def test_signal_stops_cleanly_with_a_final_checkpoint(tmp_path, n, sig):
     ck = tmp_path / "ck.h5"
     args = ["train", "--quiet", "--depth", "8", "--batch-size", "8", "--eval-every", "50",
             "--iterations", "10000000", "--checkpoint", "ck.h5", "--checkpoint-every", "200"]
-    e = subprocess_env()
-    e.pop("PINTOPT_FAULT", None)
-    e["PINTOPT_WATCHDOG"] = "0"
-    pre = [] if n == 1 else [mpiexec_path(), "-n", str(n)]
-    proc = subprocess.Popen([*pre, sys.executable, "-m", "pintopt", *args], cwd=tmp_path, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + HARD_LIMIT
-        while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ck.exists(), proc.communicate(timeout=5)
-        first = checkpoint.load(ck)["iteration"]
-        t0 = time.monotonic()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=HARD_LIMIT)
-        secs = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 4 and secs < PROMPT, (proc.returncode, out, err)
+    status, out, err, secs, first = signal_when_checkpointed(n, args, tmp_path, ck, sig)
+    assert status == 4 and secs < PROMPT, (status, out, err)
     assert "interrupted by a signal" in err and "Traceback" not in err, err
     assert err.count("interrupted by a signal") == 1
     ck_data = checkpoint.load(ck)

@@ -66,6 +66,35 @@ def test_p_step_equals_the_function_value_search(seed, nu, rho, tau0):
     np.testing.assert_array_equal(out, out2)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_p_step_and_p_update_share_one_gradient_bitwise(seed):
+    """``p_step`` and ``admm.p_update`` take their gradient and curvature from the one kernel
+    ``admm.p_gradient_jit``: when the cap is not hit, the gradient, tau and the new p are the
+    same to the bit (random shapes and scales; seed 5 has a zero gradient)."""
+    rng = np.random.default_rng(seed)
+    m, n_in, n_out = (int(v) for v in rng.integers(1, 10, 3))
+    p, W, b, z, qp, up = _layer(rng, m, n_in, n_out, scale=float(rng.uniform(0.1, 4.0)))
+    nu, rho = 10.0 ** rng.uniform(-4, 1, 2)
+    if seed == 5:  # g = 0 exactly: W, b, z = 0 (no residual), u = 0, q = p
+        W, b, z = np.zeros_like(W), np.zeros_like(b), np.zeros_like(z)
+        qp, up = p.copy(), np.zeros_like(p)
+    res = np.empty_like(z)
+    g0 = np.empty_like(p)
+    gg, kappa = admm.p_gradient_jit(p, W, b, z, qp, up, nu, rho, res, g0)
+    o1, g1, o2, g2 = (np.full_like(p, np.nan) for _ in range(4))
+    tau1, hit = K.p_step(p, W, b, z, qp, up, nu, rho, 10.0, 2.0, 60, o1, res, g1)
+    tau2 = admm.p_update(p, W, b, z, qp, up, nu, rho, 10.0, 2.0, o2, res, g2)
+    assert hit == 0 and tau1 == tau2
+    for a in (g1, g2):
+        assert a.tobytes() == g0.tobytes()
+    assert o1.tobytes() == o2.tobytes()
+    assert gg == pytest.approx(np.sum(g0 * g0), rel=1e-13)
+    if seed == 5:
+        assert gg == 0.0 and kappa == 0.0 and tau1 == 10.0 and o1.tobytes() == p.tobytes()
+    else:
+        assert tau1 >= kappa > 0.0
+
+
 @pytest.mark.parametrize("seed,nu,theta0", [(0, 0.3, 10.0), (1, 2.0, 1e-3), (2, 1e-4, 10.0)])
 def test_W_step_equals_the_function_value_search(seed, nu, theta0):
     rng = np.random.default_rng(seed)

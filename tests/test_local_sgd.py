@@ -289,6 +289,19 @@ def test_memory_estimate_covers_what_is_allocated():
     assert est["params"] + est["reduce"] >= held
 
 
+def test_final_line_counts_rounds(capsys):
+    """The final line counts the method's unit of work (``Method.unit`` through
+    ``Result.unit``): rounds, as the start line and the table do, not "iterations"."""
+    args = ["train", "--method", "localsgd", "--dataset", "twodiscs", "--architecture",
+            "feasibility", "--localsgd-nodes", "2", "--localsgd-steps", "3", "--lr", "0.3",
+            "--iterations", "4", "--eval-every", "2"]
+    assert main(args) == 0
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert final.startswith("final: ") and ", 4 rounds; training time " in final, final
+    assert "iteration" not in final
+    assert run(rounds=2).unit == "round"
+
+
 def test_command_line_runs_the_two_discs_and_prints_tstar(capsys, tmp_path):
     args = ["train", "--method", "localsgd", "--dataset", "twodiscs", "--architecture",
             "feasibility", "--localsgd-nodes", "2", "--localsgd-steps", "10", "--lr", "0.3",

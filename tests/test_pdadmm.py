@@ -587,6 +587,31 @@ def test_start_line_names_the_admm_update_and_run_refuses_resnet(capsys):
         pintopt.run(cfg)
 
 
+def test_optimizer_and_step_size_options_are_warned_as_without_effect(capsys):
+    """pdADMM is gradient-free (``PdadmmTrainer.ignores``): --optimizer, --lr and the other
+    update options get the "no effect" warning, one line each; the run goes on."""
+    from pintopt.cli import main
+    from pintopt.config import ineffective_options, make_config
+
+    base = {"train": {"method": "pdadmm"}, "model": {"architecture": "mlp"}}
+    cfg = make_config({**base, "train": {"method": "pdadmm", "optimizer": "momentum", "lr": 0.5,
+                                         "momentum": 0.5, "schedule": "step", "gamma": 0.1}})
+    assert ineffective_options(cfg) == [
+        f'option train.{k} has no effect with train.method = "pdadmm"'
+        for k in ("optimizer", "lr", "momentum", "schedule", "gamma")]
+    assert ineffective_options(make_config(base)) == []
+    # the same options do have an effect for a method with an optimiser
+    assert ineffective_options(make_config({"train": {"optimizer": "sgd", "lr": 0.5}})) == []
+    args = ["train", "--quiet", "--method", "pdadmm", "--architecture", "mlp", "--width", "4",
+            "--depth", "2", "--dataset", "ellipses", "--n", "30", "--iterations", "2",
+            "--optimizer", "sgd", "--lr", "0.5"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['pintopt: warning: option train.optimizer has no effect with train.method = '
+                   '"pdadmm"', 'pintopt: warning: option train.lr has no effect with '
+                   'train.method = "pdadmm"'], err
+
+
 def test_cli_checkpoint_resume_is_bitwise(tmp_path):
     """Through the command line and the HDF5 checkpoint: stop at 10, resume to 20, get the
     uninterrupted run's ADMM variables and history."""

@@ -4,6 +4,8 @@ regression against NumPy least squares, and checkpoint/resume. MPI tests: test_p
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import build_trainer as build
@@ -626,3 +628,71 @@ def test_options_without_effect_are_named():
         "option pint.window has no effect with pint.oracle = true"]
     page = [row for row in options_markdown().splitlines() if row.startswith("| `coarse_lr`")]
     assert "Has an effect only when `levels` != 1 and `coarse_iterations` is set." in page[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the coarse phase's mode in the start lines (coarse_parallel)
+
+
+def _start_and_notes(size, depth, **pint):
+    """The start lines and the notes of a short pint run on ``size`` logical ranks (rank 0's)."""
+    import pintopt
+
+    raw = {"model": {"depth": depth}, "train": {"method": "pint", "iterations": 2,
+                                                "batch_size": 8},
+           "pint": {"levels": 2, "coarsen": 2, "coarse_iterations": 20, **pint}}
+
+    def fn(comm):
+        lines = []
+        pintopt.run(raw, comm, progress=lines.append, quiet=True)
+        return lines
+
+    return run_ranks(size, fn)[0] if size > 1 else fn(SerialComm())
+
+
+@pytest.mark.parametrize("mode", ["auto", "serial", "data", "pint"])
+def test_start_lines_name_the_coarse_mode(mode):
+    """A user who needs the run again must see how the coarse phase ran: a third start line
+    names coarse_parallel and the mode of each level; with auto on several ranks the mode is
+    chosen by timing in the first step, and a note says which."""
+    lines = _start_and_notes(2, 8, coarse_parallel=mode)
+    setup = lines[2]
+    assert setup.startswith("global prediction: 1 coarse level(s) of 4 layers (coarsest first), "
+                            f"20 iterations each; coarse_parallel = {mode}: "), setup
+    notes = [x for x in lines if x.startswith("pintopt: pint: ")]
+    if mode == "auto":
+        assert setup.endswith("serial or data on each level, chosen by timing in the first step "
+                              "(a note then says which)")
+        assert len(notes) == 1 and re.fullmatch(
+            r"pintopt: pint: the global prediction ran coarse_parallel = auto as (serial|data) "
+            r"on every level \(chosen by timing\)", notes[0]), notes
+    else:
+        assert setup.endswith(f": {mode} on every level") and notes == []
+
+
+def test_start_line_says_one_rank_runs_the_coarse_phase_serially():
+    setup = _start_and_notes(1, 8, coarse_parallel="auto")[2]
+    assert setup.endswith("coarse_parallel = auto: serial on every level (one rank)"), setup
+    assert not any("global prediction" in x for x in _start_and_notes(1, 8, levels=1))
+
+
+def test_planned_modes_are_what_runs():
+    """coarse_parallel = pint trains a level in parallel while its grid has a step per rank:
+    depth 4 on 2 ranks, coarsen 2, 3 levels: the 2-layer level by pint, the 1-layer level
+    serially. The start line says so and the run records the same (it recorded "pint" for the
+    serial level before)."""
+    from pintopt.methods.pint_prediction import planned_modes
+
+    raw = {"model": {"depth": 4}, "train": {"method": "pint", "iterations": 1, "batch_size": 8},
+           "pint": {"levels": 3, "coarsen": 2, "coarse_iterations": 3, "coarse_parallel": "pint",
+                    "oracle": True}}
+
+    def fn(comm):
+        t = build(raw, comm)
+        planned, setup = planned_modes(t.counts, t.options), t.describe_setup()
+        train(t)
+        return planned, setup, t.diagnostics.coarse_modes
+
+    for planned, setup, ran in run_ranks(2, fn):
+        assert planned == ran == ["serial", "pint"]
+        assert setup.endswith("coarse_parallel = pint: serial (1 layers), pint (2 layers)"), setup

@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
+import pintopt
 from pintopt import checkpoint, faults
 from pintopt.api import load_data as _load_data
 from pintopt.cli import main
-from pintopt.comm import SerialComm, all_finite
+from pintopt.comm import SerialComm, all_finite, run_ranks
 from pintopt.config import make_config
 from pintopt.loop import Divergence, Hooks, train
 from pintopt.memory import memory_need
@@ -134,6 +135,54 @@ def test_divergence_exit_status_and_message_keep_the_checkpoint(tmp_path, inject
     assert len(err) == 1 and err[0].startswith("pintopt: error: training diverged")
     assert f"last good checkpoint {ck} (iteration 10) is kept" in err[0]
     assert checkpoint.load(ck)["iteration"] == 10
+
+
+#: Serial SGD with a step a thousand times too large: the loss grows to about 1e99 in 30
+#: iterations and stays finite (before the blow-up rule this run ended "completed").
+BLOWUP = {**RAW, "train": {**RAW["train"], "optimizer": "sgd", "lr": 100.0}}
+
+
+def test_a_finite_loss_blow_up_is_divergence():
+    with pytest.raises(Divergence, match=r"training diverged: loss blow-up \(batch loss above "
+                       r"train.divergence_factor = 1e\+06 x max\(abs\(first batch loss\), 1\)"
+                       r" = [0-9.e+]+\) on rank 0 at iteration \d+") as info:
+        train(trainer_for(BLOWUP))
+    assert 1 < info.value.iteration < 30 and info.value.last_good < info.value.iteration
+    # the rule is what stops it: switched off, the loss stays finite to the end
+    off = train(trainer_for({**BLOWUP, "train": {**BLOWUP["train"], "divergence_factor": 0}}))
+    assert off.stopped == "completed" and 1e20 < off.history["batch_loss"][-1] < np.inf
+
+
+def test_a_loss_blow_up_on_several_ranks_stops_every_rank_alike():
+    def fn(comm):
+        raw = {**BLOWUP, "train": {**BLOWUP["train"], "method": "dataparallel"}}
+        try:
+            pintopt.run(raw, comm)
+        except Divergence as exc:
+            return str(exc), exc.iteration
+        return None
+
+    out = run_ranks(2, fn)
+    assert out[0] is not None and out[0] == out[1], out
+    assert "loss blow-up" in out[0][0] and "on every rank at iteration" in out[0][0]
+
+
+def test_a_loss_blow_up_exits_3_with_one_line(capsys):
+    assert main(TINY + ["--iterations", "30", "--optimizer", "sgd", "--lr", "100"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pintopt: error: training diverged: loss blow-up")
+
+
+def test_the_blow_up_rule_leaves_a_healthy_run_alone():
+    """A normal run (adam, lr 0.01) and a noisy one (sgd, lr 1) are bitwise the same with the rule
+    on (default) and off."""
+    for opt in ({}, {"optimizer": "sgd", "lr": 1.0}):
+        tr = {**RAW["train"], **opt}
+        on = train(trainer_for({**RAW, "train": tr}))
+        off = train(trainer_for({**RAW, "train": {**tr, "divergence_factor": 0}}))
+        assert on.stopped == off.stopped == "completed" and not on.extras["rollbacks"]
+        for a, b in zip(on.params.arrays(), off.params.arrays()):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_all_finite_handles_overflowing_sums():

@@ -85,6 +85,10 @@ class Method:
     dtypes: ClassVar[tuple[str, ...]] = ("float64",)
     #: Why the method is float64 only (the refusal names it), e.g. its solver kernels.
     float64_only: ClassVar[str] = ""
+    #: Shared options (``"section.key"``) the method does not read, e.g. ``train.optimizer`` for
+    #: a gradient-free method: a user who sets one is warned that it has no effect
+    #: (:func:`pintopt.config.ineffective_options`), as for an option's own ``disables``.
+    ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         self.problem, self.train, self.comm = problem, train, comm
@@ -182,6 +186,18 @@ class Method:
         """The update in words for the run's start line, for a method whose update is not
         ``train.optimizer`` on ``train.batch_size`` (None: the start line describes those)."""
         return None
+
+    def describe_setup(self) -> str | None:
+        """One more start line for what changes the method's iterates and the options alone do
+        not say (pint: its coarse phase and how the ranks share it, ``coarse_parallel``); None:
+        no such line."""
+        return None
+
+    def take_notes(self) -> list[str]:
+        """Lines for the run's log that the method learned in its last step, e.g. a choice made
+        by timing (pint's ``coarse_parallel = auto``); the loop hands them to ``hooks.log``
+        after each step. Reading them clears them."""
+        return []
 
     def stop_requested(self) -> bool:
         """True when the method asks the loop to stop as a signal would (polled at the decision

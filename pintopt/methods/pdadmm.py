@@ -279,6 +279,9 @@ class PdadmmTrainer(Method):
     Options = PdadmmOptions
     architectures = ("mlp",)
     rollback_policy = "raised rho (to Lemma 1's bound, then doubled)"
+    #: gradient-free: no optimiser, step size or schedule (its steps are tau and theta)
+    ignores = ("train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
+               "train.schedule", "train.decay", "train.step_size", "train.gamma")
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         super().__init__(problem, train, options, comm)

@@ -77,6 +77,7 @@ from pintopt.methods.pint_prediction import (
     Prediction,
     coarse_counts,
     parallel_prediction,
+    planned_modes,
     serial_prediction,
 )
 from pintopt.methods.pint_regression import BoundaryRegression, rows_into
@@ -145,6 +146,7 @@ class PintTrainer(Method):
         # the global prediction runs inside the first step so its time counts as training time
         self.predicted = o.levels == 1 or o.coarse_iterations == 0
         self._eval_request = False
+        self._notes: list[str] = []
         self.diagnostics = PintDiagnostics()
         # pipeline: trajectory of the current batch, its indices, the neighbour messages
         self.traj: Any = None
@@ -235,6 +237,45 @@ class PintTrainer(Method):
         d.coarse_steps += pred.steps
         d.coarse_modes = list(pred.modes)
         d.coarse_level_steps = list(pred.level_steps)
+        if "auto" in planned_modes(self.counts, o):  # the start line could not say: say now
+            self._notes.append(f"pint: the global prediction ran coarse_parallel = auto as "
+                               f"{self._per_level(d.coarse_modes)} (chosen by timing)")
+
+    def _coarse_depths(self) -> list[int]:
+        """Layers of each coarse level, coarsest first."""
+        o, D = self.options, self.model.spec.depth
+        return [D // o.coarsen**level for level in range(o.levels - 1, 0, -1)]
+
+    def _per_level(self, modes: list[str]) -> str:
+        if len(set(modes)) == 1:
+            return f"{modes[0]} on every level"
+        return ", ".join(f"{m} ({d} layers)" for d, m in zip(self._coarse_depths(), modes))
+
+    def describe_setup(self) -> str | None:
+        """The coarse phase (global prediction) and how the ranks share it: the mode that will
+        run on each level, or, for ``coarse_parallel = auto`` on several ranks, that the first
+        step chooses it by timing (a note then says what it chose). None without a coarse phase
+        (also for a resumed run that is past it)."""
+        o = self.options
+        if self.predicted:
+            return None
+        depths = ", ".join(map(str, self._coarse_depths()))
+        modes = planned_modes(self.counts, o)
+        if "auto" in modes:
+            how = ("serial or data on each level, chosen by timing in the first step (a note "
+                   "then says which)")
+        else:
+            how = self._per_level(modes)
+            if self.S == 1 and o.coarse_parallel != "serial":
+                how += " (one rank)"
+        at_most = "at most " if o.coarse_check_every and self.train.target_accuracy else ""
+        return (f"global prediction: {len(modes)} coarse level(s) of {depths} layers (coarsest "
+                f"first), {at_most}{o.coarse_iterations} iterations each; coarse_parallel = "
+                f"{o.coarse_parallel}: {how}")
+
+    def take_notes(self) -> list[str]:
+        notes, self._notes = self._notes, []
+        return notes
 
     def _start(self, pred: Prediction) -> None:
         self.params = pred.params

@@ -114,6 +114,29 @@ def coarse_counts(counts: list[int], factor: int) -> list[int] | None:
     return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def planned_modes(counts: list[int], options: Any) -> list[str]:
+    """How each coarse level will run (``coarse_parallel``), coarsest first, as far as it is
+    known before the run: ``serial``, ``data``, ``pint``, or ``auto`` where the first step will
+    choose by timing (:class:`ModeChoice`). ``counts``: the fine layers of each rank. As the run
+    does it: one rank runs every level serially; ``pint`` trains a level in parallel while its
+    grid has at least one step per rank (:func:`coarse_counts`), that level and the coarser ones
+    serially from there on."""
+    o = options
+    n = o.levels - 1 if o.coarse_iterations else 0
+    if n <= 0:
+        return []
+    if len(counts) == 1:
+        return ["serial"] * n
+    if o.coarse_parallel != "pint":
+        return [o.coarse_parallel] * n
+    modes: list[str] = []  # finest coarse level first
+    level: list[int] | None = list(counts)
+    for _ in range(n):
+        level = coarse_counts(level, o.coarsen) if level is not None else None
+        modes.append("pint" if level is not None else "serial")
+    return modes[::-1]
+
+
 # ----------------------------------------------------------------------------------------------
 # the coarse model that records boundary observations, and the target check
 
@@ -215,7 +238,9 @@ class ModeChoice:
 
     def __init__(self, mode: str, comm: Any, probe: int = 8) -> None:
         self.comm = comm
-        if comm.size == 1 or mode == "serial":
+        # "pint" reaches here where the coarse grid has fewer steps than ranks: serial, and so
+        # recorded (it was recorded as "pint", which did not run)
+        if comm.size == 1 or mode not in ("auto", "data"):
             mode = "serial"
         self.mode, self.probe = mode, probe
         self.chosen = mode if mode != "auto" else ""
