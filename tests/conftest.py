@@ -58,6 +58,17 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def assert_same_run(ref, res, histories=("batch_loss",)) -> None:
+    """Two runs' results (``pintopt.loop.train``) agree bit for bit: every parameter array and
+    the named history columns."""
+    import numpy as np
+
+    for name, u, v in zip(ref.params.names, ref.params.arrays(), res.params.arrays()):
+        np.testing.assert_array_equal(v, u, err_msg=name)
+    for key in histories:
+        assert res.history[key] == ref.history[key], key
+
+
 def build_trainer(raw, comm=None, data=None):
     """A method's trainer from a raw config mapping, the way the CLI builds it (without files)."""
     from pintopt.comm import SerialComm

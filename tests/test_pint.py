@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import assert_same_run
 from conftest import build_trainer as build
 
 from pintopt.comm import SerialComm, run_ranks
@@ -51,9 +52,7 @@ def test_one_rank_is_serial_algorithm_3(scheme, train_opts):
     raw["train"]["method"] = "pint"
     raw["pint"] = {"levels": 1}
     pint = train(build(raw))
-    for name, u, v in zip(serial.params.names, serial.params.arrays(), pint.params.arrays()):
-        np.testing.assert_array_equal(v, u, err_msg=name)
-    assert pint.history["batch_loss"] == serial.history["batch_loss"]
+    assert_same_run(serial, pint)
 
 
 def test_one_rank_multilevel_is_coarse_then_fine_serial():
