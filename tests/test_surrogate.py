@@ -540,3 +540,33 @@ def SurrogateTrainerEstimate(spec, tr, o, size):  # noqa: N802 - reads like the 
     from pintopt.methods.surrogate import SurrogateTrainer
 
     return SurrogateTrainer.memory_estimate(spec, tr, o, size, 8000, 2000)
+
+
+@pytest.mark.parametrize("inner, rule", [
+    ("cg", "10 CG steps per layer"),
+    ("gd", "10 gradient steps with Armijo backtracking (first step 1) per layer"),
+    ("eig", "one step of 1/lambda_max (power method) per layer")])
+def test_update_options_are_warned_as_without_effect(inner, rule, capsys):
+    """SM steps to the minimisers of its local losses, not with train.optimizer
+    (``SurrogateTrainer.ignores``): every update option gets the "no effect" warning and the
+    start line states the inner solver instead."""
+    from pintopt.cli import main
+    from pintopt.config import ineffective_options, make_config
+
+    for given in ({"optimizer": "momentum", "lr": 0.5, "momentum": 0.5, "weight_decay": 0.1,
+                   "schedule": "invtime", "decay": 0.1},
+                  {"schedule": "step", "step_size": 7, "gamma": 0.1}):
+        cfg = make_config({"train": {"method": "surrogate", **given}})
+        assert ineffective_options(cfg) == [
+            f'option train.{k} has no effect with train.method = "surrogate"' for k in given]
+    args = ["train", "--quiet", "--method", "surrogate", "--architecture", "mlp", "--width", "4",
+            "--depth", "2", "--dataset", "ellipses", "--n", "30", "--iterations", "2",
+            "--batch-size", "0", "--surrogate-inner", inner, "--lr", "0.5"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        'pintopt: warning: option train.lr has no effect with train.method = "surrogate"']
+    line = next(x for x in out.splitlines() if x.startswith("training: "))
+    assert line.startswith("training: Surrogate Minimization: layer-wise quadratic surrogates "
+                           "(eta 2, delta 1000), " + rule + "; full batch in 4 micro-batches"), line
+    assert "adam" not in line and "lr 0.5" not in line, line

@@ -246,3 +246,39 @@ def test_baselines_refuse_the_resnet():
     for method in ("cgblock", "sso", "ddg"):
         with pytest.raises(ValueError, match="architecture = mlp"):
             build_trainer({"train": {"method": method}})
+
+
+#: Update options set to non-defaults, in the option table's order; the schedule's own options
+#: need their schedule, so two sets cover all of OPTIMISER_OPTIONS.
+UPDATE_OPTIONS = [
+    {"optimizer": "momentum", "lr": 0.5, "momentum": 0.5, "weight_decay": 0.1,
+     "schedule": "invtime", "decay": 0.1},
+    {"schedule": "step", "step_size": 7, "gamma": 0.1},
+]
+
+
+@pytest.mark.parametrize("method, rule", [("cgblock", "CGBlock: 10 CG steps (tol 1e-10)"),
+                                          ("sso", "SSO: target-space surrogate")])
+def test_update_options_are_warned_as_without_effect(method, rule, capsys):
+    """CGBlock and SSO take their own steps (CG solution, Armijo searches), not a
+    train.optimizer step (``ignores``): every update option gets the "no effect" warning and the
+    start line states their rule; DDG does step with train.optimizer, lr and schedule."""
+    from pintopt.cli import main
+    from pintopt.config import ineffective_options, make_config
+
+    for given in UPDATE_OPTIONS:
+        cfg = make_config({"train": {"method": method, **given}})
+        assert ineffective_options(cfg) == [
+            f'option train.{k} has no effect with train.method = "{method}"' for k in given]
+        assert ineffective_options(make_config({"train": {"method": "ddg", **given}})) == []
+    args = ["train", "--quiet", "--method", method, "--architecture", "mlp", "--width", "4",
+            "--depth", "2", "--dataset", "ellipses", "--n", "30", "--iterations", "2",
+            "--optimizer", "sgd", "--lr", "0.5"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f'pintopt: warning: option train.{k} has no effect with train.method = "{method}"'
+        for k in ("optimizer", "lr")]
+    line = next(x for x in out.splitlines() if x.startswith("training: "))
+    assert line.startswith(f"training: {rule}") and "batch 16" in line, line
+    assert "sgd" not in line and "lr 0.5" not in line, line

@@ -42,6 +42,11 @@ from pintopt.options import options_of
 
 LOCKSTEP, ROUNDS, ASYNC = "lockstep", "rounds", "async"
 
+#: The shared options of the update mapping (optimiser, step size, schedule, weight decay): what a
+#: method without a ``train.optimizer`` update lists in :attr:`Method.ignores`.
+OPTIMISER_OPTIONS = ("train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
+                     "train.schedule", "train.decay", "train.step_size", "train.gamma")
+
 
 @dataclass
 class Problem:
@@ -216,6 +221,11 @@ class Method:
         allocated; the CLI refuses a run that does not fit). The default suits the serial-like
         methods (:func:`serial_memory_estimate`); methods with other layouts override it."""
         return serial_memory_estimate(cls, spec, train, options, size, m_train, m_val)
+
+
+def batch_words(batch_size: int, m_train: int) -> str:
+    """The batch for a :meth:`Method.describe_update` line: ``full batch`` or ``batch B``."""
+    return "full batch" if batch_size >= m_train else f"batch {batch_size}"
 
 
 def dtype_refusal(cls: type[Method], dtype: str, others: list[str] | None = None) -> str:

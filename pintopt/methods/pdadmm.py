@@ -59,7 +59,7 @@ from pintopt.comm import FOREVER
 from pintopt.kernels import activations, admm, fista, losses
 from pintopt.kernels import pdadmm as K
 from pintopt.layout import LayerLayout, require_items_per_rank
-from pintopt.methods.base import Method, Problem, activation_bytes, n_params
+from pintopt.methods.base import OPTIMISER_OPTIONS, Method, Problem, activation_bytes, n_params
 from pintopt.model import MLP, MLPSpec, ParamSet
 from pintopt.options import ON, opt
 
@@ -280,8 +280,7 @@ class PdadmmTrainer(Method):
     architectures = ("mlp",)
     rollback_policy = "raised rho (to Lemma 1's bound, then doubled)"
     #: gradient-free: no optimiser, step size or schedule (its steps are tau and theta)
-    ignores = ("train.optimizer", "train.lr", "train.momentum", "train.weight_decay",
-               "train.schedule", "train.decay", "train.step_size", "train.gamma")
+    ignores = OPTIMISER_OPTIONS
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         super().__init__(problem, train, options, comm)

@@ -47,7 +47,14 @@ from pintopt.comm import FOREVER
 from pintopt.kernels import activations, dense
 from pintopt.kernels import surrogate as sk
 from pintopt.layout import LayerLayout, Slice, block_range, require_items_per_rank
-from pintopt.methods.base import Method, Problem, n_params, serial_memory_estimate
+from pintopt.methods.base import (
+    OPTIMISER_OPTIONS,
+    Method,
+    Problem,
+    batch_words,
+    n_params,
+    serial_memory_estimate,
+)
 from pintopt.methods.surrogate_baselines import ModelPass, conjugate_gradient
 from pintopt.methods.surrogate_pipeline import Executor, PipelineTimes, gpipe_schedule
 from pintopt.model import MLP
@@ -270,6 +277,9 @@ class SurrogateTrainer(Method):
     #: models it trains (pintopt.run refuses the others before estimating memory)
     architectures = ("mlp",)
     rollback_policy = "halved step"
+    #: its steps are the minimisers of the local losses (their scale: surrogate.eta and delta),
+    #: no optimiser, step size, schedule or weight decay
+    ignores = OPTIMISER_OPTIONS
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         super().__init__(problem, train, options, comm)
@@ -341,6 +351,21 @@ class SurrogateTrainer(Method):
         self.layer_time = np.zeros((len(self.layers), 5))
         self._acc = np.zeros(7)  # since the last evaluation: n, pipeline, wait, update, power,
         #                          solve, total
+
+    def describe_update(self) -> str:
+        """The update in words for the start line (train.optimizer, lr and schedule are unused)."""
+        o = self.options
+        inner = {
+            "cg": f"{o.inner_steps} CG steps",
+            "gd": f"{o.inner_steps} gradient steps with Armijo backtracking (first step "
+                  f"{o.inner_lr:g})",
+            "eig": "one step of 1/lambda_max (power method)",
+        }[o.inner]
+        blocks = ", global Hessian blocks" if o.hessian == "global" else ""
+        return (f"Surrogate Minimization: layer-wise quadratic surrogates (eta {o.eta:g}, delta "
+                f"{o.delta:g}{blocks}), {inner} per layer; "
+                f"{batch_words(self.batch_size, self.data.x_train.shape[0])} in {self.M} "
+                f"micro-batches (train.optimizer, lr and schedule are not used)")
 
     # ---------------------------------------------------------------------------------- layout
     def _offsets(self) -> dict[int, tuple[int, int]]:

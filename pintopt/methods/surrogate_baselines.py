@@ -33,7 +33,15 @@ import numpy as np
 from pintopt.comm import FOREVER
 from pintopt.kernels import dense, losses
 from pintopt.layout import LayerLayout, Slice, interleave_slots, require_items_per_rank, slot_sets
-from pintopt.methods.base import Method, Problem, activation_bytes, n_params, serial_memory_estimate
+from pintopt.methods.base import (
+    OPTIMISER_OPTIONS,
+    Method,
+    Problem,
+    activation_bytes,
+    batch_words,
+    n_params,
+    serial_memory_estimate,
+)
 from pintopt.methods.serial import make_optimizer
 from pintopt.model import MLP
 from pintopt.optim import Optimizer
@@ -166,6 +174,9 @@ class CGBlockTrainer(Method):
     architectures = ("mlp",)
     Options = CGBlockOptions
     rollback_policy = "halved step"
+    #: its step is the CG solution, taken in full (halved by rollbacks only): no optimiser, step
+    #: size, schedule or weight decay
+    ignores = OPTIMISER_OPTIONS
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         super().__init__(problem, train, options, comm)
@@ -174,6 +185,15 @@ class CGBlockTrainer(Method):
         self.grads = self.params.zeros_like()
         self.step_scale = 1.0
         self.cg_info: dict[int, tuple[int, int]] = {}
+
+    def describe_update(self) -> str:
+        """The update in words for the start line (train.optimizer, lr and schedule are unused)."""
+        o = self.options
+        damping = f", damping {o.damping:g}" if o.damping else ""
+        return (f"CGBlock: {o.inner_steps} CG steps (tol {o.cg_tol:g}{damping}) on each layer's "
+                f"block of the loss Hessian, the full step; "
+                f"{batch_words(self.batch_size, self.data.x_train.shape[0])} (train.optimizer, "
+                f"lr and schedule are not used)")
 
     def step(self) -> float:
         idx = self.sampler.next()
@@ -280,6 +300,9 @@ class SSOTrainer(Method):
     #: models it trains (pintopt.run refuses the others before estimating memory)
     architectures = ("mlp",)
     Options = SSOOptions
+    #: its steps come from the Armijo searches on eta and on the surrogate (sso.eta, inner_lr):
+    #: no optimiser, step size, schedule or weight decay
+    ignores = OPTIMISER_OPTIONS
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         super().__init__(problem, train, options, comm)
@@ -288,6 +311,15 @@ class SSOTrainer(Method):
         self.grads = self.params.zeros_like()
         self.eta = self.options.eta
         self.inner_lr = self.options.inner_lr
+
+    def describe_update(self) -> str:
+        """The update in words for the start line (train.optimizer, lr and schedule are unused)."""
+        o = self.options
+        return (f"SSO: target-space surrogate, eta by Armijo search (from {o.eta:g}, in "
+                f"[{o.eta_min:g}, {o.eta_max:g}]), then {o.inner_steps} gradient steps with Armijo "
+                f"backtracking (step reset to {o.inner_lr:g} every iteration); "
+                f"{batch_words(self.batch_size, self.data.x_train.shape[0])} (train.optimizer, "
+                f"lr and schedule are not used)")
 
     def _loss_at_logits(self, f: np.ndarray, y: np.ndarray) -> float:
         return losses.softmax_xent(f, y, np.empty_like(f))
