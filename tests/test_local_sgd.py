@@ -321,3 +321,37 @@ def test_command_line_runs_the_two_discs_and_prints_tstar(capsys, tmp_path):
     assert "give --beta" in capsys.readouterr().err
     assert main(["train", "--method", "localsgd", "--localsgd-steps", "-1"]) == 2
     assert "localsgd.steps" in capsys.readouterr().err
+
+
+def test_options_it_does_not_read_are_warned_as_without_effect(capsys):
+    """Local steps are plain gradient steps on ``localsgd.batch_size`` samples
+    (``LocalSGDTrainer.ignores``): train.optimizer, momentum, the schedule and train.batch_size
+    get the "no effect" warning; train.lr (the default eta_i) and train.weight_decay are read,
+    and train.lr stops being read once localsgd.lr is set (its ``disables``)."""
+    from pintopt.config import ineffective_options, make_config
+
+    def warned(train, **ls):
+        return ineffective_options(make_config(
+            {"train": {"method": "localsgd", **train}, **({"localsgd": ls} if ls else {})}))
+
+    for given in ({"optimizer": "momentum", "lr": 0.5, "momentum": 0.5, "weight_decay": 0.1,
+                   "schedule": "invtime", "decay": 0.1, "batch_size": 8},
+                  {"schedule": "step", "step_size": 7, "gamma": 0.1}):
+        assert warned(given) == [
+            f'option train.{k} has no effect with train.method = "localsgd"' for k in given
+            if k not in ("lr", "weight_decay")]
+    assert warned({"lr": 0.5}, lr="0.1") == [
+        'option train.lr has no effect with localsgd.lr = "0.1"']
+    assert warned({"lr": 0.5}, lr="") == []
+    args = ["train", "--quiet", "--method", "localsgd", "--dataset", "twodiscs",
+            "--architecture", "feasibility", "--localsgd-nodes", "2", "--localsgd-steps", "3",
+            "--iterations", "2", "--optimizer", "sgd", "--lr", "0.3", "--weight-decay", "0.01",
+            "--batch-size", "8"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [
+        f'pintopt: warning: option train.{k} has no effect with train.method = "localsgd"'
+        for k in ("optimizer", "batch_size")]
+    line = next(x for x in out.splitlines() if x.startswith("training: "))
+    assert line.startswith("training: 2 nodes, T_i = 3 local steps (whole-shard GD), eta_i = "
+                           "0.3, weight decay 0.01, then one exact average;"), line

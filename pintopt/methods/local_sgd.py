@@ -76,7 +76,7 @@ class LocalSGDOptions:
     lr: str = opt(
         "", "local step sizes eta_i: empty = train.lr for every node, a number, or a "
         "comma-separated list with one per node (local updates are plain gradient steps: "
-        "train.optimizer, momentum and schedule are not used)")
+        "train.optimizer, momentum and schedule are not used)", disables=("train.lr",))
     batch_size: int = opt(
         0, "local mini-batch per step from the node's shard (0 = the whole shard: gradient "
         "descent as in Algorithm 1; train.batch_size is not used)", low=0)
@@ -167,6 +167,11 @@ class LocalSGDTrainer(Method):
     unit = "round"
     resume_any_ranks = True
     rollback_policy = "halved local step sizes"
+    #: local steps are plain gradient steps, Optimizer("sgd", lr, weight_decay) in __init__ (no
+    #: optimiser, momentum or schedule), on localsgd.batch_size samples (train.batch_size is
+    #: replaced by 0 there); train.lr (unless localsgd.lr is set) and weight_decay are read
+    ignores = ("train.optimizer", "train.momentum", "train.schedule", "train.decay",
+               "train.step_size", "train.gamma", "train.batch_size")
 
     def __init__(self, problem: Problem, train: Any, options: Any, comm: Any) -> None:
         # train.batch_size is not ours (the local batch is localsgd.batch_size): keep the base
@@ -234,8 +239,9 @@ class LocalSGDTrainer(Method):
 
         steps = "auto (T* of Sec. 4, measured)" if self.auto else listed(self.T, "{:g}")
         batch = f"local mini-batches of {o.batch_size}" if o.batch_size else "whole-shard GD"
+        decay = f", weight decay {self.train.weight_decay:g}" if self.train.weight_decay else ""
         return (f"{self.m} nodes, T_i = {steps} local steps ({batch}), eta_i = "
-                f"{listed(self.lrs, '{:g}')}, then one {o.reduce} average")
+                f"{listed(self.lrs, '{:g}')}{decay}, then one {o.reduce} average")
 
     # budget: one round is the unit; train.epochs counts rounds too ---------------------------
     @property
