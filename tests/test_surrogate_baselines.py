@@ -282,3 +282,22 @@ def test_update_options_are_warned_as_without_effect(method, rule, capsys):
     line = next(x for x in out.splitlines() if x.startswith("training: "))
     assert line.startswith(f"training: {rule}") and "batch 16" in line, line
     assert "sgd" not in line and "lr 0.5" not in line, line
+
+
+def test_memory_estimate_counts_no_optimiser_moments_for_cgblock_and_sso():
+    """Without an optimiser (``ignores``) train.optimizer does not change the estimate: no
+    moments are allocated; DDG's Adam holds two per parameter."""
+    from pintopt.methods import METHODS
+    from pintopt.model import MLPSpec
+    from pintopt.options import TrainOptions
+
+    spec = MLPSpec(784, 10, 64, 3, "tanh")
+
+    def est(method, optimizer):
+        cls = METHODS[method]
+        return cls.memory_estimate(spec, TrainOptions(optimizer=optimizer), cls.Options(), 1,
+                                   8000, 2000)
+
+    for method in ("cgblock", "sso", "surrogate"):
+        assert est(method, "adam") == est(method, "sgd"), method
+    assert est("ddg", "adam")["params"] > est("ddg", "sgd")["params"]

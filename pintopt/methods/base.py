@@ -296,6 +296,8 @@ def serial_memory_estimate(method: type[Method], spec: Any, train: Any, options:
     """
     P = n_params(spec)
     slots = {"sgd": 0, "momentum": 1, "adam": 2}.get(train.optimizer, 2)
+    if "train.optimizer" in method.ignores:  # no optimiser, so no moments
+        slots = 0
     batch = train.batch_size or m_train
     if method.data_parallel:
         batch = -(-batch // max(size, 1))
