@@ -321,6 +321,10 @@ def flag_name(section: str, key: str) -> str:
     return "--" + stem.replace("_", "-")
 
 
+def _have(options: tuple[str, ...]) -> str:
+    return "has" if len(options) == 1 else "have"
+
+
 def options_markdown() -> str:
     """The reference table of every option (docs/options.md is generated from this)."""
     lines = [
@@ -336,7 +340,7 @@ def options_markdown() -> str:
         ignored = method_ignores(section) if section not in CORE_SECTIONS else ()
         if ignored:
             lines += [f"With `train.method = \"{section}\"`, "
-                      f"{', '.join(f'`{o}`' for o in ignored)} have no effect.", ""]
+                      f"{', '.join(f'`{o}`' for o in ignored)} {_have(ignored)} no effect.", ""]
         lines += ["| key | flag | default | meaning |", "|---|---|---|---|"]
         for f in fields(cls):
             meta = f.metadata
@@ -346,7 +350,7 @@ def options_markdown() -> str:
                 extra += f" Has an effect only when {' and '.join(needs)}."
             if meta.get("disables"):
                 extra += (f" When on, {', '.join(f'`{o}`' for o in meta['disables'])} "
-                          "have no effect.")
+                          f"{_have(meta['disables'])} no effect.")
             default = f.default if f.default is not MISSING else "(required)"
             lines.append(
                 f"| `{f.name}` | `{flag_name(section, f.name)}` | `{default!r}` | "
