@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pintopt.comm import as_comm
-from pintopt.config import Config, ConfigError, load_toml, make_config
+from pintopt.config import Config, ConfigError, load_toml, make_config, method_ignores
 from pintopt.loop import Divergence, Hooks, Result, agree, describe_divergence, train
 from pintopt.methods.base import Method, Problem, finite
 
@@ -586,8 +586,12 @@ def _divergence_message(exc: Exception, cfg: Config, hooks: RunHooks) -> str:
     elif hooks.last_saved is None:
         tail = f"no checkpoint was written before (nothing at {path})"
     else:
+        # --lr on resume sets the step size of the method's optimisers: no help to a method
+        # that has none (Method.ignores), whose rollback changes its own step instead
+        smaller = ("" if "train.lr" in method_ignores(cfg.train.method)
+                   else f"`pintopt resume {path} --lr <smaller>` or ")
         tail = (
             f"the last good checkpoint {path} (iteration {hooks.last_saved}) is kept; "
-            f"`pintopt resume {path} --lr <smaller>` or `--on-divergence rollback` continues"
+            f"{smaller}`--on-divergence rollback` continues"
         )
     return f"{exc}; {tail}"

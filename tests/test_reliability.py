@@ -134,7 +134,24 @@ def test_divergence_exit_status_and_message_keep_the_checkpoint(tmp_path, inject
     err = err[1:]
     assert len(err) == 1 and err[0].startswith("pintopt: error: training diverged")
     assert f"last good checkpoint {ck} (iteration 10) is kept" in err[0]
+    assert f"`pintopt resume {ck} --lr <smaller>`" in err[0]
     assert checkpoint.load(ck)["iteration"] == 10
+
+
+def test_divergence_message_suggests_no_lr_to_a_method_without_a_step_size(tmp_path, capsys):
+    """CGBlock takes the full CG step (train.lr in its ``ignores``): ``resume --lr`` would not
+    change it, so the message names only the rollback (which scales CGBlock's own step)."""
+    ck = tmp_path / "ck.h5"
+    args = ["train", "--method", "cgblock", "--architecture", "mlp", "--width", "8", "--depth",
+            "2", "--dataset", "ellipses", "--batch-size", "0", "--iterations", "100",
+            "--checkpoint", str(ck), "--checkpoint-every", "2"]
+    assert main(args) == 3
+    # a cold kernel cache adds the two "compiling/compiled" lines
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines()
+           if not ln.startswith("pintopt: compil")]
+    assert len(err) == 1 and err[0].startswith("pintopt: error: training diverged: loss blow-up")
+    assert f"last good checkpoint {ck} (iteration 2) is kept" in err[0]
+    assert "--lr" not in err[0] and err[0].endswith("`--on-divergence rollback` continues")
 
 
 #: Serial SGD with a step a thousand times too large: the loss grows to about 1e99 in 30
