@@ -376,6 +376,10 @@ def speedup_one(comm, a, s: Setup, depth: int, targets: list[float]) -> dict:
     tuned = json.loads(a.pint)
 
     def checks(pint):
+        """Whether the run stops its coarse phase at the target (then one run per target);
+        single-level runs have no coarse phase: one run gives every target."""
+        if (pint or {}).get("levels") == 1:
+            return 0
         return (pint or {}).get("coarse_check_every", PintOptions().coarse_check_every)
 
     def summarise(name, results):
@@ -427,7 +431,7 @@ def speedup_one(comm, a, s: Setup, depth: int, targets: list[float]) -> dict:
     def alone(method, pint, target):
         """--seeds runs on rank 0 alone (the others sleep), results on every rank."""
         res = []
-        for seed in range(a.seeds):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             def one(seed=seed):
                 with Idle(comm) as me:
                     if me:
@@ -440,7 +444,7 @@ def speedup_one(comm, a, s: Setup, depth: int, targets: list[float]) -> dict:
     def together(method, pint, target):
         return [clean_runs(lambda seed=seed: run(raw_config(
             method, s, depth, pint, seed=seed, target_accuracy=target), comm, data),
-            list(range(S))) for seed in range(a.seeds)]
+            list(range(S))) for seed in range(a.first_seed, a.first_seed + a.seeds)]
 
     def per_target(runs, pint):
         if checks(pint):
@@ -512,6 +516,13 @@ def part_speedup(comm, a, out):
                 print(json.dumps(_brief(row)), flush=True)
 
 
+def save_partial(comm, a, out: dict) -> None:
+    """Write what is measured so far to ``--out`` (rank 0; without "finished"): a long run that
+    is stopped keeps its finished rows. The end of the run writes the whole file again."""
+    if comm.rank == 0 and a.out:
+        Path(a.out).write_text(json.dumps(out, indent=1, default=str))
+
+
 def mnist_setup(a) -> Setup | None:
     d = Path(a.mnist_data)
     if not (d / "t10k-images-idx3-ubyte.gz").exists() and not (d / "t10k-images-idx3-ubyte"
@@ -531,6 +542,7 @@ def part_mnist(comm, a, out):
     for depth in a.mnist_depths:
         row = speedup_one(comm, a, s, depth, a.mnist_targets)
         out.setdefault("mnist", []).append(row)
+        save_partial(comm, a, out)
         if comm.rank == 0:
             print(json.dumps(_brief(row)), flush=True)
 
@@ -553,6 +565,7 @@ def part_precision(comm, a, out):
             row["dtype"] = dt
             rows[dt] = row
             out.setdefault("precision", []).append(row)
+            save_partial(comm, a, out)
             if comm.rank == 0:
                 print(json.dumps(_brief(row)), flush=True)
         if comm.rank == 0:
@@ -626,7 +639,7 @@ def part_converge(comm, a, out):
                 for S in a.converge_ranks:
                     names = ["serial"] if S == 1 else a.converge_variants.split(",")
                     for name in names:
-                        for seed in range(a.seeds):
+                        for seed in range(a.first_seed, a.first_seed + a.seeds):
                             if name == "serial":
                                 raw = raw_config("serial", s, depth, seed=seed,
                                                  target_accuracy=a.converge_target)
@@ -645,6 +658,8 @@ def part_converge(comm, a, out):
                                     "coarse_level_steps": r.get("coarse_level_steps"),
                                     "iterations": r["iterations"], "history": r["history"]}
                             res.append(item)
+                            out["converge"], out["converge_target"] = res, a.converge_target
+                            save_partial(comm, a, out)
                             print(json.dumps({k: v for k, v in item.items()
                                               if k != "history"}), flush=True)
     out["converge"] = comm.bcast(res)
@@ -1327,6 +1342,7 @@ def main() -> None:
     p.add_argument("--depths", type=ints, default=ints("16,64,256,512"))
     p.add_argument("--scheme", default="verlet", choices=("verlet", "euler"))
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first_seed ... first_seed + seeds - 1")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repeats of every (method, seed); the fastest clean one counts")
     p.add_argument("--targets", type=floats, default=floats("0.95,0.99"),
