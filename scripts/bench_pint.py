@@ -1342,7 +1342,8 @@ def main() -> None:
     p.add_argument("--depths", type=ints, default=ints("16,64,256,512"))
     p.add_argument("--scheme", default="verlet", choices=("verlet", "euler"))
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--first-seed", type=int, default=0, help="seeds first_seed ... first_seed + seeds - 1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the seeds are first_seed ... first_seed + seeds - 1")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repeats of every (method, seed); the fastest clean one counts")
     p.add_argument("--targets", type=floats, default=floats("0.95,0.99"),
