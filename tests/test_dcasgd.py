@@ -13,6 +13,7 @@ and sources it recorded -- which checks every gradient was applied once, with th
 from __future__ import annotations
 
 import copy
+import re
 import signal
 
 import numpy as np
@@ -432,7 +433,10 @@ def test_divergence_stops_every_rank_with_the_same_error():
     finally:
         faults.configure("")
     assert all(isinstance(e, Divergence) for e in errors), errors
-    assert "NaN/Inf loss on rank 0" in str(errors[0])
+    # asynchronous: on a loaded machine worker 2's poisoned push can arrive after the server's
+    # 40 updates, in the final drain; then the server's scan of received messages names it, not
+    # the loss of one of its steps (seen in a CI dry run beside a benchmark)
+    assert re.search(r"NaN/Inf (loss|in a received message) on rank 0", str(errors[0])), errors
     assert "reported by the dcasgd server to worker rank 1" in str(errors[1])
 
 
