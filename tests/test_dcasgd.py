@@ -423,19 +423,21 @@ def test_divergence_stops_every_rank_with_the_same_error():
     makes every worker raise Divergence too (the CLI then exits 3 on every rank)."""
     def fn(comm):
         try:
-            train(build(raw("asgd", 40), comm))
+            train(build(raw("asgd", 200), comm))
         except Exception as exc:  # noqa: BLE001 - returned for the assertion
             return exc
     warm(raw("asgd"))
-    faults.configure("nan_loss:2:5")
+    # early and in a long run: the server's 200 updates do not wait for worker 2, and on a
+    # loaded machine a late poisoned push could miss the run altogether
+    faults.configure("nan_loss:2:2")
     try:
         errors = run_ranks(3, fn)
     finally:
         faults.configure("")
     assert all(isinstance(e, Divergence) for e in errors), errors
-    # asynchronous: on a loaded machine worker 2's poisoned push can arrive after the server's
-    # 40 updates, in the final drain; then the server's scan of received messages names it, not
-    # the loss of one of its steps (seen in a CI dry run beside a benchmark)
+    # asynchronous: which of the server's checks sees the poisoned push first depends on when it
+    # lands (in a step, or after the last update, in the final drain: then the scan of received
+    # messages names it, not a step's loss; seen in a CI dry run beside a benchmark)
     assert re.search(r"NaN/Inf (loss|in a received message) on rank 0", str(errors[0])), errors
     assert "reported by the dcasgd server to worker rank 1" in str(errors[1])
 
