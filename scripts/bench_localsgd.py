@@ -287,7 +287,7 @@ def bench_adaptive(args) -> None:
     name, data, ds = problems[-1]  # MNIST-62 least squares when MNIST is there
     nodes = comm.size
     lr = 1.0 / node_lmax(ds.x_train, nodes)
-    fixed = ["1", "2", "5", "10", "20", "50", "100", "inf"] if not args.quick else ["1", "10"]
+    fixed = args.fixed.split(",") if not args.quick else ["1", "10"]
     cap = 200 if args.quick else 4000
     reps = 1 if args.quick else args.reps
     say(comm, f"## adaptive T vs fixed T: {name}, squared loss, {nodes} nodes on {comm.size} "
@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=20000, help="twodiscs: rounds")
     p.add_argument("--mnist-rounds", type=int, default=100, help="mnist: rounds")
     p.add_argument("--reps", type=int, default=3, help="adaptive/allreduce: repetitions")
+    p.add_argument("--fixed", default="1,2,5,10,20,50,100,inf",
+                   help="adaptive: the fixed T compared with auto (comma-separated)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     {"twodiscs": bench_twodiscs, "lsq": bench_lsq, "mnist": bench_mnist,
