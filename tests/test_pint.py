@@ -454,7 +454,8 @@ def delayed_reference(raw, size, iterations):
     """An independent serial implementation of delayed exact co-states (pint_delayed): the exact
     gradient of the whole network for batch k at U^k (serial Algorithm 3's gradient), of which
     the block of rank r is applied at iteration k + d_r, d_r = size - 1 - r, by rank r's own
-    optimiser; nothing is applied before a rank's first gradient arrives."""
+    optimiser; nothing is applied before a rank's first gradient arrives. With
+    ``pint.delay_damping = c`` rank r's optimiser steps with ``lr / (1 + c d_r)``."""
     cfg = make_config(raw)
     t = build(raw)  # one process: its data, model and initial parameters
     model, data = t.model, t.data
@@ -462,6 +463,9 @@ def delayed_reference(raw, size, iterations):
     layout = LayerLayout.balanced(cfg.model.depth, size, cfg.method.balance_layers)
     slices = [Slice(model, layout, r) for r in range(size)]
     opts = [make_optimizer(cfg.train) for _ in range(size)]
+    for r, o in enumerate(opts):
+        if r < size - 1:
+            o.lr = o.lr * (1.0 / (1.0 + cfg.method.delay_damping * (size - 1 - r)))
     grads = []
     for k in range(iterations):
         idx = t.sampler.next()
@@ -478,13 +482,16 @@ def delayed_reference(raw, size, iterations):
 @pytest.mark.parametrize("size", [2, 3, 4])
 @pytest.mark.parametrize("scheme,optimizer", [("euler", "sgd"), ("verlet", "adam"),
                                               ("verlet", "momentum")])
-def test_delayed_costates_are_exact_delayed_gradients(size, scheme, optimizer):
+@pytest.mark.parametrize("delay_damping", [0.0, 1.0, 0.3])
+def test_delayed_costates_are_exact_delayed_gradients(size, scheme, optimizer, delay_damping):
     """On S logical ranks, rank r applies the exact gradient of batch k - d_r at the iterate
-    U^{k - d_r}: the parameters equal the independent serial reference (9 layers: uneven
-    slices; balance_layers moves layers to the last rank)."""
+    U^{k - d_r} (with ``pint.delay_damping``: with its step scaled by 1 / (1 + c d_r)): the
+    parameters equal the independent serial reference (9 layers: uneven slices;
+    balance_layers moves layers to the last rank)."""
     raw = {"model": {"depth": 9, "scheme": scheme},
            "train": {"method": "pint", "iterations": 25, "optimizer": optimizer, "lr": 0.02},
-           "pint": {"levels": 1, "costates": "delayed", "balance_layers": 1.0}}
+           "pint": {"levels": 1, "costates": "delayed", "balance_layers": 1.0,
+                    "delay_damping": delay_damping}}
     ref = delayed_reference(raw, size, 25)
 
     def run(comm):

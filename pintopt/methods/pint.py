@@ -140,6 +140,9 @@ class PintTrainer(Method):
                               self.model.state_shape(self.batch_size),
                               self.params.K.dtype) if self.delayed else None
         self._k0: int | None = None  # iteration at which the pipeline started (re)filling
+        #: pint.delay_damping: the step factor 1 / (1 + c d) of a rank with d-old gradients
+        self._step_scale = (1.0 / (1.0 + o.delay_damping * self.ring.delay)
+                            if self.ring is not None else 1.0)
         self._gathered: tuple[int | None, Any] = (None, None)  # the last global_params()
         self.regression = None if self.last or o.oracle or self.delayed else BoundaryRegression(
             spec.n_classes, self.dim, o.features, o.window, o.ridge, self.model.dtype)
@@ -447,9 +450,12 @@ class PintTrainer(Method):
     def _update(self) -> None:
         o, d = self.options, self.diagnostics
         owned_p, owned_g = self.slice.owned(self.params), self.slice.owned(self.grads)
+        scale = self._step_scale  # delayed co-states (no regression): pint.delay_damping
         if o.damping and self.regression is not None and d.observed:
+            scale = max(0.0, 1.0 - d.err_avg)
+        if scale != 1.0:
             lr = self.opt.lr
-            self.opt.lr = lr * max(0.0, 1.0 - d.err_avg)
+            self.opt.lr = lr * scale
             self.opt.step(owned_p, owned_g)
             self.opt.lr = lr
         else:

@@ -15,6 +15,7 @@ from pintopt.options import ON, Not, opt
 # see), and only the regression co-states read those.
 _PREDICTION = {"levels": Not(1), "coarse_iterations": ON}
 _REGRESSION = {"costates": "regression"}
+_DELAYED = {"costates": "delayed"}
 
 
 @dataclass
@@ -83,6 +84,14 @@ class PintOptions:
         "pipeline, and the rank applies that batch's exact gradient, taken with the controls "
         "it went forward with; no regression)",
         choices=("regression", "delayed"),
+    )
+    delay_damping: float = opt(
+        0.0,
+        "with delayed co-states: a rank whose gradients are d = S-1-r iterations old steps with "
+        "lr / (1 + delay_damping * d) (delayed-gradient SGD needs a step that shrinks with the "
+        "delay; 1 halves rank 0's step on 2 ranks); 0 = the same step on every rank",
+        low=0.0,
+        requires=_DELAYED,
     )
     features: str = opt(
         "class",
