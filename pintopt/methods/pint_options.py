@@ -86,7 +86,7 @@ class PintOptions:
         choices=("regression", "delayed"),
     )
     delay_damping: float = opt(
-        0.0,
+        1.0,
         "with delayed co-states: a rank whose gradients are d = S-1-r iterations old steps with "
         "lr / (1 + delay_damping * d) (delayed-gradient SGD needs a step that shrinks with the "
         "delay; 1 halves rank 0's step on 2 ranks); 0 = the same step on every rank",
