@@ -48,6 +48,47 @@ def test_collectives_match_numpy(size):
         np.testing.assert_array_equal(o["agree"], [[q, 7] for q in range(size)])
 
 
+@pytest.mark.parametrize("size", [1, 3])
+def test_allreduce_of_a_remembered_parameter_set_stays_exact(size):
+    """allreduce_ remembers the flat buffer of a parameter set it reduced (a training loop reduces
+    the same arrays every round); reducing that set again, a set that shares its first array with
+    a different second one, a shorter set, a packed (not flat-backed) set and its mean must all
+    give NumPy's sums, and a NaN in a remembered set must still be found."""
+    def body(c):
+        r = c.rank
+        flat = np.empty(7)
+        a, b = flat[:4].reshape(2, 2), flat[4:]
+        other = np.empty(3)
+        out = []
+        for k in range(3):  # the second and third calls find the set remembered
+            a[...] = r + k
+            b[...] = 10 * (r + 1) + k
+            c.allreduce_([a, b], "sum")
+            out.append((a.copy(), b.copy()))
+        a[...] = r
+        other[...] = r + 1
+        c.allreduce_([a, other], "sum")  # same first array, another second: packed
+        out.append((a.copy(), other.copy()))
+        a[...] = 2 * r
+        c.allreduce_([a], "mean")  # shorter set with the same first array: b is not reduced
+        out.append((a.copy(), b.copy()))
+        b[...] = np.nan if r == size - 1 else 1.0
+        c.allreduce_([a, b], "sum")
+        return out, c.nonfinite
+
+    res = run_ranks(size, body)
+    ranks = np.arange(size, dtype=float)
+    for out, nonfinite in res:
+        for k in range(3):
+            np.testing.assert_array_equal(out[k][0], np.full((2, 2), (ranks + k).sum()))
+            np.testing.assert_array_equal(out[k][1], np.full(3, (10 * (ranks + 1) + k).sum()))
+        np.testing.assert_array_equal(out[3][0], np.full((2, 2), ranks.sum()))
+        np.testing.assert_array_equal(out[3][1], np.full(3, (ranks + 1).sum()))
+        np.testing.assert_array_equal(out[4][0], np.full((2, 2), (2 * ranks).mean()))
+        np.testing.assert_array_equal(out[4][1], out[2][1])
+        assert nonfinite is not None and "NaN/Inf" in nonfinite
+
+
 def test_messages_are_copies_and_ordered_per_pair_and_tag():
     """Non-overtaking: two messages with one tag arrive in order; another tag can be received
     first; the payload is a copy (changing the sent array afterwards changes nothing)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import pickle
 from abc import ABC, abstractmethod
@@ -70,6 +71,10 @@ def env_seconds(name: str) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"environment variable {name}: expected seconds >= 0, got {text!r}")
     return value or None
+
+
+#: Parameter sets whose flat buffer ``Comm.allreduce_`` remembers (a method reduces a few).
+_FLAT_SEEN_MAX = 8
 
 
 def all_finite(array: np.ndarray) -> bool:
@@ -120,6 +125,12 @@ class Comm(ABC):
         self.nonfinite: str | None = None
         # one flat scratch buffer per dtype for allreduce_ of arrays that are not flat-backed
         self._scratch: dict[np.dtype, np.ndarray] = {}
+        # parameter sets allreduce_ found flat-backed, with their buffer, by id of the first
+        # array: a training loop reduces the same arrays every round, and finding the buffer
+        # again cost more than a small Allreduce itself (docs/benchmarks.md, Local SGD). The
+        # entry holds the arrays, so their ids stay unique; a match is checked by identity, and
+        # a view's buffer and address cannot change.
+        self._flat_seen: dict[int, tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
 
     def exclusive(self) -> Any:
         """A context in which this rank runs alone among the ranks that share its process (the
@@ -149,11 +160,13 @@ class Comm(ABC):
                 f"rank {self.rank} received NaN/Inf from rank {source} (message tag {tag})"
             )
 
-    def _reduced(self, arrays: Sequence[np.ndarray]) -> None:
+    def _reduced(self, arrays: Sequence[np.ndarray], flat: np.ndarray | None = None) -> None:
+        """Bookkeeping of every Allreduce result: fault injection, the NaN/Inf check (one pass
+        over ``flat`` when the arrays tile it)."""
         if _faults.ACTIVE:
             _faults.poison_message(list(arrays), self.rank)
         if self.check_finite and self.nonfinite is None:
-            if not all(all_finite(a) for a in arrays):
+            if not (all_finite(flat) if flat is not None else all(all_finite(a) for a in arrays)):
                 self.nonfinite = f"an Allreduce result on rank {self.rank} holds NaN/Inf"
 
     # ------------------------------------------------------------------------------ collectives
@@ -162,33 +175,45 @@ class Comm(ABC):
         parameter set -- in one call: over the arrays' own flat buffer when they tile one
         (:func:`pintopt.buffers.flat_buffer`), else packed into a scratch buffer and back."""
         check_op(op)
-        arrays = list(arrays)
+        if not isinstance(arrays, (list, tuple)):
+            arrays = list(arrays)
         if not arrays:
             return
-        dtype = arrays[0].dtype
-        if any(a.dtype != dtype or not a.flags.c_contiguous for a in arrays):
-            raise ValueError("allreduce_ needs C-contiguous arrays of one dtype")
-        flat = flat_buffer(arrays)
+        seen = self._flat_seen.get(id(arrays[0]))
+        if seen is not None and len(arrays) == len(seen[0]) \
+                and all(map(operator.is_, arrays, seen[0])):
+            flat = seen[1]
+        else:
+            dtype = arrays[0].dtype
+            if any(a.dtype != dtype or not a.flags.c_contiguous for a in arrays):
+                raise ValueError("allreduce_ needs C-contiguous arrays of one dtype")
+            flat = flat_buffer(arrays)
+            if flat is not None:
+                if len(self._flat_seen) >= _FLAT_SEEN_MAX:
+                    self._flat_seen.clear()  # bounded: never keep discarded sets alive for long
+                self._flat_seen[id(arrays[0])] = (tuple(arrays), flat)
         if flat is not None:
             self._allreduce_buffer(flat, op)
-        else:
-            n = sum(a.size for a in arrays)
-            buf = self._scratch.get(dtype)
-            if buf is None or buf.size < n:
-                buf = self._scratch[dtype] = np.empty(n, dtype=dtype)
-            buf = buf[:n]
-            pos = 0
-            for a in arrays:
-                buf[pos : pos + a.size] = a.ravel()
-                pos += a.size
-            self._allreduce_buffer(buf, op)
-            pos = 0
-            for a in arrays:
-                a.ravel()[...] = buf[pos : pos + a.size]  # ravel of a C-contiguous array: a view
-                pos += a.size
+            if op == "mean" and self.size > 1:
+                flat /= self.size
+            self._reduced(arrays, flat)
+            return
+        n = sum(a.size for a in arrays)
+        buf = self._scratch.get(dtype)
+        if buf is None or buf.size < n:
+            buf = self._scratch[dtype] = np.empty(n, dtype=dtype)
+        buf = buf[:n]
+        pos = 0
+        for a in arrays:
+            buf[pos : pos + a.size] = a.ravel()
+            pos += a.size
+        self._allreduce_buffer(buf, op)
         if op == "mean" and self.size > 1:
-            for a in arrays:
-                a /= self.size
+            buf /= self.size
+        pos = 0
+        for a in arrays:
+            a.ravel()[...] = buf[pos : pos + a.size]  # ravel of a C-contiguous array: a view
+            pos += a.size
         self._reduced(arrays)
 
     @abstractmethod
