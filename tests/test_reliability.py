@@ -207,6 +207,11 @@ def test_all_finite_handles_overflowing_sums():
     assert all_finite(big)  # the sum overflows, the entries are finite
     assert not all_finite(np.array([1.0, np.nan])) and not all_finite(np.array([np.inf]))
     assert all_finite(np.arange(3)) and all_finite(np.empty(0))
+    # the squares overflow from |x| > 1e154; float32, strided views and complex take other paths
+    assert all_finite(np.full((2, 3), 1e200)) and all_finite(np.full(3, 1e30, np.float32))
+    assert not all_finite(np.array([[1.0, np.nan]], np.float32))
+    assert all_finite(np.ones((4, 4))[:, :2]) and not all_finite(np.full((4, 4), np.inf)[:, :2])
+    assert not all_finite(np.array([1 + 1j, complex(np.nan, 0)]))
 
 
 # ---- memory ----------------------------------------------------------------------------------
