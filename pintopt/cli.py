@@ -69,14 +69,14 @@ _T0 = time.perf_counter()
 
 #: The embedded default job (``python -m pintopt`` with no arguments): parallel-in-time training
 #: (``pint`` with its option defaults: the automatic coarse hierarchy of 128, 32 and 8 layers,
-#: exact co-states through the pipeline) of a 512-layer Verlet ResNet of width 8 on the swiss roll
+#: exact co-states through the pipeline) of a 512-layer Verlet ResNet of width 32 on the swiss roll
 #: (no data files), for a fixed budget of 30 epochs on all ranks of the launch. A fixed budget, not
 #: a target accuracy: the swiss roll is easy enough that the coarse hierarchy alone reaches 99%, and
 #: the job is there to show the gain of the ranks on the fine layers (``--compare-serial`` prints
 #: serial, one-process and S-rank times side by side; docs/benchmarks.md, "Default job").
 DEFAULT_JOB: dict[str, dict[str, Any]] = {
     "data": {"dataset": "swissroll"},
-    "model": {"depth": 512, "width": 8, "scheme": "verlet"},
+    "model": {"depth": 512, "width": 32, "scheme": "verlet"},
     "train": {
         "method": "pint",
         "optimizer": "adam",

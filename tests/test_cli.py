@@ -16,7 +16,7 @@ from pintopt.config import options_markdown
 def check_default_job(capsys, monkeypatch, rank=0):
     """Runs the default job (``python -m pintopt``, here on every rank of the launch) and checks
     what README.md, docs/getting-started.md and docs/benchmarks.md ("Default job") say of it: a
-    512-layer Verlet ResNet of width 8 on the swiss roll, Adam lr 0.01, batch 16; the coarse
+    512-layer Verlet ResNet of width 32 on the swiss roll, Adam lr 0.01, batch 16; the coarse
     models of 8, 32 and 128 layers, 600 iterations each, whose prolongation alone classifies the
     swiss roll (cli.DEFAULT_JOB: "the coarse hierarchy alone reaches 99%"); then the fixed budget
     of 30 epochs (960 iterations) run to the end, validation accuracy 1.0000 at the first row
@@ -39,7 +39,7 @@ def check_default_job(capsys, monkeypatch, rank=0):
     monkeypatch.setattr(PintTrainer, "_start", measure_prolongation)
     assert main([]) == 0
     m = seen["method"]
-    assert m.model.spec.depth == 512 and m.model.spec.width == 8 and m.model.spec.scheme == "verlet"
+    assert m.model.spec.depth == 512 and m.model.spec.width == 32 and m.model.spec.scheme == "verlet"
     assert m.options.levels == 4 and m.options.coarsen == 4  # 512 / 4^l: 128, 32, 8 layers
     assert m.diagnostics.coarse_level_steps == [600, 600, 600]
     assert seen["coarse_acc"] >= 0.99, seen["coarse_acc"]
@@ -48,7 +48,7 @@ def check_default_job(capsys, monkeypatch, rank=0):
     if rank != 0:
         return
     assert "running the default job" in out
-    assert "512 verlet layers of width 8" in out and "swissroll: 513 training" in out
+    assert "512 verlet layers of width 32" in out and "swissroll: 513 training" in out
     assert "adam, lr 0.01 (constant); batch 16; budget 960 iterations (30 epochs of 32)" in out
     rows = [ln.split() for ln in out.splitlines() if re.match(r"\s+\d+/960\s", ln)]
     assert [r[0] for r in rows] == [f"{32 * i}/960" for i in range(1, 31)]
