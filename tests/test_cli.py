@@ -39,7 +39,8 @@ def check_default_job(capsys, monkeypatch, rank=0):
     monkeypatch.setattr(PintTrainer, "_start", measure_prolongation)
     assert main([]) == 0
     m = seen["method"]
-    assert m.model.spec.depth == 512 and m.model.spec.width == 32 and m.model.spec.scheme == "verlet"
+    spec = m.model.spec
+    assert spec.depth == 512 and spec.width == 32 and spec.scheme == "verlet"
     assert m.options.levels == 4 and m.options.coarsen == 4  # 512 / 4^l: 128, 32, 8 layers
     assert m.diagnostics.coarse_level_steps == [600, 600, 600]
     assert seen["coarse_acc"] >= 0.99, seen["coarse_acc"]
