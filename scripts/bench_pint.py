@@ -512,6 +512,7 @@ def part_speedup(comm, a, out):
         for depth in a.depths:
             row = speedup_one(comm, a, s, depth, a.targets)
             out.setdefault("speedup", []).append(row)
+            save_partial(comm, a, out)
             if comm.rank == 0:
                 print(json.dumps(_brief(row)), flush=True)
 
