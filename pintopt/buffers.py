@@ -8,6 +8,9 @@ allocates them that way; :meth:`pintopt.comm.base.Comm.allreduce_` and
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -35,3 +38,40 @@ def flat_buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
             return None
         pos += a.size * item
     return base if pos == start + base.size * item else None
+
+
+class FlatBufferMemo:
+    """:func:`flat_buffer` with a memory of the parameter sets it found flat-backed: a training
+    loop hands the same arrays every round, and the search (an address read per array) cost more
+    than a small Allreduce (docs/benchmarks.md, Local SGD). Entries are keyed by the id of the
+    first array and hold the arrays, so their ids stay unique while remembered; a hit is checked
+    by identity, and a view's buffer and address cannot change. At most ``size`` sets are kept
+    (all are forgotten when it is full). A copy starts empty: copied views no longer share the
+    remembered buffer."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._seen: dict[int, tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
+
+    def __call__(self, arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+        if not arrays:
+            return None
+        seen = self._seen.get(id(arrays[0]))
+        if seen is not None and len(arrays) == len(seen[0]) \
+                and all(map(operator.is_, arrays, seen[0])):
+            return seen[1]
+        flat = flat_buffer(list(arrays))
+        if flat is not None:
+            if len(self._seen) >= self.size:
+                self._seen.clear()
+            self._seen[id(arrays[0])] = (tuple(arrays), flat)
+        return flat
+
+    def __copy__(self) -> FlatBufferMemo:
+        return FlatBufferMemo(self.size)
+
+    def __deepcopy__(self, memo: dict) -> FlatBufferMemo:
+        return FlatBufferMemo(self.size)
+
+    def __reduce__(self) -> tuple:
+        return (FlatBufferMemo, (self.size,))

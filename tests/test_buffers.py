@@ -1,11 +1,15 @@
-"""pintopt.buffers.flat_buffer: the buffer is returned exactly when the arrays tile it."""
+"""pintopt.buffers.flat_buffer: the buffer is returned exactly when the arrays tile it; its memo
+(FlatBufferMemo) gives the same answers and forgets what a copy would no longer share."""
 
 from __future__ import annotations
+
+import copy
+import pickle
 
 import numpy as np
 import pytest
 
-from pintopt.buffers import flat_buffer
+from pintopt.buffers import FlatBufferMemo, flat_buffer
 
 
 def _tiles(buf: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
@@ -51,3 +55,19 @@ def test_anything_else_gives_none(case: str) -> None:
     else:
         arrays = []
     assert flat_buffer(arrays) is None
+
+
+def test_the_memo_answers_like_flat_buffer_and_copies_start_empty() -> None:
+    buf = np.arange(float(sum(int(np.prod(s)) for s in SHAPES)))
+    arrays = _tiles(buf, SHAPES)
+    memo = FlatBufferMemo(size=2)
+    assert memo(arrays) is buf and memo(list(arrays)) is buf  # found, then remembered
+    assert memo(arrays[:2]) is None and memo([]) is None  # a subset: not a tiling
+    other = _tiles(np.zeros(buf.size), SHAPES)
+    assert memo([arrays[0], *other[1:]]) is None  # same first array, other views: no tiling
+    assert memo(other) is other[0].base and memo(arrays) is buf  # past `size`: found again
+    # a deep copy of the views no longer shares their buffer; the copied memo must not say so
+    views, memo2 = copy.deepcopy((arrays, memo))
+    assert memo2(views) is None and flat_buffer(views) is None
+    for m in (copy.copy(memo), pickle.loads(pickle.dumps(memo))):
+        assert m.size == 2 and m(arrays) is buf

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import os
 import pickle
 from abc import ABC, abstractmethod
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from pintopt import faults as _faults
-from pintopt.buffers import flat_buffer
+from pintopt.buffers import FlatBufferMemo
 
 #: Environment variable: default receive timeout in seconds (unset or 0: wait forever).
 TIMEOUT_ENV = "PINTOPT_COMM_TIMEOUT"
@@ -71,10 +70,6 @@ def env_seconds(name: str) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"environment variable {name}: expected seconds >= 0, got {text!r}")
     return value or None
-
-
-#: Parameter sets whose flat buffer ``Comm.allreduce_`` remembers (a method reduces a few).
-_FLAT_SEEN_MAX = 8
 
 
 def all_finite(array: np.ndarray) -> bool:
@@ -131,12 +126,9 @@ class Comm(ABC):
         self.nonfinite: str | None = None
         # one flat scratch buffer per dtype for allreduce_ of arrays that are not flat-backed
         self._scratch: dict[np.dtype, np.ndarray] = {}
-        # parameter sets allreduce_ found flat-backed, with their buffer, by id of the first
-        # array: a training loop reduces the same arrays every round, and finding the buffer
-        # again cost more than a small Allreduce itself (docs/benchmarks.md, Local SGD). The
-        # entry holds the arrays, so their ids stay unique; a match is checked by identity, and
-        # a view's buffer and address cannot change.
-        self._flat_seen: dict[int, tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
+        # the flat buffers of the parameter sets allreduce_ reduces (a method reduces a few, the
+        # same arrays every round)
+        self._flat = FlatBufferMemo()
 
     def exclusive(self) -> Any:
         """A context in which this rank runs alone among the ranks that share its process (the
@@ -185,19 +177,11 @@ class Comm(ABC):
             arrays = list(arrays)
         if not arrays:
             return
-        seen = self._flat_seen.get(id(arrays[0]))
-        if seen is not None and len(arrays) == len(seen[0]) \
-                and all(map(operator.is_, arrays, seen[0])):
-            flat = seen[1]
-        else:
+        flat = self._flat(arrays)
+        if flat is None:
             dtype = arrays[0].dtype
             if any(a.dtype != dtype or not a.flags.c_contiguous for a in arrays):
                 raise ValueError("allreduce_ needs C-contiguous arrays of one dtype")
-            flat = flat_buffer(arrays)
-            if flat is not None:
-                if len(self._flat_seen) >= _FLAT_SEEN_MAX:
-                    self._flat_seen.clear()  # bounded: never keep discarded sets alive for long
-                self._flat_seen[id(arrays[0])] = (tuple(arrays), flat)
         if flat is not None:
             self._allreduce_buffer(flat, op)
             if op == "mean" and self.size > 1:
