@@ -161,3 +161,26 @@ def sm_reference(theta, X, y, sizes, names, delta, eta, lz="split"):
             lzs[k] = (L, max(0.0, np.linalg.eigvalsh(Hzz).max()))
             c[k - 1] = L + d
     return out, lzs
+
+
+def global_lz(theta, X, sizes, names) -> dict[int, float]:
+    """``lambda_max`` of the Gauss-Newton matrix ``J^T H J / B`` of the mean softmax
+    cross-entropy w.r.t. each layer input ``z_l`` (l >= 1), sample by sample from explicit
+    Jacobians (``J_s = d logits / d z_l`` as a product of ``diag(sigma') W^T`` factors) and
+    ``H_s = diag(p) - p p^T``: the reference of ``surrogate.lz = global``."""
+    params = unflatten(theta, sizes)
+    zs, As = forward(params, X, names)
+    logits = zs[-1]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    B, out = X.shape[0], {}
+    for lay in range(1, len(params)):
+        top = 0.0
+        for s in range(B):
+            J = np.eye(sizes[lay])
+            for k in range(lay, len(params)):
+                J = J @ params[k][0] * act(names[k], As[k][s])[1]  # d z_{k+1} / d z_lay
+            H = np.diag(p[s]) - np.outer(p[s], p[s])
+            top = max(top, np.linalg.eigvalsh(J @ H @ J.T)[-1])
+        out[lay] = top / B
+    return out

@@ -246,6 +246,46 @@ def test_global_reading_uses_the_blocks_of_the_loss_hessian():
         run_ranks(2, lambda comm: build(raw(hessian="global"), comm))
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("S, M", [(1, 1), (1, 5), (2, 3), (3, 2)])
+def test_global_lz_is_the_largest_eigenvalue_of_the_gauss_newton_matrix(activation, S, M):
+    """``surrogate.lz = global``: every layer's ``L_z`` equals lambda_max of ``J^T H J / B``
+    from explicit per-sample Jacobians in NumPy (for relu the Hessian of h w.r.t. the layer's
+    input), on S logical ranks and M micro-batches, and the metrics are ``L_z + delta`` below
+    the classifier's ``1/(eta B)``; for relu it is below the layer-local ``split`` bound."""
+    cfg = raw(depth=3, activation=activation, lz="global", delta=0.5, micro_batches=M,
+              balance="even")
+
+    def run(comm):
+        t = build(cfg, comm)
+        rng = np.random.default_rng(5)
+        for k in range(4):  # nonzero biases, as in the other metric tests
+            getattr(t.params, f"b{k}")[...] = 0.3 * rng.standard_normal(t.sizes[k + 1])
+        _, local = t.local_losses()
+        return {ll.index: (ll.lz, ll.c) for ll in local}, t.params.flat.copy()
+
+    got, theta = {}, None
+    for part, th in run_ranks(S, run):
+        got.update(part)
+        theta = th
+    t = build(cfg)
+    data, B = t.data, t.batch_size
+    names = ref.acts(4, activation)
+    expected = ref.global_lz(theta, data.x_train, t.sizes, names)
+    assert sorted(got) == [0, 1, 2, 3]
+    for lay in (1, 2, 3):
+        assert got[lay][0] == pytest.approx(expected[lay], rel=1e-10)
+        assert got[lay - 1][1] == pytest.approx(expected[lay] + 0.5 / B, rel=1e-10)
+    assert got[3][1] == pytest.approx(1 / (2.0 * B))
+    if activation == "relu":
+        t = build(raw(depth=3, activation="relu", lz="split", delta=0.5, **ACCURATE))
+        t.params.flat[...] = theta
+        _, local = t.local_losses()
+        for ll in local[1:]:
+            assert ll.lz >= got[ll.index][0] * (1 - 1e-9)
+        assert local[1].lz > 1.5 * got[1][0]  # the local recursion is looser at depth
+
+
 def test_surrogate_is_an_upper_bound_at_nearby_points():
     """h(theta_t + d) <= h(theta_t) + sum_l L_l(d_l) at random points at distance 1e-2 and 1e-3
     (smooth activation, small network)."""
@@ -370,11 +410,12 @@ def test_gd_inner_steps_match_a_numpy_armijo_loop():
 # ranks, layout, options, state
 
 
+@pytest.mark.parametrize("lz", ["split", "global"])
 @pytest.mark.parametrize("S", [2, 3])
-def test_iterates_do_not_depend_on_the_rank_count(S):
+def test_iterates_do_not_depend_on_the_rank_count(S, lz):
     """Mini-batch mode, relu, CG, the same micro-batching: S ranks give the one-process iterates
     and reported losses bit for bit (every layer's arithmetic is the same on its owner)."""
-    cfg = raw(depth=4, width=6, activation="relu", batch_size=6, micro_batches=3)
+    cfg = raw(depth=4, width=6, activation="relu", batch_size=6, micro_batches=3, lz=lz)
     one = build(cfg)
     losses_one = [one.step() for _ in range(6)]
 
@@ -515,6 +556,9 @@ def test_memory_estimate_shrinks_with_ranks():
     m1 = SurrogateTrainerEstimate(spec, tr, one, 1)
     m2 = SurrogateTrainerEstimate(spec, tr, one, 2)
     assert m2["training"] < m1["training"] and m1["training"] > 8 * 8000 * 512 * 8
+    # lz = global keeps each micro-batch's backward message (gradient rows and 10 probes)
+    glob = SurrogateTrainerEstimate(spec, tr, SurrogateOptions(lz="global"), 2)
+    assert glob["training"] >= m2["training"] + 8 * 8000 * 11 * 512
 
 
 def test_command_line_refuses_bad_models_with_one_line(tmp_path):

@@ -114,8 +114,12 @@ class SurrogateOptions:
         "L_z of each layer: split (c * lambda_max(W D^2 W^T) + lambda_max(W diag(G sigma'') W^T), "
         "an upper bound of lambda_max(H_zz), equal to it for piecewise-linear activations; every "
         "layer at once) or chain (lambda_max(H_zz) itself; needs c from the layer above, so the "
-        "ranks compute it one after the other)",
-        choices=("split", "chain"),
+        "ranks compute it one after the other), both the layer-local recursion of Appendix A "
+        "(the bound); or global (lambda_max of d^2 h / d z_l^2, the loss Hessian w.r.t. the "
+        "layer's input as Proposition 1 writes it, in its Gauss-Newton form J^T H J, exact for "
+        "relu: one probe per class carried down the pipelined backward pass, no power method; "
+        "no bound is proved, and with it delta = 10 is the measured choice)",
+        choices=("split", "chain", "global"),
     )
     power_iters: int = opt(10, "power iterations for each L_z (and for inner = eig)", low=1)
     power_tol: float = opt(
@@ -171,7 +175,9 @@ def layer_costs(sizes: list[int], options: SurrogateOptions, smooth: list[bool])
     for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
         cross = layer > 0
         gemms = 2.0 + cross
-        if cross:
+        if cross and o.lz == "global":
+            gemms += sizes[-1]  # one probe per class through the layer's input gradient
+        elif cross:
             gemms += 2 * o.power_iters * (2 if smooth[layer] else 1)
         per_product = 6 if cross else 2
         solves = o.power_iters if o.inner == "eig" else o.inner_steps + 1
@@ -337,6 +343,8 @@ class SurrogateTrainer(Method):
         self._zwork = np.empty(4 * max(z_rows)) if z_rows else None
         self._twork = np.empty(4 * n_max)
         self._b = np.empty(n_max)
+        if o.lz == "global":
+            self._init_probes()
         self.order = gpipe_schedule(S, M)
         self.executor = Executor(self.order, comm, self.timeout)
         self.step_scale = 1.0
@@ -352,6 +360,20 @@ class SurrogateTrainer(Method):
         self._acc = np.zeros(7)  # since the last evaluation: n, pipeline, wait, update, power,
         #                          solve, total
 
+    def _init_probes(self) -> None:
+        """Buffers of ``surrogate.lz = global``: per micro-batch, the backward message (the
+        gradient rows and the k probes, one contiguous block that stays untouched until its send
+        completes) and two scratch stacks for the probes inside the rank."""
+        k = self.k = self.sizes[-1]
+        widths = [w for la in self.layers for w in (la.p, la.q)]
+        b_max = max(b - a for a, b in self.rows)
+        self._pmsg_in = None if self.last else [
+            np.empty((b - a, 1 + k, self.layers[-1].q)) for a, b in self.rows]
+        self._pmsg_out = None if self.first else [
+            np.empty((b - a, 1 + k, self.layers[0].p)) for a, b in self.rows]
+        self._pscratch = (np.empty(b_max * k * max(widths)), np.empty(b_max * k * max(widths)))
+        self._gmax: dict[int, float] = {}
+
     def describe_update(self) -> str:
         """The update in words for the start line (train.optimizer, lr and schedule are unused)."""
         o = self.options
@@ -362,6 +384,8 @@ class SurrogateTrainer(Method):
             "eig": "one step of 1/lambda_max (power method)",
         }[o.inner]
         blocks = ", global Hessian blocks" if o.hessian == "global" else ""
+        if o.lz != "split":
+            blocks += f", {o.lz} L_z"
         return (f"Surrogate Minimization: layer-wise quadratic surrogates (eta {o.eta:g}, delta "
                 f"{o.delta:g}{blocks}), {inner} per layer; "
                 f"{batch_words(self.batch_size, self.data.x_train.shape[0])} in {self.M} "
@@ -395,6 +419,8 @@ class SurrogateTrainer(Method):
         return self.z_in[a:b]
 
     def gradient_buffer(self, micro: int) -> np.ndarray:
+        if self.options.lz == "global":
+            return self._pmsg_in[micro]
         a, b = self.rows[micro]
         return self.layers[-1].G[a:b]
 
@@ -422,6 +448,9 @@ class SurrogateTrainer(Method):
         """Backward pass of micro-batch ``micro``: ``G * D`` of every layer and the gradient
         w.r.t. each layer's input (the weight gradients wait for the update phase)."""
         a, b = self.rows[micro]
+        glob = self.options.lz == "global"
+        if glob and not self.last:
+            self.layers[-1].G[a:b] = self._pmsg_in[micro][:, 0, :]
         for k in range(len(self.layers) - 1, -1, -1):
             t0 = time.perf_counter()
             la = self.layers[k]
@@ -436,7 +465,52 @@ class SurrogateTrainer(Method):
                 continue  # the data needs no gradient
             dense.gemm(False, True, 1.0, GA, self._W(la.index), 0.0, target)
             self.layer_time[k, 1] += time.perf_counter() - t0
+        if glob:
+            return self._probes(micro)
         return None if self.first else self.g_in[a:b]
+
+    def _probes(self, micro: int) -> np.ndarray | None:
+        """``surrogate.lz = global`` in the backward pass of micro-batch ``micro``: the k probes
+        ``J^T a_c`` (``a_c`` the columns of ``A``, ``A A^T = diag(p) - p p^T`` the per-sample
+        Hessian of softmax cross-entropy at the logits: ``A[i, c] = sqrt(p_c) (delta_ic - p_i)``)
+        carried down through every layer of the rank. At a layer's input ``z_l`` the k x k Gram
+        ``U^T U`` of a sample's probes has the nonzero eigenvalues of its block of the
+        Gauss-Newton matrix ``J^T H J`` of the loss w.r.t. ``z_l``: its largest, maximised over
+        the samples, is ``L_z^(l)`` (times B). Returns the message for the rank below: the
+        gradient rows, then the probes at the rank's input."""
+        a, b = self.rows[micro]
+        m, k = b - a, self.k
+        # T = P * sigma' in the first scratch (in place when P is there), Q = T W^T in the second
+        first, second = self._pscratch
+        if self.last:
+            logits = self.layers[-1].out[a:b]
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            P = first[: m * k * k].reshape(m, k, k)
+            np.multiply(np.sqrt(p)[:, :, None], -p[:, None, :], out=P)  # P[s, c, i]
+            P[:, np.arange(k), np.arange(k)] += np.sqrt(p)
+        else:
+            P = self._pmsg_in[micro][:, 1:, :]
+        for kk in range(len(self.layers) - 1, -1, -1):
+            la = self.layers[kk]
+            if la.index == 0:
+                break  # the data needs no metric
+            t0 = time.perf_counter()
+            T = first[: m * k * la.q].reshape(m, k, la.q)
+            np.multiply(P, la.D[a:b][:, None, :], out=T)
+            Q = second[: m * k * la.p].reshape(m, k, la.p)
+            dense.gemm(False, True, 1.0, T.reshape(m * k, la.q), self._W(la.index), 0.0,
+                       Q.reshape(m * k, la.p))
+            top = float(np.linalg.eigvalsh(np.matmul(Q, Q.transpose(0, 2, 1)))[:, -1].max())
+            self._gmax[la.index] = max(self._gmax.get(la.index, 0.0), top)
+            P = Q
+            self.layer_time[kk, 1] += time.perf_counter() - t0
+        if self.first:
+            return None
+        out = self._pmsg_out[micro]
+        out[:, 0, :] = self.g_in[a:b]
+        out[:, 1:, :] = P
+        return out
 
     def update(self) -> None:
         """The U phase: gradients, L_z and the metrics, then every layer's inner solve and step
@@ -446,6 +520,8 @@ class SurrogateTrainer(Method):
         t1 = time.perf_counter()
         if self.options.lz == "chain":
             self._metrics_chain()
+        elif self.options.lz == "global":
+            self._metrics_global()
         else:
             self._metrics_split()
         for la in self.layers:
@@ -522,6 +598,22 @@ class SurrogateTrainer(Method):
         for lay in range(n - 1, 0, -1):
             lam_a, lam_b = pieces[lay]
             self.lz[lay] = max(0.0, c[lay] * lam_a + lam_b)
+            c[lay - 1] = self.lz[lay] + delta
+        self.c = c
+
+    def _metrics_global(self) -> None:
+        """``surrogate.lz = global``: ``L_z^(l) = lambda_max(d^2 h / d z_l^2)`` (Gauss-Newton
+        form, from the probes of the backward pass; 1/B for the batch mean), one small
+        allgather, then the metrics ``c_{l-1} = L_z^(l) + delta`` below the classifier's
+        ``1/(eta B)``."""
+        mine = [(lay, top) for lay, top in self._gmax.items()]
+        pieces: dict[int, float] = {}
+        for part in self.comm.allgather(mine) if self.S > 1 else [mine]:
+            pieces.update(part)
+        n, delta, B = self.model.n_layers, self._delta(), self.batch_size
+        c = {n - 1: 1.0 / (self.options.eta * B)}
+        for lay in range(n - 1, 0, -1):
+            self.lz[lay] = max(0.0, pieces[lay] / B)
             c[lay - 1] = self.lz[lay] + delta
         self.c = c
 
@@ -641,6 +733,8 @@ class SurrogateTrainer(Method):
 
     def _pass(self, idx: np.ndarray) -> tuple[float, PipelineTimes]:
         self.layer_time[...] = 0.0
+        if self.options.lz == "global":
+            self._gmax = {}
         self._load_batch(idx)
         self.loss = 0.0
         times = self.executor.run(self)
@@ -813,6 +907,10 @@ class SurrogateTrainer(Method):
             q_max = max(sizes[lay + 1] for lay in lays)
             n_max = max(sizes[lay] * sizes[lay + 1] + sizes[lay + 1] for lay in lays)
             scratch = B * (3 * q_max + 5 * p_max) + 5 * n_max
+            if o.lz == "global":  # the backward messages with the k probes, and their scratch
+                k, last = sizes[-1], lays[-1] == n - 1
+                rows += (1 + k) * ((0 if last else q_max) + (p_in if lays[0] > 0 else 0))
+                scratch += 2 * k * -(-B // o.micro_batches) * max(p_max, q_max)
             worst = max(worst, 8 * (B * rows + vectors + scratch))
         out["params"] = 8 * n_params(spec) * 2  # parameters and gradients, full size
         out["training"] = worst
