@@ -163,11 +163,12 @@ def sm_reference(theta, X, y, sizes, names, delta, eta, lz="split"):
     return out, lzs
 
 
-def global_lz(theta, X, sizes, names) -> dict[int, float]:
-    """``lambda_max`` of the Gauss-Newton matrix ``J^T H J / B`` of the mean softmax
-    cross-entropy w.r.t. each layer input ``z_l`` (l >= 1), sample by sample from explicit
-    Jacobians (``J_s = d logits / d z_l`` as a product of ``diag(sigma') W^T`` factors) and
-    ``H_s = diag(p) - p p^T``: the reference of ``surrogate.lz = global``."""
+def global_lz(theta, X, sizes, names) -> dict[int, np.ndarray]:
+    """Each sample's ``lambda_max`` of the Gauss-Newton matrix ``J^T H J / B`` of the mean
+    softmax cross-entropy w.r.t. each layer input ``z_l`` (l >= 1), from explicit Jacobians
+    (``J_s = d logits / d z_l`` as a product of ``W diag(sigma')`` factors) and ``H_s =
+    diag(p) - p p^T``: the reference of ``surrogate.lz = global`` (the largest over the samples)
+    and ``sample``."""
     params = unflatten(theta, sizes)
     zs, As = forward(params, X, names)
     logits = zs[-1]
@@ -175,12 +176,12 @@ def global_lz(theta, X, sizes, names) -> dict[int, float]:
     p /= p.sum(axis=1, keepdims=True)
     B, out = X.shape[0], {}
     for lay in range(1, len(params)):
-        top = 0.0
+        rows = np.empty(B)
         for s in range(B):
             J = np.eye(sizes[lay])
             for k in range(lay, len(params)):
                 J = J @ params[k][0] * act(names[k], As[k][s])[1]  # d z_{k+1} / d z_lay
             H = np.diag(p[s]) - np.outer(p[s], p[s])
-            top = max(top, np.linalg.eigvalsh(J @ H @ J.T)[-1])
-        out[lay] = top / B
+            rows[s] = np.linalg.eigvalsh(J @ H @ J.T)[-1]
+        out[lay] = rows / B
     return out

@@ -246,14 +246,16 @@ def test_global_reading_uses_the_blocks_of_the_loss_hessian():
         run_ranks(2, lambda comm: build(raw(hessian="global"), comm))
 
 
+@pytest.mark.parametrize("lz", ["global", "sample"])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("S, M", [(1, 1), (1, 5), (2, 3), (3, 2)])
-def test_global_lz_is_the_largest_eigenvalue_of_the_gauss_newton_matrix(activation, S, M):
+def test_global_lz_is_the_largest_eigenvalue_of_the_gauss_newton_matrix(lz, activation, S, M):
     """``surrogate.lz = global``: every layer's ``L_z`` equals lambda_max of ``J^T H J / B``
     from explicit per-sample Jacobians in NumPy (for relu the Hessian of h w.r.t. the layer's
     input), on S logical ranks and M micro-batches, and the metrics are ``L_z + delta`` below
-    the classifier's ``1/(eta B)``; for relu it is below the layer-local ``split`` bound."""
-    cfg = raw(depth=3, activation=activation, lz="global", delta=0.5, micro_batches=M,
+    the classifier's ``1/(eta B)`` (``sample``: one per sample, from that sample's block); for
+    relu it is below the layer-local ``split`` bound."""
+    cfg = raw(depth=3, activation=activation, lz=lz, delta=0.5, micro_batches=M,
               balance="even")
 
     def run(comm):
@@ -274,8 +276,11 @@ def test_global_lz_is_the_largest_eigenvalue_of_the_gauss_newton_matrix(activati
     expected = ref.global_lz(theta, data.x_train, t.sizes, names)
     assert sorted(got) == [0, 1, 2, 3]
     for lay in (1, 2, 3):
-        assert got[lay][0] == pytest.approx(expected[lay], rel=1e-10)
-        assert got[lay - 1][1] == pytest.approx(expected[lay] + 0.5 / B, rel=1e-10)
+        rows = expected[lay]
+        assert rows.min() < (1 - 1e-3) * rows.max()  # so that max and per-sample differ
+        assert got[lay][0] == pytest.approx(rows.max(), rel=1e-10)
+        metric = rows[:, None] if lz == "sample" else rows.max()
+        np.testing.assert_allclose(got[lay - 1][1], metric + 0.5 / B, rtol=1e-10)
     assert got[3][1] == pytest.approx(1 / (2.0 * B))
     if activation == "relu":
         t = build(raw(depth=3, activation="relu", lz="split", delta=0.5, **ACCURATE))
@@ -410,7 +415,7 @@ def test_gd_inner_steps_match_a_numpy_armijo_loop():
 # ranks, layout, options, state
 
 
-@pytest.mark.parametrize("lz", ["split", "global"])
+@pytest.mark.parametrize("lz", ["split", "global", "sample"])
 @pytest.mark.parametrize("S", [2, 3])
 def test_iterates_do_not_depend_on_the_rank_count(S, lz):
     """Mini-batch mode, relu, CG, the same micro-batching: S ranks give the one-process iterates

@@ -47,7 +47,7 @@ def test_pipelined_pass_gives_the_serial_gradient(M, balance):
     assert comm.bytes_sent > 0
 
 
-@pytest.mark.parametrize("lz", ["split", "global"])
+@pytest.mark.parametrize("lz", ["split", "global", "sample"])
 def test_iterates_equal_the_in_process_and_one_process_runs(lz):
     comm = world()
     cfg = raw(depth=4, width=6, activation="relu", batch_size=6, micro_batches=3, lz=lz)

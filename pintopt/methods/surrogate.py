@@ -118,8 +118,9 @@ class SurrogateOptions:
         "(the bound); or global (lambda_max of d^2 h / d z_l^2, the loss Hessian w.r.t. the "
         "layer's input as Proposition 1 writes it, in its Gauss-Newton form J^T H J, exact for "
         "relu: one probe per class carried down the pipelined backward pass, no power method; "
-        "no bound is proved, and with it delta = 10 is the measured choice)",
-        choices=("split", "chain", "global"),
+        "no bound is proved); or sample (the same per sample: each sample's rows get the metric "
+        "of its own curvature instead of the batch's largest)",
+        choices=("split", "chain", "global", "sample"),
     )
     power_iters: int = opt(10, "power iterations for each L_z (and for inner = eig)", low=1)
     power_tol: float = opt(
@@ -175,7 +176,7 @@ def layer_costs(sizes: list[int], options: SurrogateOptions, smooth: list[bool])
     for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
         cross = layer > 0
         gemms = 2.0 + cross
-        if cross and o.lz == "global":
+        if cross and o.lz in ("global", "sample"):
             gemms += sizes[-1]  # one probe per class through the layer's input gradient
         elif cross:
             gemms += 2 * o.power_iters * (2 if smooth[layer] else 1)
@@ -343,7 +344,7 @@ class SurrogateTrainer(Method):
         self._zwork = np.empty(4 * max(z_rows)) if z_rows else None
         self._twork = np.empty(4 * n_max)
         self._b = np.empty(n_max)
-        if o.lz == "global":
+        if o.lz in ("global", "sample"):
             self._init_probes()
         self.order = gpipe_schedule(S, M)
         self.executor = Executor(self.order, comm, self.timeout)
@@ -372,7 +373,9 @@ class SurrogateTrainer(Method):
         self._pmsg_out = None if self.first else [
             np.empty((b - a, 1 + k, self.layers[0].p)) for a, b in self.rows]
         self._pscratch = (np.empty(b_max * k * max(widths)), np.empty(b_max * k * max(widths)))
-        self._gmax: dict[int, float] = {}
+        # per layer with an input to bound: each sample's largest eigenvalue (times B)
+        self._lz_rows = {la.index: np.zeros(self.batch_size) for la in self.layers
+                         if la.index > 0}
 
     def describe_update(self) -> str:
         """The update in words for the start line (train.optimizer, lr and schedule are unused)."""
@@ -419,7 +422,7 @@ class SurrogateTrainer(Method):
         return self.z_in[a:b]
 
     def gradient_buffer(self, micro: int) -> np.ndarray:
-        if self.options.lz == "global":
+        if self.options.lz in ("global", "sample"):
             return self._pmsg_in[micro]
         a, b = self.rows[micro]
         return self.layers[-1].G[a:b]
@@ -448,7 +451,7 @@ class SurrogateTrainer(Method):
         """Backward pass of micro-batch ``micro``: ``G * D`` of every layer and the gradient
         w.r.t. each layer's input (the weight gradients wait for the update phase)."""
         a, b = self.rows[micro]
-        glob = self.options.lz == "global"
+        glob = self.options.lz in ("global", "sample")
         if glob and not self.last:
             self.layers[-1].G[a:b] = self._pmsg_in[micro][:, 0, :]
         for k in range(len(self.layers) - 1, -1, -1):
@@ -501,8 +504,8 @@ class SurrogateTrainer(Method):
             Q = second[: m * k * la.p].reshape(m, k, la.p)
             dense.gemm(False, True, 1.0, T.reshape(m * k, la.q), self._W(la.index), 0.0,
                        Q.reshape(m * k, la.p))
-            top = float(np.linalg.eigvalsh(np.matmul(Q, Q.transpose(0, 2, 1)))[:, -1].max())
-            self._gmax[la.index] = max(self._gmax.get(la.index, 0.0), top)
+            self._lz_rows[la.index][a:b] = np.linalg.eigvalsh(
+                np.matmul(Q, Q.transpose(0, 2, 1)))[:, -1]
             P = Q
             self.layer_time[kk, 1] += time.perf_counter() - t0
         if self.first:
@@ -520,7 +523,7 @@ class SurrogateTrainer(Method):
         t1 = time.perf_counter()
         if self.options.lz == "chain":
             self._metrics_chain()
-        elif self.options.lz == "global":
+        elif self.options.lz in ("global", "sample"):
             self._metrics_global()
         else:
             self._metrics_split()
@@ -605,16 +608,21 @@ class SurrogateTrainer(Method):
         """``surrogate.lz = global``: ``L_z^(l) = lambda_max(d^2 h / d z_l^2)`` (Gauss-Newton
         form, from the probes of the backward pass; 1/B for the batch mean), one small
         allgather, then the metrics ``c_{l-1} = L_z^(l) + delta`` below the classifier's
-        ``1/(eta B)``."""
-        mine = [(lay, top) for lay, top in self._gmax.items()]
-        pieces: dict[int, float] = {}
+        ``1/(eta B)``; ``sample``: the same per sample, ``c_{l-1}`` a column of B metrics
+        (the block-diagonal ``H_zz`` of Lemma 1 then has one scalar per sample)."""
+        per_sample = self.options.lz == "sample"
+        mine = {lay: (rows if per_sample else float(rows.max()))
+                for lay, rows in self._lz_rows.items()}
+        pieces: dict[int, Any] = {}
         for part in self.comm.allgather(mine) if self.S > 1 else [mine]:
             pieces.update(part)
         n, delta, B = self.model.n_layers, self._delta(), self.batch_size
-        c = {n - 1: 1.0 / (self.options.eta * B)}
+        c: dict[int, Any] = {n - 1: 1.0 / (self.options.eta * B)}
         for lay in range(n - 1, 0, -1):
-            self.lz[lay] = max(0.0, pieces[lay] / B)
-            c[lay - 1] = self.lz[lay] + delta
+            top = np.maximum(pieces[lay], 0.0) / B
+            self.lz[lay] = float(top.max())
+            # per sample: a (B, 1) column that scales each sample's rows of D^2
+            c[lay - 1] = (top + delta)[:, None] if per_sample else float(top) + delta
         self.c = c
 
     def _metrics_chain(self) -> None:
@@ -733,8 +741,6 @@ class SurrogateTrainer(Method):
 
     def _pass(self, idx: np.ndarray) -> tuple[float, PipelineTimes]:
         self.layer_time[...] = 0.0
-        if self.options.lz == "global":
-            self._gmax = {}
         self._load_batch(idx)
         self.loss = 0.0
         times = self.executor.run(self)
@@ -907,7 +913,7 @@ class SurrogateTrainer(Method):
             q_max = max(sizes[lay + 1] for lay in lays)
             n_max = max(sizes[lay] * sizes[lay + 1] + sizes[lay + 1] for lay in lays)
             scratch = B * (3 * q_max + 5 * p_max) + 5 * n_max
-            if o.lz == "global":  # the backward messages with the k probes, and their scratch
+            if o.lz in ("global", "sample"):  # backward messages with the k probes, scratch
                 k, last = sizes[-1], lays[-1] == n - 1
                 rows += (1 + k) * ((0 if last else q_max) + (p_in if lays[0] > 0 else 0))
                 scratch += 2 * k * -(-B // o.micro_batches) * max(p_max, q_max)
