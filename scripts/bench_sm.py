@@ -278,9 +278,22 @@ def _fmt(v, digits=4):
     return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
 
+def variant(r: dict) -> str:
+    """The row's method, with SM's ``L_z`` reading when it is not the default (``sm:sample``)."""
+    lz = r["config"].get("surrogate", {}).get("lz", "split") if r["method"] == "sm" else "split"
+    return r["method"] if lz == "split" else f"sm:{lz}"
+
+
+def variant_name(v: str) -> str:
+    method, _, lz = v.partition(":")
+    return METHOD_NAMES[method] + (f" (lz = {lz})" if lz else "")
+
+
 def report_converge(recs: list[dict], figures: Path | None) -> list[str]:
     lines = []
-    by = {(r["layers"], r["method"], r["N"]): r for r in recs}
+    by = {(r["layers"], variant(r), r["N"]): r for r in recs}
+    variants = ["gd", "ddg", "sm"] + sorted({variant(r) for r in recs if ":" in variant(r)}) + [
+        "cgblock", "sso"]
     layers = sorted({r["layers"] for r in recs})
     Ns = sorted({r["N"] for r in recs if r["N"]})
     for L in layers:
@@ -294,7 +307,7 @@ def report_converge(recs: list[dict], figures: Path | None) -> list[str]:
                   + " | epochs to GD+Armijo's final loss |",
                   "|---|---|" + "---|" * (len(marks) + 1)]
         target = gd["history"]["train_loss"][-1] if gd and gd["history"]["train_loss"] else None
-        for method in ("gd", "ddg", "sm", "cgblock", "sso"):
+        for method in variants:
             for N in ([0] if method in ("gd", "ddg") else Ns):
                 r = by.get((L, method, N))
                 if r is None:
@@ -312,15 +325,15 @@ def report_converge(recs: list[dict], figures: Path | None) -> list[str]:
                 big = [e for e, v in zip(h["epoch"], h["train_loss"]) if not v <= 1e3]
                 if not note and big:  # a run made before the --blowup stop
                     note = f" (loss > 1e3 from epoch {big[0]:g})"
-                lines.append(f"| {METHOD_NAMES[method]}{note} | {N or ''} | " + " | ".join(cells)
+                lines.append(f"| {variant_name(method)}{note} | {N or ''} | " + " | ".join(cells)
                              + f" | {reach if reach is not None else 'not reached'} |")
         lines.append("")
         if figures is not None:
-            plot_depth(L, by, Ns, figures)
+            plot_depth(L, by, Ns, variants, figures)
     return lines
 
 
-def plot_depth(L: int, by: dict, Ns: list[int], figures: Path) -> None:
+def plot_depth(L: int, by: dict, Ns: list[int], variants: list[str], figures: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,16 +341,18 @@ def plot_depth(L: int, by: dict, Ns: list[int], figures: Path) -> None:
 
     fig, axes = plt.subplots(2, len(Ns), figsize=(4 * len(Ns), 6), sharex=True, squeeze=False)
     colors = {"gd": "k", "ddg": "tab:gray", "sm": "tab:red", "cgblock": "tab:blue",
-              "sso": "tab:green"}
+              "sso": "tab:green", "sm:sample": "tab:purple", "sm:global": "tab:orange",
+              "sm:chain": "tab:pink"}
     for col, N in enumerate(Ns):
-        for method in ("gd", "ddg", "sm", "cgblock", "sso"):
+        for method in variants:
             r = by.get((L, method, 0 if method in ("gd", "ddg") else N))
             if r is None or not r["history"]["epoch"]:
                 continue
             h = r["history"]
-            label = METHOD_NAMES[method] + ("" if method in ("gd", "ddg") else f" N={N}")
-            axes[0][col].semilogy(h["epoch"], h["train_loss"], color=colors[method], label=label)
-            axes[1][col].plot(h["epoch"], h["val_acc"], color=colors[method], label=label)
+            label = variant_name(method) + ("" if method in ("gd", "ddg") else f" N={N}")
+            color = colors.get(method, "tab:brown")
+            axes[0][col].semilogy(h["epoch"], h["train_loss"], color=color, label=label)
+            axes[1][col].plot(h["epoch"], h["val_acc"], color=color, label=label)
         axes[0][col].set_title(f"{L} layers, N = {N}")
         axes[1][col].set_xlabel("epoch")
         axes[0][col].legend(fontsize=7)

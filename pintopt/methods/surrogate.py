@@ -88,11 +88,11 @@ class SurrogateOptions:
         low=1,
     )
     delta: float = opt(
-        1000.0,
+        1.0,
         "delta of Appendix A (per sample): the z-metric below layer l is L_z + delta and the "
-        "cross term H_zth^T H_zth / delta (default chosen from 10 ... 1e5 on MNIST, 8 relu layers "
-        "of 32, N = 10, 20 full-batch epochs: the loss falls with delta up to 1e3 and changes by "
-        "less than 1% above)",
+        "cross term H_zth^T H_zth / delta. The default is lz = sample's best of 0.01 ... 100 "
+        "(MNIST, 8 relu layers of 32, N = 10, 20 full-batch epochs); with lz = split or chain "
+        "use 1000, their best of 10 ... 1e5 on the same network",
         low=0.0, low_open=True,
     )
     eta: float = opt(
@@ -110,16 +110,15 @@ class SurrogateOptions:
         choices=("local", "global"),
     )
     lz: str = opt(
-        "split",
-        "L_z of each layer: split (c * lambda_max(W D^2 W^T) + lambda_max(W diag(G sigma'') W^T), "
-        "an upper bound of lambda_max(H_zz), equal to it for piecewise-linear activations; every "
-        "layer at once) or chain (lambda_max(H_zz) itself; needs c from the layer above, so the "
-        "ranks compute it one after the other), both the layer-local recursion of Appendix A "
-        "(the bound); or global (lambda_max of d^2 h / d z_l^2, the loss Hessian w.r.t. the "
-        "layer's input as Proposition 1 writes it, in its Gauss-Newton form J^T H J, exact for "
-        "relu: one probe per class carried down the pipelined backward pass, no power method; "
-        "no bound is proved); or sample (the same per sample: each sample's rows get the metric "
-        "of its own curvature instead of the batch's largest)",
+        "sample",
+        "L_z of each layer. The loss Hessian w.r.t. the layer's input, as Proposition 1 defines "
+        "H_zz, in its Gauss-Newton form J^T H J (exact for relu; from one probe per class carried "
+        "down the pipelined backward pass, no power method; no bound is proved): sample "
+        "(default: one metric per sample, each sample's own curvature) or global (one per layer, "
+        "the largest over the batch). The layer-local recursion of Appendix A (the proved bound): "
+        "split (c * lambda_max(W D^2 W^T) + lambda_max(W diag(G sigma'') W^T), equal to "
+        "lambda_max(H_zz) of the local Psi for piecewise-linear activations; every layer at "
+        "once) or chain (lambda_max(H_zz) itself; the ranks compute it one after the other)",
         choices=("split", "chain", "global", "sample"),
     )
     power_iters: int = opt(10, "power iterations for each L_z (and for inner = eig)", low=1)
