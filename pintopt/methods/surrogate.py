@@ -69,6 +69,11 @@ SMOOTH = (activations.TANH, activations.SIGMOID, activations.SOFTPLUS)
 _GD = {"inner": "gd"}
 
 
+#: the L_z readings computed from probes carried down the backward pass (the loss Hessian
+#: w.r.t. each layer input); split and chain use power iterations on the layer-local blocks
+PROBED = ("global", "sample")
+
+
 @dataclass
 class SurrogateOptions:
     inner_steps: int = opt(
@@ -175,7 +180,7 @@ def layer_costs(sizes: list[int], options: SurrogateOptions, smooth: list[bool])
     for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
         cross = layer > 0
         gemms = 2.0 + cross
-        if cross and o.lz in ("global", "sample"):
+        if cross and o.lz in PROBED:
             gemms += sizes[-1]  # one probe per class through the layer's input gradient
         elif cross:
             gemms += 2 * o.power_iters * (2 if smooth[layer] else 1)
@@ -343,7 +348,7 @@ class SurrogateTrainer(Method):
         self._zwork = np.empty(4 * max(z_rows)) if z_rows else None
         self._twork = np.empty(4 * n_max)
         self._b = np.empty(n_max)
-        if o.lz in ("global", "sample"):
+        if o.lz in PROBED:
             self._init_probes()
         self.order = gpipe_schedule(S, M)
         self.executor = Executor(self.order, comm, self.timeout)
@@ -361,7 +366,7 @@ class SurrogateTrainer(Method):
         #                          solve, total
 
     def _init_probes(self) -> None:
-        """Buffers of ``surrogate.lz = global``: per micro-batch, the backward message (the
+        """Buffers of ``lz = global`` / ``sample``: per micro-batch, the backward message (the
         gradient rows and the k probes, one contiguous block that stays untouched until its send
         completes) and two scratch stacks for the probes inside the rank."""
         k = self.k = self.sizes[-1]
@@ -421,7 +426,7 @@ class SurrogateTrainer(Method):
         return self.z_in[a:b]
 
     def gradient_buffer(self, micro: int) -> np.ndarray:
-        if self.options.lz in ("global", "sample"):
+        if self.options.lz in PROBED:
             return self._pmsg_in[micro]
         a, b = self.rows[micro]
         return self.layers[-1].G[a:b]
@@ -450,7 +455,7 @@ class SurrogateTrainer(Method):
         """Backward pass of micro-batch ``micro``: ``G * D`` of every layer and the gradient
         w.r.t. each layer's input (the weight gradients wait for the update phase)."""
         a, b = self.rows[micro]
-        glob = self.options.lz in ("global", "sample")
+        glob = self.options.lz in PROBED
         if glob and not self.last:
             self.layers[-1].G[a:b] = self._pmsg_in[micro][:, 0, :]
         for k in range(len(self.layers) - 1, -1, -1):
@@ -472,7 +477,7 @@ class SurrogateTrainer(Method):
         return None if self.first else self.g_in[a:b]
 
     def _probes(self, micro: int) -> np.ndarray | None:
-        """``surrogate.lz = global`` in the backward pass of micro-batch ``micro``: the k probes
+        """``lz = global`` / ``sample``, backward pass of micro-batch ``micro``: the k probes
         ``J^T a_c`` (``a_c`` the columns of ``A``, ``A A^T = diag(p) - p p^T`` the per-sample
         Hessian of softmax cross-entropy at the logits: ``A[i, c] = sqrt(p_c) (delta_ic - p_i)``)
         carried down through every layer of the rank. At a layer's input ``z_l`` the k x k Gram
@@ -522,7 +527,7 @@ class SurrogateTrainer(Method):
         t1 = time.perf_counter()
         if self.options.lz == "chain":
             self._metrics_chain()
-        elif self.options.lz in ("global", "sample"):
+        elif self.options.lz in PROBED:
             self._metrics_global()
         else:
             self._metrics_split()
@@ -912,7 +917,7 @@ class SurrogateTrainer(Method):
             q_max = max(sizes[lay + 1] for lay in lays)
             n_max = max(sizes[lay] * sizes[lay + 1] + sizes[lay + 1] for lay in lays)
             scratch = B * (3 * q_max + 5 * p_max) + 5 * n_max
-            if o.lz in ("global", "sample"):  # backward messages with the k probes, scratch
+            if o.lz in PROBED:  # backward messages with the k probes, scratch
                 k, last = sizes[-1], lays[-1] == n - 1
                 rows += (1 + k) * ((0 if last else q_max) + (p_in if lays[0] > 0 else 0))
                 scratch += 2 * k * -(-B // o.micro_batches) * max(p_max, q_max)
